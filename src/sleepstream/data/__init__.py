@@ -1,0 +1,1 @@
+"""Reading the sleep-accel data folder and downloading it from PhysioNet."""

@@ -1,0 +1,186 @@
+"""Parsing and validating the text files of the sleep-accel layout.
+
+Every problem is reported with the file and line it was found on. Rows are never dropped
+silently: out-of-order rows are sorted and duplicate timestamps removed, each with a logged
+warning that counts them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from numpy.typing import NDArray
+
+from sleepstream.records import EPOCH_SECONDS, Stage
+
+log = logging.getLogger(__name__)
+
+MIN_BPM = 25.0
+MAX_BPM = 250.0
+GRID_TOLERANCE = 1e-6
+
+
+class DataFormatError(ValueError):
+    """A data file does not have the expected format; the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class CleanupReport:
+    """What was changed while reading one file (all counts are rows)."""
+
+    path: Path
+    rows: int
+    reordered: int = 0
+    duplicates: int = 0
+
+
+def _scan_for_error(path: Path, sep: str | None, n_cols: int) -> None:
+    """Slow path: find and raise the first malformed line (1-based line numbers)."""
+    with path.open() as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                raise DataFormatError(f"{path}, line {number}: empty line inside the data")
+            fields = line.strip().split(sep)
+            if len(fields) != n_cols:
+                raise DataFormatError(
+                    f"{path}, line {number}: expected {n_cols} values separated by "
+                    f"{sep or 'whitespace'!r}, got {line.strip()!r}"
+                )
+            try:
+                values = [float(f) for f in fields]
+            except ValueError:
+                raise DataFormatError(
+                    f"{path}, line {number}: cannot parse {line.strip()!r} as numbers"
+                ) from None
+            if not all(np.isfinite(values)):
+                raise DataFormatError(f"{path}, line {number}: non-finite value in {line.strip()!r}")
+
+
+def read_table(path: Path, sep: str | None, n_cols: int) -> NDArray[np.float64]:
+    """Read a headerless numeric text table, shape ``(rows, n_cols)``.
+
+    ``sep=None`` means whitespace. Raises :class:`DataFormatError` for an empty file, a row with
+    the wrong number of fields, an unparsable value, NaN or infinity, naming the line.
+    """
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: file not found")
+    with path.open("rb") as head:
+        if not head.read(4096).strip():
+            raise DataFormatError(f"{path}: file is empty")
+    try:
+        frame = pd.read_csv(
+            path,
+            sep=r"\s+" if sep is None else sep,
+            header=None,
+            dtype=np.float64,
+            skip_blank_lines=False,
+            engine="c",
+        )
+    except (ValueError, pd.errors.ParserError):
+        _scan_for_error(path, sep, n_cols)
+        raise DataFormatError(f"{path}: cannot be parsed as a numeric table") from None
+    table = frame.to_numpy(dtype=np.float64)
+    if table.shape[1] != n_cols or not np.isfinite(table).all():
+        _scan_for_error(path, sep, n_cols)
+        raise DataFormatError(f"{path}: expected {n_cols} finite values per line")
+    return table
+
+
+def sort_by_time(
+    path: Path, times: NDArray[np.float64], *values: NDArray[np.float64]
+) -> tuple[CleanupReport, NDArray[np.float64], list[NDArray[np.float64]]]:
+    """Sort rows by time (stable) and drop repeated timestamps, keeping the first row.
+
+    Both repairs are logged with their counts and the first line concerned.
+    """
+    diffs = np.diff(times)
+    reordered = int((diffs < 0).sum())
+    if reordered:
+        line = int(np.argmax(diffs < 0)) + 2
+        log.warning(
+            "%s: %d rows out of time order (first at line %d); sorted by time",
+            path,
+            reordered,
+            line,
+        )
+        order = np.argsort(times, kind="stable")
+        times = times[order]
+        values = tuple(v[order] for v in values)
+    repeated = np.concatenate([[False], np.diff(times) == 0])
+    duplicates = int(repeated.sum())
+    if duplicates:
+        log.warning(
+            "%s: %d rows repeat the previous timestamp (first at t=%.3f s); kept the first",
+            path,
+            duplicates,
+            times[np.argmax(repeated)],
+        )
+        times = times[~repeated]
+        values = tuple(v[~repeated] for v in values)
+    report = CleanupReport(path, len(times) + duplicates, reordered, duplicates)
+    return report, times, list(values)
+
+
+def _line_of(mask: NDArray[np.bool_]) -> int:
+    return int(np.argmax(mask)) + 1
+
+
+def read_labels(path: Path) -> tuple[NDArray[np.float64], NDArray[np.int8]]:
+    """Epoch start times (s, on a 30 s grid) and :class:`Stage` codes from ``seconds stage`` rows."""
+    table = read_table(path, None, 2)
+    times, stages = table[:, 0], table[:, 1]
+    off_grid = np.abs(times / EPOCH_SECONDS - np.round(times / EPOCH_SECONDS)) > GRID_TOLERANCE
+    if off_grid.any():
+        line = _line_of(off_grid)
+        raise DataFormatError(
+            f"{path}, line {line}: label time {times[line - 1]!r} is not on the "
+            f"{EPOCH_SECONDS:g} s epoch grid"
+        )
+    valid_codes = np.isin(stages, [s.value for s in Stage])
+    if not valid_codes.all():
+        line = _line_of(~valid_codes)
+        raise DataFormatError(
+            f"{path}, line {line}: stage {stages[line - 1]!r} is not one of "
+            f"{[s.value for s in Stage]}"
+        )
+    _, times, (stages,) = sort_by_time(path, times, stages)
+    return times, stages.astype(np.int8)
+
+
+def read_heart_rate(path: Path) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Heart-rate sample times (s) and beats per minute from ``seconds,bpm`` rows."""
+    table = read_table(path, ",", 2)
+    bpm = table[:, 1]
+    impossible = (bpm < MIN_BPM) | (bpm > MAX_BPM)
+    if impossible.any():
+        line = _line_of(impossible)
+        raise DataFormatError(
+            f"{path}, line {line}: heart rate {bpm[line - 1]:g} bpm is outside the possible "
+            f"range {MIN_BPM:g}-{MAX_BPM:g}"
+        )
+    _, times, (bpm,) = sort_by_time(path, table[:, 0], bpm)
+    return times, bpm
+
+
+def read_counts(path: Path) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Activity-count times (s, start of each 15 s window) and counts from ``seconds,count``."""
+    table = read_table(path, ",", 2)
+    negative = table[:, 1] < 0
+    if negative.any():
+        line = _line_of(negative)
+        raise DataFormatError(
+            f"{path}, line {line}: activity count {table[line - 1, 1]:g} is negative"
+        )
+    _, times, (counts,) = sort_by_time(path, table[:, 0], table[:, 1])
+    return times, counts
+
+
+def read_acceleration(path: Path) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Raw acceleration times (s) and ``(n, 3)`` x, y, z in g from ``seconds x y z`` rows."""
+    table = read_table(path, None, 4)
+    _, times, (xyz,) = sort_by_time(path, table[:, 0], table[:, 1:])
+    return times, xyz

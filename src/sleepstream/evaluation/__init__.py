@@ -1,0 +1,1 @@
+"""Evaluation: metrics, leave-one-subject-out driver, reports and plots."""

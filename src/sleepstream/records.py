@@ -1,0 +1,180 @@
+"""One night of sensor data with its polysomnography labels, sleep stages and label maps.
+
+Times everywhere are float seconds relative to the start of the PSG recording (t = 0), as in the
+sleep-accel data. Labels are one per 30 s epoch; ``epoch_times`` holds each epoch's *start*.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+import numpy as np
+from numpy.typing import NDArray
+
+EPOCH_SECONDS = 30.0
+"""Length of one scored PSG epoch, in seconds."""
+
+COUNT_SECONDS = 15.0
+"""Length of the window one activity count summarises, in seconds."""
+
+UNSCORED = -1
+"""Class index given to unscored epochs by every :class:`LabelMap`."""
+
+
+class Stage(IntEnum):
+    """PSG stage codes as stored in the sleep-accel label files (Rechtschaffen & Kales)."""
+
+    UNSCORED = -1
+    WAKE = 0
+    N1 = 1
+    N2 = 2
+    N3 = 3
+    N4 = 4  # old R&K scoring; AASM merges it into N3
+    REM = 5
+
+
+@dataclass(frozen=True)
+class LabelMap:
+    """Maps PSG stages to the classes of one task; unscored epochs map to :data:`UNSCORED`.
+
+    Examples
+    --------
+    >>> SLEEP_WAKE.apply(np.array([0, 2, -1, 5]))
+    array([ 0,  1, -1,  1], dtype=int8)
+    """
+
+    name: str
+    classes: tuple[str, ...]
+    mapping: Mapping[Stage, int]
+
+    def apply(self, stages: NDArray[np.integer]) -> NDArray[np.int8]:
+        """Class index per epoch; raises ``ValueError`` naming any code that is not a stage."""
+        stages = np.asarray(stages)
+        lookup = np.full(len(Stage), UNSCORED, dtype=np.int8)
+        for stage, index in self.mapping.items():
+            lookup[stage.value + 1] = index
+        bad = (stages < Stage.UNSCORED) | (stages > Stage.REM)
+        if bad.any():
+            raise ValueError(
+                f"Invalid stage code {stages[bad][0]!r} for label map {self.name!r}: "
+                f"expected one of {[int(s) for s in Stage]}"
+            )
+        return lookup[stages.astype(np.int64) + 1]
+
+
+SLEEP_WAKE = LabelMap(
+    "sleep_wake",
+    ("wake", "sleep"),
+    {Stage.WAKE: 0, Stage.N1: 1, Stage.N2: 1, Stage.N3: 1, Stage.N4: 1, Stage.REM: 1},
+)
+WAKE_NREM_REM = LabelMap(
+    "wake_nrem_rem",
+    ("wake", "nrem", "rem"),
+    {Stage.WAKE: 0, Stage.N1: 1, Stage.N2: 1, Stage.N3: 1, Stage.N4: 1, Stage.REM: 2},
+)
+WAKE_LIGHT_DEEP_REM = LabelMap(
+    "wake_light_deep_rem",
+    ("wake", "light", "deep", "rem"),
+    {Stage.WAKE: 0, Stage.N1: 1, Stage.N2: 1, Stage.N3: 2, Stage.N4: 2, Stage.REM: 3},
+)
+LABEL_MAPS = {m.name: m for m in (SLEEP_WAKE, WAKE_NREM_REM, WAKE_LIGHT_DEEP_REM)}
+
+
+def _empty() -> NDArray[np.float64]:
+    return np.zeros(0, dtype=np.float64)
+
+
+@dataclass(frozen=True, eq=False)
+class Recording:
+    """One night of one subject: sensor streams and PSG labels.
+
+    Attributes
+    ----------
+    subject_id
+        Subject identifier as in the file names (e.g. ``"46343"``).
+    epoch_times, stages
+        Start time (s) and :class:`Stage` code of every 30 s PSG epoch, on a 30 s grid.
+    hr_times, hr_bpm
+        Heart-rate samples (s, beats per minute), increasing times; may start days before t = 0.
+    count_times, counts
+        Activity counts: each summarises the 15 s window *starting* at its time.
+    accel_times, accel
+        Raw acceleration (s; shape ``(n, 3)`` x, y, z in g) when the motion file exists.
+    count_source
+        ``"counts"`` when read from ``counts/``, ``"motion"`` when computed from raw acceleration.
+    paper_valid
+        The published paper's "valid epochs" (scored, with heart rate and motion), when known.
+    """
+
+    subject_id: str
+    epoch_times: NDArray[np.float64]
+    stages: NDArray[np.int8]
+    hr_times: NDArray[np.float64]
+    hr_bpm: NDArray[np.float64]
+    count_times: NDArray[np.float64] = field(default_factory=_empty)
+    counts: NDArray[np.float64] = field(default_factory=_empty)
+    accel_times: NDArray[np.float64] | None = None
+    accel: NDArray[np.float64] | None = None
+    count_source: str = "counts"
+    paper_valid: NDArray[np.bool_] | None = None
+
+    def __post_init__(self) -> None:
+        pairs = {
+            "epoch_times/stages": (self.epoch_times, self.stages),
+            "hr_times/hr_bpm": (self.hr_times, self.hr_bpm),
+            "count_times/counts": (self.count_times, self.counts),
+        }
+        if self.accel_times is not None and self.accel is not None:
+            pairs["accel_times/accel"] = (self.accel_times, self.accel)
+        for name, (times, values) in pairs.items():
+            if len(times) != len(values):
+                raise ValueError(
+                    f"Subject {self.subject_id}: {name} lengths differ "
+                    f"({len(times)} != {len(values)})"
+                )
+
+    @property
+    def n_epochs(self) -> int:
+        return len(self.epoch_times)
+
+    @property
+    def end_time(self) -> float:
+        """End of the last PSG epoch (s)."""
+        return float(self.epoch_times[-1] + EPOCH_SECONDS) if self.n_epochs else 0.0
+
+    @property
+    def scored(self) -> NDArray[np.bool_]:
+        """Mask of epochs that PSG scored (stage is not -1)."""
+        return self.stages != Stage.UNSCORED
+
+    def labels(self, label_map: LabelMap = SLEEP_WAKE) -> NDArray[np.int8]:
+        """Class index per epoch under ``label_map``; unscored epochs are :data:`UNSCORED`."""
+        return label_map.apply(self.stages)
+
+    def truncated(self, n_epochs: int) -> Recording:
+        """The same night cut after its first ``n_epochs`` epochs: no sample after their end.
+
+        Used to prove causality: predictions for the kept epochs must not change.
+        """
+        end = self.epoch_times[0] + n_epochs * EPOCH_SECONDS if n_epochs else -np.inf
+        hr = self.hr_times < end
+        ct = self.count_times < end
+        accel_times, accel = self.accel_times, self.accel
+        if accel_times is not None and accel is not None:
+            keep = accel_times < end
+            accel_times, accel = accel_times[keep], accel[keep]
+        return Recording(
+            self.subject_id,
+            self.epoch_times[:n_epochs],
+            self.stages[:n_epochs],
+            self.hr_times[hr],
+            self.hr_bpm[hr],
+            self.count_times[ct],
+            self.counts[ct],
+            accel_times,
+            accel,
+            self.count_source,
+            None if self.paper_valid is None else self.paper_valid[:n_epochs],
+        )

@@ -1,0 +1,1 @@
+"""Signal processing: activity counts from raw acceleration."""
