@@ -1,2 +1,154 @@
-def main() -> None:
-    pass
+"""The ``sleepstream`` command.
+
+::
+
+    sleepstream data fetch [--dest DIR] [--base-url URL]    download and verify the PhysioNet record
+    sleepstream data check [DIR]                            what each subject has: files, spans, gaps
+    sleepstream baselines --out DIR [--docs FILE]           LOSO report of the baselines
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+log = logging.getLogger("sleepstream")
+console = Console(stderr=True)
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False)],
+    )
+
+
+def _data_fetch(args: argparse.Namespace) -> int:
+    from sleepstream.data.download import default_data_dir, fetch
+
+    dest = Path(args.dest) if args.dest else default_data_dir()
+    include = [f"{name.rstrip('/')}/" for name in args.only] if args.only else None
+    summary = fetch(dest, args.base_url, include=include, progress=not args.quiet)
+    console.print(
+        f"{dest}: {len(summary.downloaded)} files downloaded ({summary.bytes / 1e6:.1f} MB), "
+        f"{len(summary.skipped)} already present and verified"
+    )
+    return 0
+
+
+def _data_check(args: argparse.Namespace) -> int:
+    from sleepstream.data.check import check_folder
+    from sleepstream.data.folder import data_folder
+
+    folder = data_folder(args.folder)
+    rows = check_folder(folder)
+    table = Table(title=f"{folder} ({len(rows)} subjects)")
+    for column in (
+        "subject",
+        "files",
+        "night h",
+        "scored",
+        "wake %",
+        "HR history h",
+        "HR night cov.",
+        "HR longest gap min",
+        "HR gaps>1min",
+        "counts from",
+        "counts span h",
+        "counts cov.",
+    ):
+        table.add_column(column, justify="right")
+    failed = 0
+    for r in rows:
+        if r.error:
+            failed += 1
+            table.add_row(r.subject_id, ",".join(r.present), f"[red]{r.error}")
+            continue
+        table.add_row(
+            r.subject_id,
+            ",".join(r.present),
+            f"{r.night_hours:.2f}",
+            str(r.scored_epochs),
+            f"{100 * r.wake_fraction:.1f}",
+            f"{r.hr_history_hours:.1f}",
+            f"{r.hr_night_coverage:.2f}",
+            f"{r.hr_longest_gap_min:.1f}",
+            str(r.hr_gaps),
+            r.counts_source,
+            f"{r.counts_span_hours[0]:.2f}-{r.counts_span_hours[1]:.2f}",
+            f"{r.counts_night_coverage:.2f}",
+        )
+    Console().print(table)
+    return 1 if failed else 0
+
+
+def _baselines(args: argparse.Namespace) -> int:
+    from sleepstream.baselines import all_baselines
+    from sleepstream.data.folder import load_all
+    from sleepstream.evaluation.loso import run_loso
+    from sleepstream.evaluation.report import write_report
+
+    start = time.perf_counter()
+    recordings = load_all(args.data)
+    results = [run_loso(b, recordings, progress=not args.quiet) for b in all_baselines()]
+    write_report(results, Path(args.out))
+    if args.docs:
+        Path(args.docs).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(Path(args.out) / "results.md", args.docs)
+    console.print(
+        f"Report in {args.out} ({len(recordings)} nights, {time.perf_counter() - start:.0f} s)"
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sleepstream", description=__doc__.split("\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    data = commands.add_parser("data", help="download or inspect the sleep-accel data")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    fetch = data_commands.add_parser("fetch", help="download the PhysioNet record, verified")
+    fetch.add_argument("--dest", help="target folder (default: $SLEEPSTREAM_DATA or user cache)")
+    fetch.add_argument("--base-url", help="mirror of the PhysioNet record (with SHA256SUMS.txt)")
+    fetch.add_argument(
+        "--only", nargs="+", metavar="FOLDER", help="only these folders, e.g. labels heart_rate"
+    )
+    fetch.set_defaults(run=_data_fetch)
+    check = data_commands.add_parser("check", help="per subject: files, time spans and gaps")
+    check.add_argument("folder", nargs="?", help="data folder (default: $SLEEPSTREAM_DATA)")
+    check.set_defaults(run=_data_check)
+
+    baselines = commands.add_parser("baselines", help="leave-one-subject-out report of baselines")
+    baselines.add_argument("--out", default="reports/baselines", help="report folder")
+    baselines.add_argument("--data", help="data folder (default: $SLEEPSTREAM_DATA)")
+    baselines.add_argument("--docs", help="also copy the markdown table here")
+    baselines.set_defaults(run=_baselines)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``sleepstream`` command."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return int(args.run(args))
+    except (FileNotFoundError, ValueError, RuntimeError) as error:
+        log.error("%s", error)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -19,6 +19,9 @@ EPOCH_SECONDS = 30.0
 COUNT_SECONDS = 15.0
 """Length of the window one activity count summarises, in seconds."""
 
+PAPER_FEATURE_NAMES = ("count", "hr", "time", "cosine", "circadian")
+"""Columns of :attr:`Recording.paper_features` (Walch et al. 2019; each looks ahead in time)."""
+
 UNSCORED = -1
 """Class index given to unscored epochs by every :class:`LabelMap`."""
 
@@ -106,6 +109,9 @@ class Recording:
         ``"counts"`` when read from ``counts/``, ``"motion"`` when computed from raw acceleration.
     paper_valid
         The published paper's "valid epochs" (scored, with heart rate and motion), when known.
+    paper_features
+        The paper's non-causal per-epoch features, shape ``(n_epochs, 5)`` in the order of
+        ``PAPER_FEATURE_NAMES``, NaN outside the valid epochs; ``None`` when absent.
     """
 
     subject_id: str
@@ -119,6 +125,7 @@ class Recording:
     accel: NDArray[np.float64] | None = None
     count_source: str = "counts"
     paper_valid: NDArray[np.bool_] | None = None
+    paper_features: NDArray[np.float64] | None = None
 
     def __post_init__(self) -> None:
         pairs = {
@@ -177,4 +184,5 @@ class Recording:
             accel,
             self.count_source,
             None if self.paper_valid is None else self.paper_valid[:n_epochs],
+            None if self.paper_features is None else self.paper_features[:n_epochs],
         )

@@ -26,14 +26,14 @@ from numpy.typing import NDArray
 
 from sleepstream.data import parse
 from sleepstream.data.parse import DataFormatError
-from sleepstream.records import Recording
+from sleepstream.records import PAPER_FEATURE_NAMES, Recording
 from sleepstream.signal.counts import counts_offline
 
 log = logging.getLogger(__name__)
 
 DATA_ENV = "SLEEPSTREAM_DATA"
 CACHE_ENV = "SLEEPSTREAM_CACHE"
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"
 _STAT_HASH_LIMIT = 16 * 2**20  # above this size a file's hash is remembered per (size, mtime)
 
 
@@ -79,9 +79,10 @@ def subject_files(folder: Path, subject_id: str) -> dict[str, Path]:
         "heart_rate": folder / "heart_rate" / f"{subject_id}_heartrate.txt",
         "motion": folder / "motion" / f"{subject_id}_acceleration.txt",
         "counts": folder / "counts" / f"{subject_id}_counts.txt",
-        "walch_time": folder / "walch_features" / f"{subject_id}_time_feature.out",
         "walch_labels": folder / "walch_features" / f"{subject_id}_psg_labels.out",
     }
+    for name in PAPER_FEATURE_NAMES:
+        candidates[f"walch_{name}"] = folder / "walch_features" / f"{subject_id}_{name}_feature.out"
     return {kind: path for kind, path in candidates.items() if path.exists()}
 
 
@@ -109,16 +110,18 @@ def _cache_key(files: dict[str, Path], cache: Path) -> str:
     return hashlib.blake2b("|".join(parts).encode(), digest_size=16).hexdigest()
 
 
-def paper_valid_epochs(
-    files: dict[str, Path], subject_id: str, stages: NDArray[np.int8]
-) -> NDArray[np.bool_] | None:
-    """Mask of the published paper's "valid epochs", aligned from ``walch_features/``.
+def paper_epochs(
+    files: dict[str, Path], stages: NDArray[np.int8]
+) -> tuple[NDArray[np.bool_], NDArray[np.float64]] | None:
+    """The published paper's "valid epochs" and features, aligned from ``walch_features/``.
 
     The paper's feature files have one row per valid epoch and no times; ``time_feature`` gives
     hours since the first valid epoch, so the rows are placed by finding the one offset at which
-    their PSG labels match the label file. Returns ``None`` when the files are absent.
+    their PSG labels match the label file. Returns ``None`` when the files are absent, else the
+    valid mask and the features (``(n_epochs, 5)``, NaN outside valid epochs).
     """
-    if "walch_time" not in files or "walch_labels" not in files:
+    kinds = ["walch_labels"] + [f"walch_{name}" for name in PAPER_FEATURE_NAMES]
+    if not all(kind in files for kind in kinds):
         return None
     hours = parse.read_table(files["walch_time"], None, 1)[:, 0]
     paper_stages = parse.read_table(files["walch_labels"], None, 1)[:, 0]
@@ -136,9 +139,19 @@ def paper_valid_epochs(
             f"{files['walch_labels']}: cannot align the paper's valid epochs with "
             f"{files['labels']} ({len(starts)} matching offsets, expected 1)"
         )
+    rows = starts[0] + offsets
     mask = np.zeros(len(stages), dtype=bool)
-    mask[starts[0] + offsets] = True
-    return mask
+    mask[rows] = True
+    features = np.full((len(stages), len(PAPER_FEATURE_NAMES)), np.nan)
+    for column, name in enumerate(PAPER_FEATURE_NAMES):
+        values = parse.read_table(files[f"walch_{name}"], None, 1)[:, 0]
+        if len(values) != len(rows):
+            raise DataFormatError(
+                f"{files[f'walch_{name}']}: {len(values)} rows, expected {len(rows)} as in "
+                f"{files['walch_labels']}"
+            )
+        features[rows, column] = values
+    return mask, features
 
 
 def _parse_recording(subject_id: str, files: dict[str, Path]) -> dict[str, NDArray[np.generic]]:
@@ -167,9 +180,9 @@ def _parse_recording(subject_id: str, files: dict[str, Path]) -> dict[str, NDArr
             f"Subject {subject_id}: labels in {files['labels']} but neither "
             f"motion/{subject_id}_acceleration.txt nor counts/{subject_id}_counts.txt"
         )
-    valid = paper_valid_epochs(files, subject_id, stages)
-    if valid is not None:
-        arrays["paper_valid"] = valid
+    paper = paper_epochs(files, stages)
+    if paper is not None:
+        arrays["paper_valid"], arrays["paper_features"] = paper
     return arrays
 
 
@@ -207,6 +220,7 @@ def load_recording(
         accel=accel,
         count_source=str(arrays["count_source"]),
         paper_valid=arrays["paper_valid"].astype(bool) if "paper_valid" in arrays else None,
+        paper_features=arrays["paper_features"] if "paper_features" in arrays else None,
     )
 
 

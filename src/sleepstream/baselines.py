@@ -1,0 +1,205 @@
+"""Baseline sleep/wake predictors, each run through the same leave-one-subject-out driver.
+
+- :class:`AlwaysSleep`: says "sleep" for every epoch (about 91 % accuracy on this data, kappa 0).
+- :class:`ColeKripke`: the Cole-Kripke (1992) weighted activity rule on 1-minute sums of the
+  activity counts. Its counts are not ActiGraph counts, so the rule's scale factor is refitted on
+  the training nights (the one maximising Cohen's kappa of the rule ``D < 1``).
+  ``causal=True`` drops the two future minutes of the original window.
+- :class:`LogisticCausal`: logistic regression on simple causal features (counts and heart rate
+  of the current and past epochs; :data:`sleepstream.features.SIMPLE_FEATURES`).
+- :class:`LogisticPaperNonCausal`: logistic regression on the published paper's features
+  (count, heart rate, clock), which look up to 5 minutes into the future. It exists only to check
+  this evaluation against the paper's numbers; it cannot run live.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Sequence
+
+import numpy as np
+from numpy.typing import NDArray
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import cohen_kappa_score
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from sleepstream.features import FEATURE_NAMES, SIMPLE_FEATURES, extract, select
+from sleepstream.records import EPOCH_SECONDS, PAPER_FEATURE_NAMES, SLEEP_WAKE, Recording
+
+_FEATURES: weakref.WeakKeyDictionary[Recording, NDArray[np.float64]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def night_features(recording: Recording) -> NDArray[np.float64]:
+    """Causal features of a night (:func:`sleepstream.features.extract`), memoised per object."""
+    if recording not in _FEATURES:
+        _FEATURES[recording] = extract(recording)
+    return _FEATURES[recording]
+
+
+def epoch_counts(recording: Recording) -> NDArray[np.float64]:
+    """Sum of the activity counts whose window starts in each epoch (0 where none)."""
+    index = np.floor((recording.count_times - recording.epoch_times[0]) / EPOCH_SECONDS)
+    inside = (index >= 0) & (index < recording.n_epochs)
+    return np.bincount(
+        index[inside].astype(np.int64),
+        weights=recording.counts[inside],
+        minlength=recording.n_epochs,
+    )
+
+
+class AlwaysSleep:
+    """p(sleep) = 1 for every epoch."""
+
+    name = "always_sleep"
+    causal = True
+    description = "Says sleep for every epoch."
+
+    def fit(self, recordings: Sequence[Recording]) -> None:
+        pass
+
+    def predict(self, recording: Recording) -> NDArray[np.float64]:
+        return np.ones(recording.n_epochs)
+
+
+class ColeKripke:
+    """Cole-Kripke (1992) on 1-minute activity, scale refitted on training nights.
+
+    ``D = P * scale * sum_k W_k A_{t+k}`` over minutes ``k = -4..+2`` (``-4..0`` when causal),
+    where ``A`` sums the counts of the minute ending with epoch ``t`` (two 30 s epochs). The
+    rule says sleep when ``D < 1``; the probability reported is ``1 / (1 + D)``, 0.5 at the rule's
+    boundary.
+    """
+
+    P = 0.001
+    WEIGHTS = {-4: 106.0, -3: 54.0, -2: 58.0, -1: 76.0, 0: 230.0, 1: 74.0, 2: 67.0}
+    SCALES = np.logspace(-3, 2, 51)
+
+    def __init__(self, causal: bool = True):
+        self.causal = causal
+        self.name = "cole_kripke_causal" if causal else "cole_kripke"
+        self.description = (
+            "Cole-Kripke weighted activity, past 4 min and current minute"
+            if causal
+            else "Cole-Kripke weighted activity, original window (2 min into the future)"
+        )
+        self.scale = 1.0
+
+    def activity_index(self, recording: Recording) -> NDArray[np.float64]:
+        """``P * sum_k W_k A_{t+k}`` before scaling; missing minutes count as no movement."""
+        per_epoch = epoch_counts(recording)
+        minute = per_epoch + np.concatenate([[0.0], per_epoch[:-1]])
+        total = np.zeros(recording.n_epochs)
+        for offset, weight in self.WEIGHTS.items():
+            if self.causal and offset > 0:
+                continue
+            shift = 2 * offset  # one minute is two epochs
+            shifted = np.zeros(recording.n_epochs)
+            if shift <= 0:
+                shifted[-shift:] = minute[: recording.n_epochs + shift]
+            else:
+                shifted[:-shift] = minute[shift:]
+            total += weight * shifted
+        return self.P * total
+
+    def fit(self, recordings: Sequence[Recording]) -> None:
+        labels = np.concatenate([r.labels(SLEEP_WAKE) for r in recordings])
+        index = np.concatenate([self.activity_index(r) for r in recordings])
+        keep = labels >= 0
+        kappas = [
+            cohen_kappa_score(labels[keep], (scale * index[keep] < 1).astype(int))
+            for scale in self.SCALES
+        ]
+        self.scale = float(self.SCALES[int(np.nanargmax(kappas))])
+
+    def predict(self, recording: Recording) -> NDArray[np.float64]:
+        return 1.0 / (1.0 + self.scale * self.activity_index(recording))
+
+
+def _logistic() -> Pipeline:
+    return make_pipeline(
+        SimpleImputer(strategy="mean", keep_empty_features=True),
+        StandardScaler(),
+        LogisticRegression(max_iter=2000),
+    )
+
+
+class LogisticCausal:
+    """Logistic regression on simple causal features; imputation and scaling fit on training."""
+
+    name = "logreg_causal"
+    causal = True
+
+    def __init__(self, features: Sequence[str] = SIMPLE_FEATURES):
+        unknown = sorted(set(features) - set(FEATURE_NAMES))
+        if unknown:
+            raise ValueError(f"Unknown features {unknown}; available: {list(FEATURE_NAMES)}")
+        self.features = tuple(features)
+        self.description = "Logistic regression on causal features: " + ", ".join(self.features)
+        self.model = _logistic()
+
+    def fit(self, recordings: Sequence[Recording]) -> None:
+        X = np.concatenate([select(night_features(r), self.features) for r in recordings])
+        y = np.concatenate([r.labels(SLEEP_WAKE) for r in recordings])
+        self.model.fit(X[y >= 0], y[y >= 0])
+
+    def predict(self, recording: Recording) -> NDArray[np.float64]:
+        X = select(night_features(recording), self.features)
+        return np.asarray(self.model.predict_proba(X)[:, 1], dtype=np.float64)
+
+
+class LogisticPaperNonCausal:
+    """Logistic regression on the published features (count, heart rate, clock); non-causal.
+
+    Trained on the paper's valid epochs. Outside them (no paper features) it returns the
+    training nights' fraction of sleep, so every scored epoch still has a prediction.
+    """
+
+    name = "logreg_paper_noncausal"
+    causal = False
+    description = (
+        "Logistic regression on the published non-causal features "
+        "(count and heart-rate windows reach 5 min into the future; cosine clock)"
+    )
+    FEATURES = ("count", "hr", "cosine")
+
+    def __init__(self) -> None:
+        self.model = _logistic()
+        self.prior = 1.0
+
+    def _table(self, recording: Recording) -> NDArray[np.float64]:
+        if recording.paper_features is None:
+            raise ValueError(
+                f"Subject {recording.subject_id}: no walch_features/ in the data folder"
+            )
+        columns = [PAPER_FEATURE_NAMES.index(n) for n in self.FEATURES]
+        return recording.paper_features[:, columns]
+
+    def fit(self, recordings: Sequence[Recording]) -> None:
+        X = np.concatenate([self._table(r) for r in recordings])
+        y = np.concatenate([r.labels(SLEEP_WAKE) for r in recordings])
+        usable = (y >= 0) & np.isfinite(X).all(axis=1)
+        self.model.fit(X[usable], y[usable])
+        self.prior = float(y[y >= 0].mean())
+
+    def predict(self, recording: Recording) -> NDArray[np.float64]:
+        X = self._table(recording)
+        usable = np.isfinite(X).all(axis=1)
+        p = np.full(recording.n_epochs, self.prior)
+        if usable.any():
+            p[usable] = self.model.predict_proba(X[usable])[:, 1]
+        return p
+
+
+def all_baselines() -> list[AlwaysSleep | ColeKripke | LogisticCausal | LogisticPaperNonCausal]:
+    """The baselines of the results table, in its order."""
+    return [
+        AlwaysSleep(),
+        ColeKripke(causal=True),
+        ColeKripke(causal=False),
+        LogisticCausal(),
+        LogisticPaperNonCausal(),
+    ]

@@ -1,0 +1,163 @@
+"""Figures of LOSO results: ROC curves, per-night traces, Bland-Altman plots.
+
+Each function draws one PNG file with the non-interactive Agg backend, closes the figure and
+returns the path written.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from sklearn.metrics import roc_curve
+
+from sleepstream.evaluation.metrics import (
+    OPERATING,
+    WASA_KEYS,
+    night_threshold,
+    pool,
+    wasa,
+)
+from sleepstream.evaluation.nightly import night_values
+from sleepstream.evaluation.predictions import LosoResult, NightPrediction
+
+logger = logging.getLogger(__name__)
+
+DPI = 90
+
+
+def safe_filename(name: str) -> str:
+    """``name`` with every run of characters other than letters, digits, ``._-`` turned to ``_``."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "predictor"
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    logger.info("Wrote %s", path)
+    return path
+
+
+def plot_roc(results: Sequence[LosoResult], path: Path) -> Path:
+    """ROC curves of pooled out-of-fold p(sleep), sleep as the positive class.
+
+    Markers show the deployable WASA operating points: every night thresholded at its own
+    training-chosen threshold, decisions pooled (x = 1 - wake-correct, y = sleep-correct).
+    """
+    fig, ax = plt.subplots(figsize=(6.5, 6), layout="constrained")
+    markers = dict(zip(WASA_KEYS, ("o", "s", "^", "D"), strict=False))
+    for index, result in enumerate(results):
+        color = f"C{index % 10}"
+        labels, p_sleep, thresholds = pool(result.nights, "scored")
+        if np.unique(labels).size < 2:
+            logger.warning("ROC of %s skipped: pooled labels hold one class", result.name)
+            continue
+        fpr, tpr, _ = roc_curve(labels, p_sleep, pos_label=1)
+        ax.plot(fpr, tpr, color=color, lw=1.5, label=result.name)
+        for key in WASA_KEYS:
+            point = wasa(labels, p_sleep, thresholds[key])
+            ax.plot(
+                1.0 - point.wake_correct,
+                point.sleep_correct,
+                marker=markers[key],
+                color=color,
+                markeredgecolor="black",
+                linestyle="none",
+            )
+    for key in WASA_KEYS:
+        ax.plot([], [], marker=markers[key], color="grey", linestyle="none",
+                label=f"{key.upper()} deployable")  # fmt: skip
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, linestyle=":")
+    ax.set(
+        xlabel="1 - wake-correct (wake epochs called sleep)",
+        ylabel="sleep-correct",
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+        title="ROC, pooled out-of-fold (LOSO)",
+    )
+    ax.legend(loc="lower right", fontsize="small")
+    return _save(fig, path)
+
+
+def _plot_night(ax: Axes, night: NightPrediction, threshold: float) -> None:
+    hours = (night.epoch_times - night.epoch_times[0]) / 3600.0
+    unscored = ~night.scored
+    psg = np.where(unscored, np.nan, night.labels.astype(np.float64))
+    ax.fill_between(
+        hours, 0, 1, where=unscored, step="post", color="0.85", lw=0,
+        transform=ax.get_xaxis_transform(),
+    )  # fmt: skip
+    ax.step(hours, psg, where="post", color="black", lw=0.8)
+    ax.plot(hours, night.p_sleep, color="C0", lw=0.6)
+    ax.axhline(threshold, color="C3", lw=0.8, linestyle="--")
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_yticks([0, 1], ["W", "S"])
+    ax.set_title(night.subject_id, fontsize="small", pad=2)
+    ax.tick_params(labelsize="x-small")
+
+
+def plot_nights(result: LosoResult, path: Path, n_cols: int = 4) -> Path:
+    """All nights of one predictor in a grid: PSG sleep/wake vs p(sleep).
+
+    Black step: PSG (S = sleep, W = wake); grey: unscored; blue: p(sleep); red dashed: the
+    night's operating threshold. The x axis is hours from the first epoch.
+    """
+    if not result.nights:
+        raise ValueError(f"Predictor {result.name!r} has no nights to plot")
+    n = len(result.nights)
+    n_cols = max(1, min(n_cols, n))
+    n_rows = math.ceil(n / n_cols)
+    # Constrained layout would re-measure every tick label of every panel; fixed margins suffice.
+    fig, axes = plt.subplots(
+        n_rows, n_cols, figsize=(3.6 * n_cols, 1.4 * n_rows + 0.8), squeeze=False, sharey=True
+    )
+    fig.subplots_adjust(left=0.04, right=0.99, bottom=0.04, top=1 - 0.5 / (1.4 * n_rows + 0.8),
+                        wspace=0.08, hspace=0.6)  # fmt: skip
+    for ax, night in zip(axes.flat, result.nights, strict=False):
+        _plot_night(ax, night, night_threshold(night, OPERATING))
+    for ax in list(axes.flat)[n:]:
+        ax.set_axis_off()
+    fig.suptitle(f"{result.name}: PSG (black) vs p(sleep) (blue), threshold (red); hours")
+    return _save(fig, path)
+
+
+def plot_bland_altman(results: Sequence[LosoResult], path: Path) -> Path:
+    """Bland-Altman plots of TST and WASO per predictor (rows) against PSG.
+
+    Each dot is a night (operating threshold); lines mark the bias and 95 % limits of agreement.
+    """
+    if not results:
+        raise ValueError("No results to plot")
+    metrics = (("tst_min", "TST (min)"), ("waso_min", "WASO (min)"))
+    fig, axes = plt.subplots(
+        len(results), len(metrics), figsize=(9, 3 * len(results) + 0.4), squeeze=False,
+        layout="constrained",
+    )  # fmt: skip
+    for row, result in zip(axes, results, strict=True):
+        nights = [night_values(n, night_threshold(n, OPERATING)) for n in result.nights]
+        for ax, (key, label) in zip(row, metrics, strict=True):
+            psg = np.array([v[f"psg_{key}"] for v in nights])
+            pred = np.array([v[f"pred_{key}"] for v in nights])
+            difference = pred - psg
+            ax.scatter((psg + pred) / 2, difference, s=12, color="C0")
+            bias = float(difference.mean())
+            sd = float(difference.std(ddof=1)) if difference.size > 1 else math.nan
+            ax.axhline(bias, color="C3", lw=1)
+            if math.isfinite(sd):
+                for limit in (bias - 1.96 * sd, bias + 1.96 * sd):
+                    ax.axhline(limit, color="C3", lw=0.8, linestyle="--")
+            ax.axhline(0, color="grey", lw=0.6, linestyle=":")
+            ax.set(xlabel=f"mean of PSG and predicted {label}", ylabel="predicted - PSG")
+            ax.set_title(f"{result.name}: {label}", fontsize="small")
+    return _save(fig, path)

@@ -1,0 +1,264 @@
+"""The causal per-epoch feature extractor: one implementation for live use and for replay.
+
+:class:`CausalFeatures` is fed heart-rate samples and activity counts in time order and, when an
+epoch closes, returns that epoch's feature vector. It only ever reads samples that arrived
+before the epoch's end, so nothing after the end of epoch *t* can change the vector of epoch *t*.
+:func:`extract` replays a recorded night through the same object (the batch path).
+
+Conventions
+-----------
+- An epoch is ``[start, start + 30 s)``; a heart-rate sample at time ``t`` belongs to the epoch
+  containing ``t``; an activity count belongs to the epoch containing its window *start*.
+- Features that cannot be computed (no sample yet, a gap) are ``NaN``; the model's input
+  normalisation maps them to the training mean, and the gap features say why.
+- All memory is bounded by the longest look-back (:attr:`CausalFeatures.hr_baseline_seconds`).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from numpy.typing import NDArray
+
+from sleepstream.records import EPOCH_SECONDS, Recording
+
+COUNT_WINDOWS_MIN = (1, 2, 5, 10, 30)
+"""Look-back windows (minutes) for summed activity counts, the current epoch included."""
+HR_WINDOWS_MIN = (5, 15)
+"""Look-back windows (minutes) for heart-rate mean and spread."""
+GAP_CAP_MIN = 60.0
+"""Time-since features saturate here (minutes)."""
+ACTIVE_COUNT = 20.0
+"""An activity count above this marks a movement for ``min_since_movement``."""
+
+FEATURE_NAMES: tuple[str, ...] = (
+    "log_count_epoch",
+    *(f"log_count_{w}min" for w in COUNT_WINDOWS_MIN[1:]),
+    "log_count_max_10min",
+    "min_since_movement",
+    "min_since_count",
+    "hr_epoch",
+    "hr_min_epoch",
+    "hr_max_epoch",
+    *(f"hr_mean_{w}min" for w in HR_WINDOWS_MIN),
+    *(f"hr_std_{w}min" for w in HR_WINDOWS_MIN),
+    "hr_change_5_15min",
+    "hr_above_baseline",
+    "hr_above_night_min",
+    "min_since_hr",
+    "hours_since_start",
+)
+"""Order of the feature vector."""
+
+SIMPLE_FEATURES: tuple[str, ...] = (
+    "log_count_epoch",
+    "log_count_2min",
+    "log_count_5min",
+    "log_count_10min",
+    "hr_epoch",
+    "hr_mean_5min",
+    "hr_std_5min",
+    "min_since_count",
+    "min_since_hr",
+)
+"""A small subset: counts and heart rate of the current and recent epochs only."""
+
+
+class _Series:
+    """Time-ordered samples in growable numpy arrays; old samples are dropped from the front."""
+
+    def __init__(self) -> None:
+        self.times = np.empty(256, dtype=np.float64)
+        self.values = np.empty(256, dtype=np.float64)
+        self.head = 0
+        self.size = 0
+
+    def append(self, t: float, value: float) -> None:
+        if self.size == len(self.times):
+            live = self.size - self.head
+            capacity = max(256, 2 * live)
+            for name in ("times", "values"):
+                old = getattr(self, name)
+                new = np.empty(capacity, dtype=np.float64)
+                new[:live] = old[self.head : self.size]
+                setattr(self, name, new)
+            self.head, self.size = 0, live
+        self.times[self.size] = t
+        self.values[self.size] = value
+        self.size += 1
+
+    def drop_before(self, t: float) -> None:
+        self.head += int(np.searchsorted(self.times[self.head : self.size], t, side="left"))
+
+    def view(self) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        return self.times[self.head : self.size], self.values[self.head : self.size]
+
+
+class CausalFeatures:
+    """Streaming feature extractor: samples in (time order), one feature vector per closed epoch.
+
+    Parameters
+    ----------
+    hr_baseline_seconds
+        Look-back of the resting heart-rate baseline (default one day): the 5th percentile of
+        the heart rate over this window, prior days included when the stream has them.
+    baseline_quantile
+        The quantile used for the resting baseline.
+
+    Examples
+    --------
+    >>> fx = CausalFeatures()
+    >>> fx.update_heart_rate(10.0, 60.0)
+    >>> fx.update_count(0.0, 5.0)
+    >>> vector = fx.close_epoch(0.0)
+    >>> len(vector) == len(FEATURE_NAMES)
+    True
+    """
+
+    names = FEATURE_NAMES
+
+    def __init__(self, hr_baseline_seconds: float = 86_400.0, baseline_quantile: float = 0.05):
+        self.hr_baseline_seconds = hr_baseline_seconds
+        self.baseline_quantile = baseline_quantile
+        self._hr = _Series()
+        self._counts = _Series()
+        self._last_hr_time = -math.inf
+        self._last_count_time = -math.inf
+        self._last_movement_time = -math.inf
+        self._night_hr_min = math.inf
+        self._start: float | None = None
+        self._closed_until = -math.inf
+
+    def clone(self) -> CausalFeatures:
+        """A fresh extractor with the same parameters and no state."""
+        return CausalFeatures(self.hr_baseline_seconds, self.baseline_quantile)
+
+    def __getstate__(self) -> dict[str, object]:
+        return copy.copy(self.__dict__)
+
+    # -- input -------------------------------------------------------------------------------
+    def _check_time(self, t: float, what: str) -> None:
+        if not math.isfinite(t):
+            raise ValueError(f"{what} time {t!r} is not finite")
+        if t < self._closed_until:
+            raise ValueError(
+                f"{what} at t={t:.3f} s arrived after the epoch ending at "
+                f"{self._closed_until:.3f} s was closed"
+            )
+
+    def update_heart_rate(self, t: float, bpm: float) -> None:
+        """Add one heart-rate sample (s, beats per minute)."""
+        self._check_time(t, "heart-rate sample")
+        if not math.isfinite(bpm):
+            raise ValueError(f"heart rate {bpm!r} at t={t:.3f} s is not finite")
+        self._hr.append(t, bpm)
+        self._last_hr_time = max(self._last_hr_time, t)
+
+    def update_count(self, t: float, count: float) -> None:
+        """Add one activity count whose 15 s window starts at ``t``."""
+        self._check_time(t, "activity count")
+        if not math.isfinite(count) or count < 0:
+            raise ValueError(f"activity count {count!r} at t={t:.3f} s must be finite and >= 0")
+        self._counts.append(t, count)
+        self._last_count_time = max(self._last_count_time, t)
+        if count > ACTIVE_COUNT:
+            self._last_movement_time = max(self._last_movement_time, t)
+
+    # -- output ------------------------------------------------------------------------------
+    def close_epoch(self, start: float) -> NDArray[np.float64]:
+        """Close the epoch ``[start, start + 30 s)`` and return its feature vector.
+
+        Every sample given so far with a time before ``start + 30`` counts; later calls may only
+        add samples at or after that end.
+        """
+        end = start + EPOCH_SECONDS
+        if self._start is None:
+            self._start = start
+        self._closed_until = end
+        self._forget(end)
+        counts = self._count_features(start, end)
+        hr = self._hr_features(start, end)
+        hours = (end - self._start) / 3600.0
+        return np.array([*counts, *hr, hours], dtype=np.float64)
+
+    def _forget(self, end: float) -> None:
+        self._hr.drop_before(end - self.hr_baseline_seconds)
+        self._counts.drop_before(end - max(COUNT_WINDOWS_MIN) * 60.0)
+
+    def _since(self, last: float, end: float) -> float:
+        return min((end - last) / 60.0, GAP_CAP_MIN)
+
+    def _count_features(self, start: float, end: float) -> list[float]:
+        times, values = self._counts.view()
+        out: list[float] = []
+        for minutes in COUNT_WINDOWS_MIN:
+            window_start = end - minutes * 60.0 if minutes > 1 else start
+            inside = (times >= window_start) & (times < end)
+            out.append(math.log1p(values[inside].sum()) if inside.any() else math.nan)
+        recent = (times >= end - 600.0) & (times < end)
+        out.append(math.log1p(values[recent].max()) if recent.any() else math.nan)
+        out.append(self._since(self._last_movement_time, end))
+        out.append(self._since(self._last_count_time, end))
+        return out
+
+    def _hr_features(self, start: float, end: float) -> list[float]:
+        times, bpm = self._hr.view()
+        epoch = bpm[(times >= start) & (times < end)]
+        if len(epoch):
+            self._night_hr_min = min(self._night_hr_min, float(epoch.min()))
+        nan = math.nan
+        out = [
+            float(epoch.mean()) if len(epoch) else nan,
+            float(epoch.min()) if len(epoch) else nan,
+            float(epoch.max()) if len(epoch) else nan,
+        ]
+        means, stds = [], []
+        for minutes in HR_WINDOWS_MIN:
+            window = bpm[times >= end - minutes * 60.0]
+            means.append(float(window.mean()) if len(window) else nan)
+            stds.append(float(window.std()) if len(window) >= 2 else nan)
+        out += [*means, *stds, means[0] - means[1]]
+        current = means[0]
+        baseline = float(np.quantile(bpm, self.baseline_quantile)) if len(bpm) >= 10 else nan
+        out.append(current - baseline)
+        out.append(current - self._night_hr_min if math.isfinite(self._night_hr_min) else nan)
+        out.append(self._since(self._last_hr_time, end))
+        return out
+
+
+def extract(
+    recording: Recording,
+    extractor: CausalFeatures | None = None,
+    n_epochs: int | None = None,
+) -> NDArray[np.float64]:
+    """Replay a night through :class:`CausalFeatures`: shape ``(n_epochs, n_features)``.
+
+    Samples are fed in time order, each before the first epoch end after it; the vector of each
+    epoch is taken when that epoch closes, exactly as in live use.
+    """
+    fx = extractor.clone() if extractor is not None else CausalFeatures()
+    n = recording.n_epochs if n_epochs is None else n_epochs
+    ends = recording.epoch_times[:n] + EPOCH_SECONDS
+    hr_cut = np.searchsorted(recording.hr_times, ends, side="left")
+    count_cut = np.searchsorted(recording.count_times, ends, side="left")
+    out = np.empty((n, len(FEATURE_NAMES)), dtype=np.float64)
+    hr_done = count_done = 0
+    hr_t, hr_v = recording.hr_times.tolist(), recording.hr_bpm.tolist()
+    ct_t, ct_v = recording.count_times.tolist(), recording.counts.tolist()
+    for i in range(n):
+        for j in range(hr_done, int(hr_cut[i])):
+            fx.update_heart_rate(hr_t[j], hr_v[j])
+        for j in range(count_done, int(count_cut[i])):
+            fx.update_count(ct_t[j], ct_v[j])
+        hr_done, count_done = int(hr_cut[i]), int(count_cut[i])
+        out[i] = fx.close_epoch(float(recording.epoch_times[i]))
+    return out
+
+
+def select(features: NDArray[np.float64], names: Sequence[str]) -> NDArray[np.float64]:
+    """Columns ``names`` of a feature matrix in :data:`FEATURE_NAMES` order."""
+    index = [FEATURE_NAMES.index(n) for n in names]
+    return features[:, index]
