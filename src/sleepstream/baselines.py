@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Sequence
 
 import numpy as np
@@ -25,19 +24,8 @@ from sklearn.metrics import cohen_kappa_score
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from sleepstream.features import FEATURE_NAMES, SIMPLE_FEATURES, extract, select
+from sleepstream.features import SIMPLE_FEATURES, night_features, resolve_features, select
 from sleepstream.records import EPOCH_SECONDS, PAPER_FEATURE_NAMES, SLEEP_WAKE, Recording
-
-_FEATURES: weakref.WeakKeyDictionary[Recording, NDArray[np.float64]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def night_features(recording: Recording) -> NDArray[np.float64]:
-    """Causal features of a night (:func:`sleepstream.features.extract`), memoised per object."""
-    if recording not in _FEATURES:
-        _FEATURES[recording] = extract(recording)
-    return _FEATURES[recording]
 
 
 def epoch_counts(recording: Recording) -> NDArray[np.float64]:
@@ -134,10 +122,7 @@ class LogisticCausal:
     causal = True
 
     def __init__(self, features: Sequence[str] = SIMPLE_FEATURES):
-        unknown = sorted(set(features) - set(FEATURE_NAMES))
-        if unknown:
-            raise ValueError(f"Unknown features {unknown}; available: {list(FEATURE_NAMES)}")
-        self.features = tuple(features)
+        self.features = resolve_features(features)
         self.description = "Logistic regression on causal features: " + ", ".join(self.features)
         self.model = _logistic()
 

@@ -2,9 +2,11 @@
 
 ::
 
-    sleepstream data fetch [--dest DIR] [--base-url URL]    download and verify the PhysioNet record
-    sleepstream data check [DIR]                            what each subject has: files, spans, gaps
-    sleepstream baselines --out DIR [--docs FILE]           LOSO report of the baselines
+    sleepstream data fetch [--dest DIR] [--base-url URL]  download and verify the PhysioNet record
+    sleepstream data check [DIR]                          per subject: files, time spans, gaps
+    sleepstream baselines --out DIR [--docs FILE]         LOSO report of the baselines
+    sleepstream fit|validate|test|predict -c CONFIG       LightningCLI (training and checks)
+    sleepstream cv -c CONFIG --out DIR                    LOSO of a model beside the baselines
 """
 
 from __future__ import annotations
@@ -17,9 +19,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
+
+from sleepstream.evaluation.predictions import LosoResult
 
 log = logging.getLogger("sleepstream")
 console = Console(stderr=True)
@@ -111,6 +116,54 @@ def _baselines(args: argparse.Namespace) -> int:
     return 0
 
 
+def save_predictions(results: Sequence[LosoResult], out: Path) -> None:
+    """Out-of-fold predictions of every predictor, ``<out>/predictions/<name>.npz``."""
+    folder = out / "predictions"
+    folder.mkdir(parents=True, exist_ok=True)
+    for result in results:
+        np.savez_compressed(
+            folder / f"{result.name}.npz",
+            subject_id=np.array([n.subject_id for n in result.nights for _ in n.labels]),
+            labels=np.concatenate([n.labels for n in result.nights]),
+            p_sleep=np.concatenate([n.p_sleep for n in result.nights]),
+            epoch_times=np.concatenate([n.epoch_times for n in result.nights]),
+        )
+
+
+def _cv(args: argparse.Namespace) -> int:
+    import torch
+
+    from sleepstream.baselines import all_baselines
+    from sleepstream.data.folder import load_all
+    from sleepstream.evaluation.loso import run_loso
+    from sleepstream.evaluation.report import write_report
+    from sleepstream.models.training import NetPredictor
+
+    start = time.perf_counter()
+    torch.set_num_threads(1 if args.jobs > 1 else torch.get_num_threads())
+    recordings = load_all(args.data)
+    folds = args.folds.split(",") if args.folds else None
+    configs = [args.config, *(args.compare or [])]
+    results = []
+    for config in configs:
+        predictor = NetPredictor(config, args.overrides)
+        fold_start = time.perf_counter()
+        results.append(
+            run_loso(predictor, recordings, folds=folds, n_jobs=args.jobs, progress=not args.quiet)
+        )
+        log.info("%s: LOSO in %.0f s", predictor.name, time.perf_counter() - fold_start)
+    if not args.no_baselines:
+        results += [run_loso(b, recordings, folds=folds, progress=not args.quiet) for b in all_baselines()]
+    out = Path(args.out)
+    write_report(results, out)
+    save_predictions(results, out)
+    if args.docs:
+        Path(args.docs).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(out / "results.md", args.docs)
+    console.print(f"Report in {out} ({time.perf_counter() - start:.0f} s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sleepstream", description=__doc__.split("\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -135,12 +188,34 @@ def build_parser() -> argparse.ArgumentParser:
     baselines.add_argument("--data", help="data folder (default: $SLEEPSTREAM_DATA)")
     baselines.add_argument("--docs", help="also copy the markdown table here")
     baselines.set_defaults(run=_baselines)
+
+    cv = commands.add_parser("cv", help="leave-one-subject-out of a model config")
+    cv.add_argument("-c", "--config", required=True, help="LightningCLI YAML")
+    cv.add_argument("--out", required=True, help="report folder")
+    cv.add_argument("--compare", nargs="+", metavar="CONFIG", help="more configs in the table")
+    cv.add_argument("--folds", help="comma-separated held-out subjects (default: all)")
+    cv.add_argument("--jobs", type=int, default=2, help="folds trained in parallel")
+    cv.add_argument("--data", help="data folder (default: $SLEEPSTREAM_DATA)")
+    cv.add_argument("--docs", help="also copy the markdown table here")
+    cv.add_argument("--no-baselines", action="store_true", help="leave the baselines out")
+    cv.add_argument(
+        "overrides", nargs="*", help="LightningCLI overrides after --, e.g. -- --trainer.max_epochs 5"
+    )
+    cv.set_defaults(run=_cv)
     return parser
+
+
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sleepstream`` command."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in LIGHTNING_COMMANDS:
+        from sleepstream.models.training import build_cli
+
+        build_cli(argv)
+        return 0
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
     try:

@@ -17,7 +17,9 @@ Conventions
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import numpy as np
@@ -31,6 +33,8 @@ HR_WINDOWS_MIN = (5, 15)
 """Look-back windows (minutes) for heart-rate mean and spread."""
 GAP_CAP_MIN = 60.0
 """Time-since features saturate here (minutes)."""
+LAST_HR_SAMPLES = 5
+"""The raw last heart-rate samples and their ages are features too (the original hobby model)."""
 ACTIVE_COUNT = 20.0
 """An activity count above this marks a movement for ``min_since_movement``."""
 
@@ -49,6 +53,8 @@ FEATURE_NAMES: tuple[str, ...] = (
     "hr_above_baseline",
     "hr_above_night_min",
     "min_since_hr",
+    *(f"hr_last_{k}" for k in range(1, LAST_HR_SAMPLES + 1)),
+    *(f"hr_age_{k}" for k in range(1, LAST_HR_SAMPLES + 1)),
     "hours_since_start",
 )
 """Order of the feature vector."""
@@ -65,6 +71,18 @@ SIMPLE_FEATURES: tuple[str, ...] = (
     "min_since_hr",
 )
 """A small subset: counts and heart rate of the current and recent epochs only."""
+
+HOBBY_FEATURES: tuple[str, ...] = (
+    "log_count_epoch",
+    *(f"hr_last_{k}" for k in range(1, LAST_HR_SAMPLES + 1)),
+    *(f"hr_age_{k}" for k in range(1, LAST_HR_SAMPLES + 1)),
+)
+"""The original hobby design's inputs: this epoch's motion and the last 5 heart-rate values."""
+
+SEQUENCE_FEATURES: tuple[str, ...] = tuple(
+    n for n in FEATURE_NAMES if not n.startswith(("hr_last_", "hr_age_"))
+)
+"""Default inputs of the recurrent model: every summary feature, no raw heart-rate samples."""
 
 
 class _Series:
@@ -226,6 +244,10 @@ class CausalFeatures:
         out.append(current - baseline)
         out.append(current - self._night_hr_min if math.isfinite(self._night_hr_min) else nan)
         out.append(self._since(self._last_hr_time, end))
+        last = bpm[-LAST_HR_SAMPLES:][::-1]
+        ages = [self._since(t, end) for t in times[-LAST_HR_SAMPLES:][::-1]]
+        padding = [nan] * (LAST_HR_SAMPLES - len(last))
+        out += [*last.tolist(), *padding, *ages, *padding]
         return out
 
 
@@ -256,6 +278,58 @@ def extract(
         hr_done, count_done = int(hr_cut[i]), int(count_cut[i])
         out[i] = fx.close_epoch(float(recording.epoch_times[i]))
     return out
+
+
+_MEMO: OrderedDict[str, NDArray[np.float64]] = OrderedDict()
+_MEMO_SIZE = 128
+
+
+def _fingerprint(recording: Recording) -> str:
+    digest = hashlib.blake2b(recording.subject_id.encode(), digest_size=16)
+    for array in (
+        recording.epoch_times,
+        recording.hr_times,
+        recording.hr_bpm,
+        recording.count_times,
+        recording.counts,
+    ):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def night_features(recording: Recording) -> NDArray[np.float64]:
+    """:func:`extract` with default parameters, memoised by the night's content (read-only)."""
+    key = _fingerprint(recording)
+    if key not in _MEMO:
+        features = extract(recording)
+        features.setflags(write=False)
+        _MEMO[key] = features
+        while len(_MEMO) > _MEMO_SIZE:
+            _MEMO.popitem(last=False)
+    _MEMO.move_to_end(key)
+    return _MEMO[key]
+
+
+FEATURE_SETS: dict[str, tuple[str, ...]] = {
+    "all": FEATURE_NAMES,
+    "sequence": SEQUENCE_FEATURES,
+    "simple": SIMPLE_FEATURES,
+    "hobby": HOBBY_FEATURES,
+}
+
+
+def resolve_features(features: str | Sequence[str]) -> tuple[str, ...]:
+    """Feature names from a set name (``"sequence"``, ``"hobby"``, ...) or an explicit list."""
+    if isinstance(features, str):
+        if features not in FEATURE_SETS:
+            raise ValueError(
+                f"Unknown feature set {features!r}; known: {sorted(FEATURE_SETS)} or a list"
+            )
+        return FEATURE_SETS[features]
+    unknown = [n for n in features if n not in FEATURE_NAMES]
+    if unknown:
+        raise ValueError(f"Unknown features {unknown}; available: {list(FEATURE_NAMES)}")
+    return tuple(features)
 
 
 def select(features: NDArray[np.float64], names: Sequence[str]) -> NDArray[np.float64]:

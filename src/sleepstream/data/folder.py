@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 DATA_ENV = "SLEEPSTREAM_DATA"
 CACHE_ENV = "SLEEPSTREAM_CACHE"
-CACHE_VERSION = "2"
+CACHE_VERSION = "3"
 _STAT_HASH_LIMIT = 16 * 2**20  # above this size a file's hash is remembered per (size, mtime)
 
 

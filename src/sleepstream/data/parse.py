@@ -57,7 +57,9 @@ def _scan_for_error(path: Path, sep: str | None, n_cols: int) -> None:
                     f"{path}, line {number}: cannot parse {line.strip()!r} as numbers"
                 ) from None
             if not all(np.isfinite(values)):
-                raise DataFormatError(f"{path}, line {number}: non-finite value in {line.strip()!r}")
+                raise DataFormatError(
+                    f"{path}, line {number}: non-finite value in {line.strip()!r}"
+                )
 
 
 def read_table(path: Path, sep: str | None, n_cols: int) -> NDArray[np.float64]:
@@ -137,14 +139,14 @@ def read_labels(path: Path) -> tuple[NDArray[np.float64], NDArray[np.int8]]:
     if off_grid.any():
         line = _line_of(off_grid)
         raise DataFormatError(
-            f"{path}, line {line}: label time {times[line - 1]!r} is not on the "
+            f"{path}, line {line}: label time {float(times[line - 1])!r} is not on the "
             f"{EPOCH_SECONDS:g} s epoch grid"
         )
     valid_codes = np.isin(stages, [s.value for s in Stage])
     if not valid_codes.all():
         line = _line_of(~valid_codes)
         raise DataFormatError(
-            f"{path}, line {line}: stage {stages[line - 1]!r} is not one of "
+            f"{path}, line {line}: stage {float(stages[line - 1])!r} is not one of "
             f"{[s.value for s in Stage]}"
         )
     _, times, (stages,) = sort_by_time(path, times, stages)

@@ -103,15 +103,18 @@ def _scored(
         )
     bad = ~np.isin(y, (-1, 0, 1))
     if bad.any():
-        raise ValueError(f"Invalid label {y[bad][0]!r}: expected 1 sleep, 0 wake or -1 unscored")
+        raise ValueError(
+            f"Invalid label {y[bad][0].item()!r}: expected 1 sleep, 0 wake or -1 unscored"
+        )
     if not np.all(np.isfinite(p)):
-        raise ValueError(f"p_sleep must be finite, got {p[~np.isfinite(p)][0]!r}")
+        raise ValueError(f"p_sleep must be finite, got {p[~np.isfinite(p)][0].item()!r}")
     if threshold is None:
         thr = np.full(p.shape, np.nan)
     else:
         thr = np.broadcast_to(np.asarray(threshold, dtype=np.float64), p.shape)
         if not np.all(np.isfinite(thr)):
-            raise ValueError(f"threshold must be finite, got {thr[~np.isfinite(thr)][0]!r}")
+            bad_threshold = thr[~np.isfinite(thr)][0].item()
+            raise ValueError(f"threshold must be finite, got {bad_threshold!r}")
     keep = y >= 0
     if not keep.any():
         raise ValueError(f"No scored epochs among {y.size} (all labels are -1)")

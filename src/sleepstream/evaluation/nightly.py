@@ -60,7 +60,7 @@ def _as_bool_1d(values: ArrayLike, name: str) -> NDArray[np.bool_]:
     if array.dtype != np.bool_:
         bad = ~np.isin(array, (0, 1))
         if bad.any():
-            raise ValueError(f"{name} must hold booleans (or 0/1), got {array[bad][0]!r}")
+            raise ValueError(f"{name} must hold booleans (or 0/1), got {array[bad][0].item()!r}")
     return array.astype(np.bool_)
 
 
@@ -246,7 +246,9 @@ def event_metrics(
         )
     bad = ~np.isin(y, (0, 1))
     if bad.any():
-        raise ValueError(f"Invalid label {y[bad][0]!r}: expected scored epochs only (0 or 1)")
+        raise ValueError(
+            f"Invalid label {y[bad][0].item()!r}: expected scored epochs only (0 or 1)"
+        )
     if np.any(np.diff(times) <= 0):
         raise ValueError("epoch_times must be strictly increasing")
     events = tracker_events(decisions, tracker)

@@ -98,8 +98,8 @@ def _plot_night(ax: Axes, night: NightPrediction, threshold: float) -> None:
         hours, 0, 1, where=unscored, step="post", color="0.85", lw=0,
         transform=ax.get_xaxis_transform(),
     )  # fmt: skip
-    ax.step(hours, psg, where="post", color="black", lw=0.8)
     ax.plot(hours, night.p_sleep, color="C0", lw=0.6)
+    ax.step(hours, psg, where="post", color="black", lw=0.8)
     ax.axhline(threshold, color="C3", lw=0.8, linestyle="--")
     ax.set_ylim(-0.05, 1.05)
     ax.set_yticks([0, 1], ["W", "S"])
@@ -118,7 +118,7 @@ def plot_nights(result: LosoResult, path: Path, n_cols: int = 4) -> Path:
     n = len(result.nights)
     n_cols = max(1, min(n_cols, n))
     n_rows = math.ceil(n / n_cols)
-    # Constrained layout would re-measure every tick label of every panel; fixed margins suffice.
+    # Fixed margins: constrained layout would measure every tick label of 31 panels repeatedly.
     fig, axes = plt.subplots(
         n_rows, n_cols, figsize=(3.6 * n_cols, 1.4 * n_rows + 0.8), squeeze=False, sharey=True
     )
@@ -128,7 +128,7 @@ def plot_nights(result: LosoResult, path: Path, n_cols: int = 4) -> Path:
         _plot_night(ax, night, night_threshold(night, OPERATING))
     for ax in list(axes.flat)[n:]:
         ax.set_axis_off()
-    fig.suptitle(f"{result.name}: PSG (black) vs p(sleep) (blue), threshold (red); hours")
+    fig.suptitle(f"{result.name}: PSG (black) vs p(sleep) (blue), threshold (red); x: hours")
     return _save(fig, path)
 
 

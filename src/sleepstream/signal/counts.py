@@ -2,8 +2,8 @@
 
 The published pipeline: interpolate the z axis onto a uniform 50 Hz grid; 5th-order Butterworth
 band-pass 3-11 Hz applied forward and backward (zero phase); absolute value; quantise into 128
-equal bins over 0-5 g (the bin index is the value); maximum per second; sum of the per-second
-maxima over each 15 s window; ``count = max(0, (sum - 18) * 3.07)``.
+equal bins over 0-5 g (the bin index, from 1, is the value); maximum per second; sum of the
+per-second maxima over each 15 s window; ``count = max(0, (sum - 18) * 3.07)``.
 
 :func:`counts_offline` is that pipeline. Its forward-backward filter looks into the future, so it
 is for reading recorded nights only, never for live use.
@@ -35,8 +35,13 @@ def bandpass_sos(sample_rate: float = SAMPLE_RATE) -> NDArray[np.float64]:
 
 
 def quantise(magnitude: NDArray[np.float64]) -> NDArray[np.float64]:
-    """Bin index of each absolute filtered value: 128 equal bins over 0-5 g, clipped."""
-    return np.clip(np.floor(magnitude * (N_BINS / FULL_SCALE_G)), 0, N_BINS - 1)
+    """Bin index of each absolute filtered value: 128 equal bins over 0-5 g, numbered 1 to 128.
+
+    Numbered from 1 as in the published code (MATLAB ``histc``, ``np.digitize``), so a still
+    wrist sums to 15 per window, which the offset of 18 removes. Values of 5 g or more are
+    clipped to bin 128.
+    """
+    return np.clip(np.floor(magnitude * (N_BINS / FULL_SCALE_G)) + 1, 1, N_BINS)
 
 
 def counts_from_second_maxima(window_sums: NDArray[np.float64]) -> NDArray[np.float64]:

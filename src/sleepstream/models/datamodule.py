@@ -1,0 +1,186 @@
+"""Nights as training data: subject splits, causal feature sequences, random crops.
+
+The held-out subject of a leave-one-subject-out fold is a constructor argument; the inner
+validation subjects are drawn (seeded) from the rest. The test set is the held-out night only.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from sleepstream.data.folder import data_folder, load_all
+from sleepstream.features import night_features
+from sleepstream.records import SLEEP_WAKE, Recording
+
+log = logging.getLogger(__name__)
+
+Night = tuple[NDArray[np.float32], NDArray[np.int64]]
+Batch = tuple[Tensor, Tensor]
+
+
+def night_arrays(recording: Recording) -> Night:
+    """All causal features ``(epochs, features)`` and sleep/wake labels (-1 unscored)."""
+    features = night_features(recording).astype(np.float32)
+    return features, recording.labels(SLEEP_WAKE).astype(np.int64)
+
+
+class CropDataset(Dataset[Batch]):
+    """Random crops of ``length`` epochs from nights; ``per_night`` crops per night per epoch.
+
+    One crop in four starts at the beginning of the night, so the network also learns the
+    first minutes with an empty state, as in live use.
+    """
+
+    def __init__(self, nights: Sequence[Night], length: int, per_night: int):
+        self.nights = list(nights)
+        self.length = length
+        self.per_night = per_night
+
+    def __len__(self) -> int:
+        return len(self.nights) * self.per_night
+
+    def __getitem__(self, index: int) -> Batch:
+        x, y = self.nights[index // self.per_night]
+        spare = max(0, len(y) - self.length)
+        from_start = int(torch.randint(0, 4, (1,))) == 0
+        start = 0 if from_start or spare == 0 else int(torch.randint(0, spare + 1, (1,)))
+        end = start + self.length
+        return torch.from_numpy(x[start:end]), torch.from_numpy(y[start:end])
+
+
+class NightDataset(Dataset[Batch]):
+    """Whole nights, in order."""
+
+    def __init__(self, nights: Sequence[Night]):
+        self.nights = list(nights)
+
+    def __len__(self) -> int:
+        return len(self.nights)
+
+    def __getitem__(self, index: int) -> Batch:
+        x, y = self.nights[index]
+        return torch.from_numpy(x), torch.from_numpy(y)
+
+
+def pad_collate(items: Sequence[Batch]) -> Batch:
+    """Pad to the longest sequence: features NaN (normalised to 0), labels -1 (ignored)."""
+    longest = max(len(y) for _, y in items)
+    n_features = items[0][0].shape[1]
+    x = torch.full((len(items), longest, n_features), float("nan"))
+    y = torch.full((len(items), longest), -1, dtype=torch.int64)
+    for i, (xi, yi) in enumerate(items):
+        x[i, : len(yi)] = xi
+        y[i, : len(yi)] = yi
+    return x, y
+
+
+class SleepDataModule(L.LightningDataModule):
+    """The sleep-accel nights, split by subject.
+
+    Parameters
+    ----------
+    data_dir
+        The data folder; ``$SLEEPSTREAM_DATA`` when not given.
+    held_out
+        Subject id of the test night (one LOSO fold); ``None`` trains on every subject but the
+        validation ones (the shipped model).
+    val_subjects
+        How many subjects (never the held-out one) form the inner validation split.
+    crop_epochs, crops_per_night
+        Length in 30 s epochs and number per night of the random training crops per epoch.
+    batch_size
+        Crops per training batch.
+    seed
+        Seeds the choice of validation subjects.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | None = None,
+        held_out: str | None = None,
+        val_subjects: int = 5,
+        crop_epochs: int = 240,
+        crops_per_night: int = 4,
+        batch_size: int = 16,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.data_dir = data_dir
+        self.held_out = held_out
+        self.val_subjects = val_subjects
+        self.crop_epochs = crop_epochs
+        self.crops_per_night = crops_per_night
+        self.batch_size = batch_size
+        self.seed = seed
+        self.recordings: list[Recording] | None = None
+        self.train: list[Recording] = []
+        self.val: list[Recording] = []
+        self.test: list[Recording] = []
+
+    def use_recordings(self, recordings: Sequence[Recording]) -> None:
+        """Use these nights instead of reading ``data_dir`` (the LOSO driver's training set)."""
+        self.recordings = list(recordings)
+
+    def prepare_data(self) -> None:
+        if self.recordings is None:
+            data_folder(self.data_dir)  # fails early, saying how to get the data
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train:
+            return
+        if self.recordings is None:
+            self.recordings = load_all(Path(self.data_dir) if self.data_dir else None)
+        ids = [r.subject_id for r in self.recordings]
+        if self.held_out is not None and self.held_out not in ids:
+            raise ValueError(f"held_out subject {self.held_out!r} is not among {ids}")
+        rest = [s for s in ids if s != self.held_out]
+        if self.val_subjects >= len(rest):
+            raise ValueError(
+                f"val_subjects={self.val_subjects} leaves no training subject out of {len(rest)}"
+            )
+        rng = np.random.default_rng(self.seed)
+        val_ids = set(rng.choice(rest, size=self.val_subjects, replace=False).tolist())
+        self.train = [r for r in self.recordings if r.subject_id in rest and r.subject_id not in val_ids]
+        self.val = [r for r in self.recordings if r.subject_id in val_ids]
+        self.test = [r for r in self.recordings if r.subject_id == self.held_out]
+        log.info(
+            "Split: %d training, %d validation (%s), test %s",
+            len(self.train),
+            len(self.val),
+            ",".join(sorted(val_ids)),
+            self.held_out,
+        )
+
+    def train_features(self) -> NDArray[np.float64]:
+        """Feature rows of the training nights (for the input normalisation)."""
+        return np.concatenate([night_features(r) for r in self.train])
+
+    def train_dataloader(self) -> DataLoader[Batch]:
+        dataset = CropDataset(
+            [night_arrays(r) for r in self.train], self.crop_epochs, self.crops_per_night
+        )
+        return DataLoader(dataset, self.batch_size, shuffle=True, collate_fn=pad_collate)
+
+    def _nights(self, recordings: Sequence[Recording]) -> DataLoader[Batch]:
+        dataset = NightDataset([night_arrays(r) for r in recordings])
+        return DataLoader(dataset, batch_size=8, collate_fn=pad_collate)
+
+    def val_dataloader(self) -> DataLoader[Batch]:
+        return self._nights(self.val)
+
+    def test_dataloader(self) -> DataLoader[Batch]:
+        if not self.test:
+            raise ValueError("No test night: set data.held_out to a subject id")
+        return self._nights(self.test)
+
+    def predict_dataloader(self) -> DataLoader[Batch]:
+        return self._nights(self.test or self.val)

@@ -1,0 +1,149 @@
+"""Plain ``nn.Module`` sleep/wake networks with a streaming ``step``.
+
+Every network takes raw feature vectors (in the order of its ``feature_names``) and carries its
+own input normalisation as buffers: ``(x - mean) / std``, with NaN (a feature that could not be
+computed) mapped to 0, the training mean. So an exported network needs nothing but the
+extractor's output.
+
+Shapes: ``forward(x: (batch, time, features), state) -> (logits: (batch, time), state)`` and
+``step(x: (batch, features), state) -> (logits: (batch,), state)``; repeated ``step`` equals
+``forward``. The state is a tensor, ``(batch, state_size)``; memoryless networks have
+``state_size == 1`` and pass it through unchanged so every network exports with the same
+signature.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import Tensor, nn
+
+from sleepstream.features import resolve_features
+
+
+class Normalise(nn.Module):
+    """``(x - mean) / std`` with NaN mapped to 0; statistics set from training data only."""
+
+    mean: Tensor
+    std: Tensor
+
+    def __init__(self, n_features: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(n_features))
+        self.register_buffer("std", torch.ones(n_features))
+
+    def fit(self, features: NDArray[np.float64]) -> None:
+        """Set mean and standard deviation from a ``(rows, features)`` training matrix."""
+        mean = np.nanmean(features, axis=0)
+        std = np.nanstd(features, axis=0)
+        mean = np.where(np.isfinite(mean), mean, 0.0)
+        std = np.where(np.isfinite(std) & (std > 1e-6), std, 1.0)
+        self.mean.copy_(torch.as_tensor(mean, dtype=self.mean.dtype))
+        self.std.copy_(torch.as_tensor(std, dtype=self.std.dtype))
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = (x - self.mean) / self.std
+        return torch.where(torch.isnan(z), torch.zeros_like(z), z)
+
+
+class SleepNet(nn.Module):
+    """Base of the networks: named inputs, normalisation, and the streaming interface."""
+
+    state_size: int
+
+    def __init__(self, feature_names: str | Sequence[str]):
+        super().__init__()
+        self.feature_names = list(resolve_features(feature_names))
+        self.normalise = Normalise(len(self.feature_names))
+
+    @property
+    def n_features(self) -> int:
+        return len(self.feature_names)
+
+    def initial_state(self, batch: int = 1) -> Tensor:
+        """The state before the first epoch of a night."""
+        return torch.zeros(batch, self.state_size, dtype=self.normalise.mean.dtype)
+
+    def step(self, x: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+        """One epoch: ``x (batch, features)`` -> ``(logit (batch,), new state)``."""
+        logits, state = self.forward(x.unsqueeze(1), state)
+        return logits[:, 0], state
+
+    def forward(self, x: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+
+class SleepGRU(SleepNet):
+    """Causal recurrent network: an input layer, a GRU, and a linear read-out of p(sleep).
+
+    Parameters
+    ----------
+    feature_names
+        Inputs: a feature set name of :data:`sleepstream.features.FEATURE_SETS` or a list.
+    hidden_size
+        GRU width; the state is ``(batch, num_layers * hidden_size)``.
+    num_layers
+        Stacked GRU layers.
+    dropout
+        Dropout on the GRU input during training.
+    """
+
+    def __init__(
+        self,
+        feature_names: str | Sequence[str] = "sequence",
+        hidden_size: int = 48,
+        num_layers: int = 1,
+        dropout: float = 0.1,
+    ):
+        super().__init__(feature_names)
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.state_size = hidden_size * num_layers
+        self.embed = nn.Sequential(nn.Linear(self.n_features, hidden_size), nn.GELU())
+        self.dropout = nn.Dropout(dropout)
+        self.gru = nn.GRU(hidden_size, hidden_size, num_layers=num_layers, batch_first=True)
+        self.head = nn.Linear(hidden_size, 1)
+
+    def forward(self, x: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        batch = x.shape[0]
+        if state is None:
+            state = self.initial_state(batch).to(x.device)
+        h = state.reshape(batch, self.num_layers, self.hidden_size).transpose(0, 1).contiguous()
+        out, h = self.gru(self.dropout(self.embed(self.normalise(x))), h)
+        logits = self.head(out).squeeze(-1)
+        return logits, h.transpose(0, 1).reshape(batch, self.state_size)
+
+
+class SleepMLP(SleepNet):
+    """Memoryless network on one epoch's features (the original hobby design).
+
+    The state is a dummy of size 1, returned unchanged.
+    """
+
+    state_size = 1
+
+    def __init__(
+        self, feature_names: str | Sequence[str] = "hobby", hidden_size: int = 32, dropout: float = 0.1
+    ):
+        super().__init__(feature_names)
+        self.mlp = nn.Sequential(
+            nn.Linear(self.n_features, hidden_size),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden_size, hidden_size),
+            nn.GELU(),
+            nn.Linear(hidden_size, 1),
+        )
+
+    def forward(self, x: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if state is None:
+            state = self.initial_state(x.shape[0]).to(x.device)
+        return self.mlp(self.normalise(x)).squeeze(-1), state
+
+
+def count_parameters(net: nn.Module) -> int:
+    """Trainable parameters."""
+    return sum(p.numel() for p in net.parameters() if p.requires_grad)

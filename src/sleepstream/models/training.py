@@ -1,0 +1,120 @@
+"""LightningCLI for the sleep/wake model, and the trained network as a LOSO predictor."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from lightning.pytorch.cli import LightningCLI
+from numpy.typing import NDArray
+
+from sleepstream.features import FEATURE_NAMES, night_features
+from sleepstream.models.datamodule import SleepDataModule
+from sleepstream.models.module import SleepWakeModule
+from sleepstream.models.net import SleepNet
+from sleepstream.records import SLEEP_WAKE, Recording
+
+log = logging.getLogger(__name__)
+
+
+def build_cli(args: Sequence[str], run: bool = True) -> LightningCLI:
+    """The LightningCLI of ``sleepstream fit|validate|test|predict`` (``run=False``: no command).
+
+    Sets ``PYTORCH_ENABLE_MPS_FALLBACK`` so operators missing on Apple Silicon fall back to
+    the CPU instead of failing.
+    """
+    os.environ.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")
+    return LightningCLI(
+        SleepWakeModule,
+        SleepDataModule,
+        args=list(args),
+        run=run,
+        seed_everything_default=0,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"prog": "sleepstream"} if run else {},
+    )
+
+
+def predict_night(net: SleepNet, recording: Recording) -> NDArray[np.float64]:
+    """p(sleep) per epoch of a night: the causal features replayed through ``net`` in one pass."""
+    columns = [FEATURE_NAMES.index(n) for n in net.feature_names]
+    x = torch.as_tensor(night_features(recording)[:, columns], dtype=torch.float32)
+    net.eval()
+    with torch.no_grad():
+        logits, _ = net(x.unsqueeze(0))
+    return torch.sigmoid(logits[0]).double().numpy()
+
+
+class NetPredictor:
+    """A LightningCLI config as a LOSO predictor: ``fit`` trains one model on the given nights.
+
+    The inner validation nights (``data.val_subjects``, drawn from the training nights) pick
+    the best epoch's checkpoint and give the held-out scores the thresholds are chosen on.
+
+    Parameters
+    ----------
+    config
+        LightningCLI YAML (as for ``sleepstream fit -c``).
+    overrides
+        Further LightningCLI arguments, e.g. ``["--trainer.max_epochs", "5"]``.
+    name
+        Name in the report.
+    """
+
+    causal = True
+
+    def __init__(self, config: str | Path, overrides: Sequence[str] = (), name: str = ""):
+        self.config = str(config)
+        self.overrides = list(overrides)
+        self.name = name or Path(self.config).stem
+        self.description = f"Network trained by LightningCLI from {Path(self.config).name}"
+        self.net: SleepNet | None = None
+        self._val_scores: list[tuple[NDArray[np.int8], NDArray[np.float64]]] = []
+
+    def fit(self, recordings: Sequence[Recording]) -> None:
+        with tempfile.TemporaryDirectory(prefix="sleepstream-fold-") as root:
+            cli = build_cli(
+                [
+                    "-c",
+                    self.config,
+                    *self.overrides,
+                    "--trainer.default_root_dir",
+                    root,
+                    "--trainer.logger",
+                    "false",
+                    "--trainer.enable_progress_bar",
+                    "false",
+                    "--trainer.enable_model_summary",
+                    "false",
+                ],
+                run=False,
+            )
+            datamodule = cli.datamodule
+            if not isinstance(datamodule, SleepDataModule):
+                raise TypeError(f"{self.config}: data must be a SleepDataModule")
+            datamodule.held_out = None
+            datamodule.use_recordings(recordings)
+            cli.trainer.fit(cli.model, datamodule=datamodule)
+            best = getattr(cli.trainer.checkpoint_callback, "best_model_path", "")
+            module = cli.model
+            if best:
+                state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
+                module.load_state_dict(state)
+        if not isinstance(module, SleepWakeModule):
+            raise TypeError(f"{self.config}: model must be a SleepWakeModule")
+        self.net = module.inference_net.cpu().eval()
+        self._val_scores = [(r.labels(SLEEP_WAKE), self.predict(r)) for r in datamodule.val]
+
+    def threshold_scores(self) -> list[tuple[NDArray[np.int8], NDArray[np.float64]]]:
+        """Labels and scores of the inner validation nights, which training never saw."""
+        return self._val_scores
+
+    def predict(self, recording: Recording) -> NDArray[np.float64]:
+        if self.net is None:
+            raise RuntimeError("NetPredictor.predict called before fit")
+        return predict_night(self.net, recording)

@@ -1,0 +1,198 @@
+"""Activity counts from raw acceleration: the published pipeline and the ``motion/`` path.
+
+Expected values are derived by hand from the pipeline definition (te Lindert & Van Someren 2013,
+as coded by Walch et al.: MATLAB ``histc`` bin indices, which start at 1). A 5 Hz sine of
+amplitude 0.5 g sampled at 50 Hz shows, within every second, samples at 36 degree steps of phase,
+so its largest absolute value is between 0.5 * sin(72 deg) = 0.4755 g and 0.5 g. Both fall in bin
+floor(0.4755 * 128 / 5) + 1 = floor(12.17) + 1 = 13 = floor(0.5 * 128 / 5) + 1, so every second's
+maximum is 13, each 15 s sum is 195 and the count is (195 - 18) * 3.07 = 543.39. (With bins
+numbered from 0 it would be 12, 180 and 497.34.) A still wrist stays in bin 1: sum 15, count 0.
+
+Tolerance: bin 13 needs a filtered peak of at least 12 * 5 / 128 = 0.46875 g, i.e. the zero-phase
+filter's gain at 5 Hz must stay above 0.46875 / 0.4755 = 0.986; it is |H(5 Hz)|^2 = 0.99999
+(checked below), so the count is exact. Linear interpolation of irregular samples can only lower
+the peaks: with gaps up to 26 ms a peak drops at most to 0.5 * cos(pi * 5 Hz * 26 ms) = 0.459 g,
+bin 12, so irregularly sampled counts lie between (15 * 12 - 18) * 3.07 = 497.34 and 543.39.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+from scipy import signal
+
+from sleepstream.data.folder import load_recording
+from sleepstream.signal.counts import (
+    FULL_SCALE_G,
+    N_BINS,
+    SAMPLE_RATE,
+    bandpass_sos,
+    counts_from_second_maxima,
+    counts_offline,
+    quantise,
+)
+
+if TYPE_CHECKING:
+    from conftest import SyntheticNight
+
+SINE_COUNT = (15 * 13 - 18) * 3.07  # 543.39, derived in the module docstring
+LOWEST_INTERPOLATED_COUNT = (15 * 12 - 18) * 3.07  # 497.34
+SHAKE_START, SHAKE_END = 120.0, 180.0  # one minute of 5 Hz shaking
+MOTION_SECONDS = 300.0
+
+
+def _sine(times: NDArray[np.float64], hz: float, amplitude: float = 0.5) -> NDArray[np.float64]:
+    return amplitude * np.sin(2 * np.pi * hz * times)
+
+
+def _regular(seconds: float) -> NDArray[np.float64]:
+    return np.arange(0.0, seconds, 1.0 / SAMPLE_RATE)
+
+
+def _small_jitter(seconds: float, seed: int) -> NDArray[np.float64]:
+    """50 Hz timestamps each moved by up to 4 ms (still increasing)."""
+    times = _regular(seconds)
+    return times + np.random.default_rng(seed).uniform(-0.004, 0.004, len(times))
+
+
+def _irregular(seconds: float, seed: int) -> NDArray[np.float64]:
+    """Gaps drawn uniformly from 14-26 ms (about 50 Hz on average), starting at t = 0."""
+    gaps = np.random.default_rng(seed).uniform(0.014, 0.026, int(seconds * SAMPLE_RATE * 1.1))
+    times = np.concatenate([[0.0], np.cumsum(gaps)])
+    return times[times < seconds]
+
+
+def test_filter_gain_in_and_out_of_band() -> None:
+    _, response = signal.sosfreqz(bandpass_sos(), worN=[0.5, 5.0, 7.0, 20.0], fs=SAMPLE_RATE)
+    zero_phase_gain = np.abs(response) ** 2  # filtered forward and backward
+    assert zero_phase_gain[1] > 0.986  # the margin derived in the module docstring
+    assert zero_phase_gain[2] > 0.986
+    assert zero_phase_gain[0] < 1e-6 and zero_phase_gain[3] < 1e-3
+
+
+def test_quantise_numbers_bins_from_one() -> None:
+    magnitudes = np.array([0.0, 0.039, 0.04, 0.4755, 0.5, 4.99, 5.0, 9.0])
+    assert quantise(magnitudes).tolist() == [1, 1, 2, 13, 13, 128, 128, 128]
+    assert N_BINS / FULL_SCALE_G == 25.6
+
+
+def test_rescale_of_window_sums() -> None:
+    sums = np.array([0.0, 15.0, 18.0, 19.0, 195.0])
+    expected = [0.0, 0.0, 0.0, 3.07, SINE_COUNT]
+    np.testing.assert_allclose(counts_from_second_maxima(sums), expected)
+
+
+def test_still_wrist_counts_zero_and_small_movement_counts() -> None:
+    times = _regular(121.0)
+    still = -1.0 + np.random.default_rng(0).normal(0.0, 0.005, len(times))
+    _, counts = counts_offline(times, still)
+    np.testing.assert_array_equal(counts, 0.0)  # bin 1 every second: sum 15 < 18
+    # A 0.06 g tremor peaks in bin floor(0.057 * 25.6) + 1 = 2: sum 30, count 12 * 3.07.
+    _, counts = counts_offline(times, still + _sine(times, 5.0, amplitude=0.06))
+    np.testing.assert_allclose(counts, (30 - 18) * 3.07)
+
+
+def test_counts_of_a_5_hz_sine() -> None:
+    times = _regular(121.0)
+    count_times, counts = counts_offline(times, _sine(times, 5.0) - 1.0)  # gravity is removed
+    np.testing.assert_allclose(count_times, 15.0 * np.arange(8))
+    np.testing.assert_allclose(counts, SINE_COUNT, rtol=1e-9)
+
+
+def test_counts_of_an_out_of_band_sine_are_zero() -> None:
+    times = _regular(121.0)
+    _, slow = counts_offline(times, _sine(times, 0.5))
+    assert len(slow) == 8
+    np.testing.assert_array_equal(slow, 0.0)
+
+
+def test_counts_do_not_depend_on_small_timestamp_jitter() -> None:
+    times = _small_jitter(121.0, seed=1)
+    count_times, counts = counts_offline(times, _sine(times, 5.0))
+    np.testing.assert_allclose(count_times, times[0] + 15.0 * np.arange(8))
+    np.testing.assert_allclose(counts, SINE_COUNT, rtol=0.01)
+
+
+@pytest.mark.parametrize("seed", [2, 3])
+def test_counts_of_irregular_samples_stay_within_the_interpolation_bound(seed: int) -> None:
+    times = _irregular(121.0, seed)
+    _, counts = counts_offline(times, _sine(times, 5.0))
+    assert len(counts) == 8
+    assert (counts >= LOWEST_INTERPOLATED_COUNT - 1e-9).all()
+    assert (counts <= SINE_COUNT + 1e-9).all()
+    np.testing.assert_allclose(counts, SINE_COUNT, rtol=0.1)
+
+
+def test_too_short_recording_has_no_counts() -> None:
+    times = _regular(14.9)
+    count_times, counts = counts_offline(times, _sine(times, 5.0))
+    assert len(count_times) == len(counts) == 0
+    assert counts_offline(np.array([0.0]), np.array([1.0]))[1].size == 0
+
+
+def test_partial_last_window_is_dropped() -> None:
+    times = _regular(50.0)
+    count_times, _ = counts_offline(times, _sine(times, 5.0))
+    assert count_times.tolist() == [0.0, 15.0, 30.0]
+
+
+# --- the motion/ path through load_recording -----------------------------------------------------
+
+
+def _shaken_wrist(times: NDArray[np.float64], seed: int) -> NDArray[np.float64]:
+    """z in g: gravity plus 5 mg noise at rest, 5 Hz 0.5 g shaking between 120 and 180 s."""
+    rest = -1.0 + np.random.default_rng(seed).normal(0.0, 0.005, len(times))
+    shaking = (times >= SHAKE_START) & (times < SHAKE_END)
+    return rest + np.where(shaking, _sine(times, 5.0), 0.0)
+
+
+def _assert_rest_and_shaking(count_times: NDArray[np.float64], counts: NDArray[np.float64]) -> None:
+    np.testing.assert_allclose(np.diff(count_times), 15.0)
+    # Windows start at the first sample, which jitter may move by a few ms.
+    inside = (count_times >= SHAKE_START - 0.1) & (count_times + 15.0 <= SHAKE_END + 0.1)
+    # The filter rings for a moment around the abrupt start and end: leave 15 s either side.
+    far = (count_times + 15.0 <= SHAKE_START - 14.9) | (count_times >= SHAKE_END + 14.9)
+    assert inside.sum() == 4 and far.sum() >= 10
+    np.testing.assert_array_equal(counts[far], 0.0)
+    assert (counts[inside] >= LOWEST_INTERPOLATED_COUNT - 1e-9).all()
+    assert (counts[inside] <= SINE_COUNT + 1e-9).all()
+
+
+@pytest.mark.parametrize(
+    "make_times",
+    [_regular, lambda s: _small_jitter(s, seed=4), lambda s: _irregular(s, seed=5)],
+    ids=["regular", "jittered", "irregular"],
+)
+def test_load_recording_computes_counts_from_motion(
+    night: SyntheticNight, make_times: Callable[[float], NDArray[np.float64]]
+) -> None:
+    night.counts = None
+    times = make_times(MOTION_SECONDS)
+    night.set_motion(times, _shaken_wrist(times, seed=6))
+    r = load_recording(night.write(), night.subject_id)
+    assert r.count_source == "motion"
+    assert r.accel is None  # raw acceleration only on request
+    assert r.count_times[0] == pytest.approx(times[0], abs=1e-6)
+    assert len(r.counts) == int((times[-1] - times[0]) // 15)
+    _assert_rest_and_shaking(r.count_times, r.counts)
+
+
+def test_motion_is_preferred_over_counts_and_kept_on_request(night: SyntheticNight) -> None:
+    assert night.counts is not None  # both counts/ and motion/ exist
+    times = _regular(MOTION_SECONDS)
+    z = _shaken_wrist(times, seed=7)
+    night.set_motion(times, z)
+    r = load_recording(night.write(), night.subject_id, with_accel=True)
+    assert r.count_source == "motion"
+    assert r.accel_times is not None and r.accel is not None
+    np.testing.assert_allclose(r.accel_times, times, atol=1e-6)
+    assert r.accel.shape == (len(times), 3)
+    np.testing.assert_allclose(r.accel[:, 2], z, atol=1e-6)
+    expected_times, expected = counts_offline(r.accel_times, r.accel[:, 2])
+    np.testing.assert_array_equal(r.count_times, expected_times)
+    np.testing.assert_array_equal(r.counts, expected)
+    _assert_rest_and_shaking(r.count_times, r.counts)
