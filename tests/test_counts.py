@@ -18,6 +18,7 @@ bin 12, so irregularly sampled counts lie between (15 * 12 - 18) * 3.07 = 497.34
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -110,21 +111,24 @@ def test_counts_of_an_out_of_band_sine_are_zero() -> None:
     np.testing.assert_array_equal(slow, 0.0)
 
 
-def test_counts_do_not_depend_on_small_timestamp_jitter() -> None:
-    times = _small_jitter(121.0, seed=1)
+@pytest.mark.parametrize(
+    "make_times",
+    [partial(_small_jitter, seed=1), partial(_irregular, seed=2), partial(_irregular, seed=3)],
+    ids=["jittered", "irregular-2", "irregular-3"],
+)
+def test_counts_do_not_depend_on_timestamp_jitter(
+    make_times: Callable[[float], NDArray[np.float64]],
+) -> None:
+    regular = _regular(121.0)
+    _, expected = counts_offline(regular, _sine(regular, 5.0))
+    times = make_times(121.0)
     count_times, counts = counts_offline(times, _sine(times, 5.0))
     np.testing.assert_allclose(count_times, times[0] + 15.0 * np.arange(8))
-    np.testing.assert_allclose(counts, SINE_COUNT, rtol=0.01)
-
-
-@pytest.mark.parametrize("seed", [2, 3])
-def test_counts_of_irregular_samples_stay_within_the_interpolation_bound(seed: int) -> None:
-    times = _irregular(121.0, seed)
-    _, counts = counts_offline(times, _sine(times, 5.0))
-    assert len(counts) == 8
+    # Interpolation can lower a second's peak by one bin at most (module docstring): the counts
+    # stay within 15 * 3.07 = 46.05 (8.5 %) below the regularly sampled ones, never above.
     assert (counts >= LOWEST_INTERPOLATED_COUNT - 1e-9).all()
-    assert (counts <= SINE_COUNT + 1e-9).all()
-    np.testing.assert_allclose(counts, SINE_COUNT, rtol=0.1)
+    assert (counts <= expected + 1e-9).all()
+    np.testing.assert_allclose(counts, expected, rtol=0.085)
 
 
 def test_too_short_recording_has_no_counts() -> None:
@@ -164,7 +168,7 @@ def _assert_rest_and_shaking(count_times: NDArray[np.float64], counts: NDArray[n
 
 @pytest.mark.parametrize(
     "make_times",
-    [_regular, lambda s: _small_jitter(s, seed=4), lambda s: _irregular(s, seed=5)],
+    [_regular, partial(_small_jitter, seed=4), partial(_irregular, seed=5)],
     ids=["regular", "jittered", "irregular"],
 )
 def test_load_recording_computes_counts_from_motion(
@@ -177,7 +181,9 @@ def test_load_recording_computes_counts_from_motion(
     assert r.count_source == "motion"
     assert r.accel is None  # raw acceleration only on request
     assert r.count_times[0] == pytest.approx(times[0], abs=1e-6)
-    assert len(r.counts) == int((times[-1] - times[0]) // 15)
+    # Every window is full: it ends within one 50 Hz step of the last sample, and none is missed.
+    assert r.count_times[-1] + 15.0 <= times[-1] + 1.0 / SAMPLE_RATE
+    assert r.count_times[-1] + 30.0 > times[-1]
     _assert_rest_and_shaking(r.count_times, r.counts)
 
 

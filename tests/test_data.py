@@ -89,7 +89,7 @@ def test_paper_valid_epochs_align_on_every_subject(
         # The paper merges N4 into N3 in some files; compare with both merged.
         mine = np.where(r.stages == Stage.N4, Stage.N3, r.stages)[r.paper_valid]
         np.testing.assert_array_equal(mine, np.where(paper_labels == 4, 3, paper_labels))
-        assert not r.stages[r.paper_valid].tolist().count(Stage.UNSCORED)
+        assert (r.stages[r.paper_valid] != Stage.UNSCORED).all()
         assert r.paper_features.shape == (r.n_epochs, len(PAPER_FEATURE_NAMES))
         finite = np.isfinite(r.paper_features)
         assert (finite.all(axis=1) == r.paper_valid).all()
@@ -392,7 +392,7 @@ def test_cached_real_nights_equal_parsed(data_dir: Path, recordings: list[Record
         _assert_same(a, by_id[a.subject_id])
         assert b.paper_valid is not None and a.paper_valid is not None
         np.testing.assert_array_equal(a.paper_valid, b.paper_valid)
-        np.testing.assert_array_equal(a.paper_features, b.paper_features)  # type: ignore[arg-type]
+        np.testing.assert_array_equal(a.paper_features, b.paper_features)
 
 
 # --- data check and the command ----------------------------------------------------------------

@@ -100,7 +100,7 @@ def test_samples_after_a_closed_epoch_are_refused() -> None:
     fx = CausalFeatures()
     fx.update_heart_rate(5.0, 60.0)
     fx.close_epoch(0.0)
-    with pytest.raises(ValueError, match="after the epoch ending at 30.000"):
+    with pytest.raises(ValueError, match=r"after the epoch ending at 30\.000"):
         fx.update_heart_rate(29.0, 61.0)
     with pytest.raises(ValueError, match="not finite"):
         fx.update_heart_rate(31.0, float("nan"))

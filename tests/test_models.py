@@ -19,7 +19,9 @@ def _fitted(net: SleepNet, recordings: list[Recording]) -> SleepNet:
 
 
 @pytest.mark.parametrize("net_class", [SleepGRU, SleepMLP])
-def test_forward_equals_repeated_step(net_class: type[SleepNet], recordings: list[Recording]) -> None:
+def test_forward_equals_repeated_step(
+    net_class: type[SleepNet], recordings: list[Recording]
+) -> None:
     torch.manual_seed(0)
     net = _fitted(net_class(), recordings)
     night = recordings[3]

@@ -77,7 +77,7 @@ def test_recording_rejects_mismatched_lengths() -> None:
 def _recording() -> Recording:
     """Ten epochs from t = 0 with heart rate before and during the night, counts and motion."""
     n = 10
-    epoch_times = 30.0 * np.arange(n)
+    epoch_times = np.arange(0.0, 30.0 * n, 30.0)
     stages = np.array([-1, 0, 1, 2, 3, 4, 5, 2, 0, -1], dtype=np.int8)
     hr_times = np.arange(-100.0, 300.0, 7.0)
     count_times = np.arange(0.0, 300.0, 15.0) + 0.01
@@ -140,7 +140,7 @@ def test_truncated_keeps_heart_rate_history_before_the_night() -> None:
 def test_truncated_without_motion_or_paper_features() -> None:
     r = Recording(
         "7",
-        30.0 * np.arange(4),
+        np.arange(0.0, 120.0, 30.0),
         np.zeros(4, np.int8),
         np.array([-5.0, 10.0, 70.0]),
         np.array([60.0, 61.0, 62.0]),

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -32,11 +33,12 @@ def epoch_counts(recording: Recording) -> NDArray[np.float64]:
     """Sum of the activity counts whose window starts in each epoch (0 where none)."""
     index = np.floor((recording.count_times - recording.epoch_times[0]) / EPOCH_SECONDS)
     inside = (index >= 0) & (index < recording.n_epochs)
-    return np.bincount(
+    sums = np.bincount(
         index[inside].astype(np.int64),
         weights=recording.counts[inside],
         minlength=recording.n_epochs,
     )
+    return sums.astype(np.float64)
 
 
 class AlwaysSleep:
@@ -63,7 +65,15 @@ class ColeKripke:
     """
 
     P = 0.001
-    WEIGHTS = {-4: 106.0, -3: 54.0, -2: 58.0, -1: 76.0, 0: 230.0, 1: 74.0, 2: 67.0}
+    WEIGHTS: ClassVar[dict[int, float]] = {
+        -4: 106.0,
+        -3: 54.0,
+        -2: 58.0,
+        -1: 76.0,
+        0: 230.0,
+        1: 74.0,
+        2: 67.0,
+    }
     SCALES = np.logspace(-3, 2, 51)
 
     def __init__(self, causal: bool = True):

@@ -153,7 +153,9 @@ def _cv(args: argparse.Namespace) -> int:
         )
         log.info("%s: LOSO in %.0f s", predictor.name, time.perf_counter() - fold_start)
     if not args.no_baselines:
-        results += [run_loso(b, recordings, folds=folds, progress=not args.quiet) for b in all_baselines()]
+        results += [
+            run_loso(b, recordings, folds=folds, progress=not args.quiet) for b in all_baselines()
+        ]
     out = Path(args.out)
     write_report(results, out)
     save_predictions(results, out)
@@ -199,7 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--docs", help="also copy the markdown table here")
     cv.add_argument("--no-baselines", action="store_true", help="leave the baselines out")
     cv.add_argument(
-        "overrides", nargs="*", help="LightningCLI overrides after --, e.g. -- --trainer.max_epochs 5"
+        "overrides",
+        nargs="*",
+        help="LightningCLI overrides after --, e.g. -- --trainer.max_epochs 5",
     )
     cv.set_defaults(run=_cv)
     return parser

@@ -61,7 +61,7 @@ class LabelMap:
         bad = (stages < Stage.UNSCORED) | (stages > Stage.REM)
         if bad.any():
             raise ValueError(
-                f"Invalid stage code {stages[bad][0]!r} for label map {self.name!r}: "
+                f"Invalid stage code {stages[bad][0].item()!r} for label map {self.name!r}: "
                 f"expected one of {[int(s) for s in Stage]}"
             )
         return lookup[stages.astype(np.int64) + 1]
@@ -128,7 +128,7 @@ class Recording:
     paper_features: NDArray[np.float64] | None = None
 
     def __post_init__(self) -> None:
-        pairs = {
+        pairs: dict[str, tuple[NDArray[np.generic], NDArray[np.generic]]] = {
             "epoch_times/stages": (self.epoch_times, self.stages),
             "hr_times/hr_bpm": (self.hr_times, self.hr_bpm),
             "count_times/counts": (self.count_times, self.counts),

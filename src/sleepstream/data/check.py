@@ -51,7 +51,7 @@ def _coverage(times: NDArray[np.float64], end: float, window: float) -> tuple[fl
 def check_subject(folder: Path, subject_id: str) -> SubjectCheck:
     """Read one subject and summarise it; a read error is reported, not raised."""
     files = subject_files(folder, subject_id)
-    present = tuple(sorted({k.split("_")[0] for k in files}))
+    present = tuple(sorted({"walch_features" if k.startswith("walch_") else k for k in files}))
     try:
         r = load_recording(folder, subject_id)
     except (DataFormatError, FileNotFoundError) as error:

@@ -220,7 +220,9 @@ def load_recording(
         accel=accel,
         count_source=str(arrays["count_source"]),
         paper_valid=arrays["paper_valid"].astype(bool) if "paper_valid" in arrays else None,
-        paper_features=arrays["paper_features"] if "paper_features" in arrays else None,
+        paper_features=(
+            arrays["paper_features"].astype(np.float64) if "paper_features" in arrays else None
+        ),
     )
 
 

@@ -43,7 +43,7 @@ def _scan_for_error(path: Path, sep: str | None, n_cols: int) -> None:
     with path.open() as lines:
         for number, line in enumerate(lines, start=1):
             if not line.strip():
-                raise DataFormatError(f"{path}, line {number}: empty line inside the data")
+                continue  # blank lines hold no data
             fields = line.strip().split(sep)
             if len(fields) != n_cols:
                 raise DataFormatError(
@@ -79,7 +79,7 @@ def read_table(path: Path, sep: str | None, n_cols: int) -> NDArray[np.float64]:
             sep=r"\s+" if sep is None else sep,
             header=None,
             dtype=np.float64,
-            skip_blank_lines=False,
+            skip_blank_lines=True,
             engine="c",
         )
     except (ValueError, pd.errors.ParserError):

@@ -149,7 +149,9 @@ class SleepDataModule(L.LightningDataModule):
             )
         rng = np.random.default_rng(self.seed)
         val_ids = set(rng.choice(rest, size=self.val_subjects, replace=False).tolist())
-        self.train = [r for r in self.recordings if r.subject_id in rest and r.subject_id not in val_ids]
+        self.train = [
+            r for r in self.recordings if r.subject_id in rest and r.subject_id not in val_ids
+        ]
         self.val = [r for r in self.recordings if r.subject_id in val_ids]
         self.test = [r for r in self.recordings if r.subject_id == self.held_out]
         log.info(

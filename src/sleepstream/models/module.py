@@ -12,6 +12,7 @@ import copy
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torch import Tensor
 from torchmetrics.classification import BinaryAUROC, BinaryCohenKappa
 
@@ -21,6 +22,8 @@ from sleepstream.models.net import SleepNet
 
 
 class SleepWakeModule(L.LightningModule):
+    columns: Tensor
+
     """Sleep (1) vs wake (0) per epoch; unscored epochs (-1) carry no loss.
 
     Parameters
@@ -140,7 +143,7 @@ class SleepWakeModule(L.LightningModule):
         logits, _ = self.inference_net(self._inputs(x))
         return torch.sigmoid(logits)
 
-    def configure_optimizers(self) -> dict[str, object]:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         optimizer = torch.optim.AdamW(
             self.net.parameters(),
             lr=self.hparams["lr"],

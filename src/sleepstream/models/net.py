@@ -126,7 +126,10 @@ class SleepMLP(SleepNet):
     state_size = 1
 
     def __init__(
-        self, feature_names: str | Sequence[str] = "hobby", hidden_size: int = 32, dropout: float = 0.1
+        self,
+        feature_names: str | Sequence[str] = "hobby",
+        hidden_size: int = 32,
+        dropout: float = 0.1,
     ):
         super().__init__(feature_names)
         self.mlp = nn.Sequential(
