@@ -7,6 +7,7 @@
     sleepstream baselines --out DIR [--docs FILE]         LOSO report of the baselines
     sleepstream fit|validate|test|predict -c CONFIG       LightningCLI (training and checks)
     sleepstream cv -c CONFIG --out DIR                    LOSO of a model beside the baselines
+    sleepstream ship -c CONFIG --loso DIR                 train on all nights, save with LOSO card
 """
 
 from __future__ import annotations
@@ -166,6 +167,52 @@ def _cv(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ship(args: argparse.Namespace) -> int:
+    import json
+
+    from sleepstream.data.folder import load_all
+    from sleepstream.models.net import count_parameters
+    from sleepstream.models.shipped import ModelCard, save_model, thresholds_from_loso
+    from sleepstream.models.training import train
+
+    name = Path(args.config).stem
+    loso = Path(args.loso)
+    predictions = loso / "predictions" / f"{name}.npz"
+    if not predictions.exists():
+        raise FileNotFoundError(
+            f"{predictions} not found: run `sleepstream cv -c {args.config} --out {loso}` first"
+        )
+    thresholds = thresholds_from_loso(predictions)
+    summary = json.loads((loso / "metrics.json").read_text())[name]
+    recordings = load_all(args.data)
+    start = time.perf_counter()
+    module, _ = train(
+        args.config, recordings, ["--data.val_subjects", "0", *args.overrides], quiet=args.quiet
+    )
+    net = module.inference_net.cpu().eval()
+    log.info("Trained on %d nights in %.0f s", len(recordings), time.perf_counter() - start)
+    card = ModelCard(
+        name=name,
+        architecture=type(net).__name__,
+        init_args=net.init_args,
+        feature_names=net.feature_names,
+        thresholds=thresholds,
+        threshold_source=f"pooled out-of-fold scores of the leave-one-subject-out run in {loso}",
+        trained_on=[r.subject_id for r in recordings],
+        n_parameters=count_parameters(net),
+        loso={
+            "pooled": summary["scored"]["pooled"],
+            "subjects": summary["scored"]["subjects"],
+            "valid_pooled": summary["valid"]["pooled"],
+            "night_level": summary["night_level"],
+            "real_time": summary["real_time"],
+        },
+    )
+    weights, meta = save_model(net, card, Path(args.out))
+    console.print(f"Saved {weights} and {meta}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sleepstream", description=__doc__.split("\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -206,6 +253,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="LightningCLI overrides after --, e.g. -- --trainer.max_epochs 5",
     )
     cv.set_defaults(run=_cv)
+
+    ship = commands.add_parser("ship", help="train on all nights and save the shipped model")
+    ship.add_argument("-c", "--config", required=True, help="LightningCLI YAML")
+    ship.add_argument("--loso", required=True, help="report folder of `cv` with this config")
+    ship.add_argument("--out", default="src/sleepstream/shipped", help="where to save it")
+    ship.add_argument("--data", help="data folder (default: $SLEEPSTREAM_DATA)")
+    ship.add_argument("overrides", nargs="*", help="LightningCLI overrides after --")
+    ship.set_defaults(run=_ship)
     return parser
 
 

@@ -143,7 +143,7 @@ class SleepDataModule(L.LightningDataModule):
         if self.held_out is not None and self.held_out not in ids:
             raise ValueError(f"held_out subject {self.held_out!r} is not among {ids}")
         rest = [s for s in ids if s != self.held_out]
-        if self.val_subjects >= len(rest):
+        if not 0 <= self.val_subjects < len(rest):
             raise ValueError(
                 f"val_subjects={self.val_subjects} leaves no training subject out of {len(rest)}"
             )
@@ -176,8 +176,8 @@ class SleepDataModule(L.LightningDataModule):
         dataset = NightDataset([night_arrays(r) for r in recordings])
         return DataLoader(dataset, batch_size=8, collate_fn=pad_collate)
 
-    def val_dataloader(self) -> DataLoader[Batch]:
-        return self._nights(self.val)
+    def val_dataloader(self) -> DataLoader[Batch] | list[DataLoader[Batch]]:
+        return self._nights(self.val) if self.val else []
 
     def test_dataloader(self) -> DataLoader[Batch]:
         if not self.test:

@@ -8,6 +8,7 @@ an optional exponential moving average of the weights, and the optimiser.
 from __future__ import annotations
 
 import copy
+import math
 
 import lightning as L
 import torch
@@ -31,7 +32,7 @@ class SleepWakeModule(L.LightningModule):
     net
         The network; its ``feature_names`` pick columns of the full causal feature vector.
     lr, weight_decay
-        AdamW settings; the learning rate follows a cosine schedule to zero.
+        AdamW settings; the learning rate warms up, then follows a cosine schedule to zero.
     wake_weight
         Loss weight of wake epochs relative to sleep (wake is ~9 % of epochs).
     focal_gamma
@@ -143,14 +144,24 @@ class SleepWakeModule(L.LightningModule):
         logits, _ = self.inference_net(self._inputs(x))
         return torch.sigmoid(logits)
 
+    def _lr_factor(self, step: int) -> float:
+        """Linear warm-up over the first 10 % of steps, then cosine decay to zero.
+
+        Computed from the trainer's current length, so a run resumed with more epochs
+        stretches the schedule instead of running past its end.
+        """
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warm = max(1, total // 10)
+        if step < warm:
+            return (step + 1) / warm
+        progress = min(1.0, (step - warm) / max(1, total - warm))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         optimizer = torch.optim.AdamW(
             self.net.parameters(),
             lr=self.hparams["lr"],
             weight_decay=self.hparams["weight_decay"],
         )
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        schedule = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=self.hparams["lr"], total_steps=total, pct_start=0.1
-        )
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -15,6 +15,7 @@ signature.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,6 +54,8 @@ class SleepNet(nn.Module):
     """Base of the networks: named inputs, normalisation, and the streaming interface."""
 
     state_size: int
+    init_args: dict[str, object]
+    """The constructor arguments, so a saved network can be rebuilt (:func:`build_net`)."""
 
     def __init__(self, feature_names: str | Sequence[str]):
         super().__init__()
@@ -99,6 +102,12 @@ class SleepGRU(SleepNet):
         dropout: float = 0.1,
     ):
         super().__init__(feature_names)
+        self.init_args = {
+            "feature_names": self.feature_names,
+            "hidden_size": hidden_size,
+            "num_layers": num_layers,
+            "dropout": dropout,
+        }
         self.hidden_size = hidden_size
         self.num_layers = num_layers
         self.state_size = hidden_size * num_layers
@@ -132,6 +141,11 @@ class SleepMLP(SleepNet):
         dropout: float = 0.1,
     ):
         super().__init__(feature_names)
+        self.init_args = {
+            "feature_names": self.feature_names,
+            "hidden_size": hidden_size,
+            "dropout": dropout,
+        }
         self.mlp = nn.Sequential(
             nn.Linear(self.n_features, hidden_size),
             nn.GELU(),
@@ -145,6 +159,17 @@ class SleepMLP(SleepNet):
         if state is None:
             state = self.initial_state(x.shape[0]).to(x.device)
         return self.mlp(self.normalise(x)).squeeze(-1), state
+
+
+NETS: dict[str, type[SleepNet]] = {"SleepGRU": SleepGRU, "SleepMLP": SleepMLP}
+
+
+def build_net(architecture: str, init_args: dict[str, Any]) -> SleepNet:
+    """Rebuild a network from its class name (``"SleepGRU"``) and ``init_args``."""
+    name = architecture.rsplit(".", 1)[-1]
+    if name not in NETS:
+        raise ValueError(f"Unknown architecture {architecture!r}; known: {sorted(NETS)}")
+    return NETS[name](**init_args)
 
 
 def count_parameters(net: nn.Module) -> int:

@@ -40,6 +40,47 @@ def build_cli(args: Sequence[str], run: bool = True) -> LightningCLI:
     )
 
 
+def train(
+    config: str | Path,
+    recordings: Sequence[Recording],
+    overrides: Sequence[str] = (),
+    *,
+    quiet: bool = True,
+) -> tuple[SleepWakeModule, SleepDataModule]:
+    """Train the config's model on ``recordings`` (its inner validation split drawn from them).
+
+    The weights after the last epoch are kept: the number of epochs is part of the recipe, so
+    leave-one-subject-out folds and the shipped model are trained the same way.
+    """
+    quiet_args = [
+        "--trainer.logger",
+        "false",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+    ]
+    with tempfile.TemporaryDirectory(prefix="sleepstream-train-") as root:
+        cli = build_cli(
+            [
+                "-c",
+                str(config),
+                *overrides,
+                "--trainer.default_root_dir",
+                root,
+                *(quiet_args if quiet else []),
+            ],
+            run=False,
+        )
+        module, datamodule = cli.model, cli.datamodule
+        if not isinstance(module, SleepWakeModule) or not isinstance(datamodule, SleepDataModule):
+            raise TypeError(f"{config}: model must be a SleepWakeModule, data a SleepDataModule")
+        datamodule.held_out = None
+        datamodule.use_recordings(recordings)
+        cli.trainer.fit(module, datamodule=datamodule)
+    return module, datamodule
+
+
 def predict_night(net: SleepNet, recording: Recording) -> NDArray[np.float64]:
     """p(sleep) per epoch of a night: the causal features replayed through ``net`` in one pass."""
     columns = [FEATURE_NAMES.index(n) for n in net.feature_names]
@@ -77,36 +118,7 @@ class NetPredictor:
         self._val_scores: list[tuple[NDArray[np.int8], NDArray[np.float64]]] = []
 
     def fit(self, recordings: Sequence[Recording]) -> None:
-        with tempfile.TemporaryDirectory(prefix="sleepstream-fold-") as root:
-            cli = build_cli(
-                [
-                    "-c",
-                    self.config,
-                    *self.overrides,
-                    "--trainer.default_root_dir",
-                    root,
-                    "--trainer.logger",
-                    "false",
-                    "--trainer.enable_progress_bar",
-                    "false",
-                    "--trainer.enable_model_summary",
-                    "false",
-                ],
-                run=False,
-            )
-            datamodule = cli.datamodule
-            if not isinstance(datamodule, SleepDataModule):
-                raise TypeError(f"{self.config}: data must be a SleepDataModule")
-            datamodule.held_out = None
-            datamodule.use_recordings(recordings)
-            cli.trainer.fit(cli.model, datamodule=datamodule)
-            best = getattr(cli.trainer.checkpoint_callback, "best_model_path", "")
-            module = cli.model
-            if best:
-                state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
-                module.load_state_dict(state)
-        if not isinstance(module, SleepWakeModule):
-            raise TypeError(f"{self.config}: model must be a SleepWakeModule")
+        module, datamodule = train(self.config, recordings, self.overrides)
         self.net = module.inference_net.cpu().eval()
         self._val_scores = [(r.labels(SLEEP_WAKE), self.predict(r)) for r in datamodule.val]
 
