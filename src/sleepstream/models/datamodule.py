@@ -6,6 +6,7 @@ validation subjects are drawn (seeded) from the rest. The test set is the held-o
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,6 +32,14 @@ def night_arrays(recording: Recording) -> Night:
     """All causal features ``(epochs, features)`` and sleep/wake labels (-1 unscored)."""
     features = night_features(recording).astype(np.float32)
     return features, recording.labels(SLEEP_WAKE).astype(np.int64)
+
+
+def without_counts_after(recording: Recording, cut: float) -> Recording:
+    """The same night with no activity counts from ``cut`` (s) on."""
+    keep = recording.count_times < cut
+    return dataclasses.replace(
+        recording, count_times=recording.count_times[keep], counts=recording.counts[keep]
+    )
 
 
 class CropDataset(Dataset[Batch]):
@@ -99,8 +108,11 @@ class SleepDataModule(L.LightningDataModule):
         Length in 30 s epochs and number per night of the random training crops per epoch.
     batch_size
         Crops per training batch.
+    missing_counts_copies
+        Extra copies of each training night whose activity counts stop at a random time (as
+        when a watch stops sending motion), so the network learns to carry on from heart rate.
     seed
-        Seeds the choice of validation subjects.
+        Seeds the choice of validation subjects and of the cut times.
     """
 
     def __init__(
@@ -111,6 +123,7 @@ class SleepDataModule(L.LightningDataModule):
         crop_epochs: int = 240,
         crops_per_night: int = 4,
         batch_size: int = 16,
+        missing_counts_copies: int = 0,
         seed: int = 0,
     ):
         super().__init__()
@@ -120,6 +133,7 @@ class SleepDataModule(L.LightningDataModule):
         self.crop_epochs = crop_epochs
         self.crops_per_night = crops_per_night
         self.batch_size = batch_size
+        self.missing_counts_copies = missing_counts_copies
         self.seed = seed
         self.recordings: list[Recording] | None = None
         self.train: list[Recording] = []
@@ -166,9 +180,20 @@ class SleepDataModule(L.LightningDataModule):
         """Feature rows of the training nights (for the input normalisation)."""
         return np.concatenate([night_features(r) for r in self.train])
 
+    def _augmented_train(self) -> list[Recording]:
+        rng = np.random.default_rng(self.seed + 1)
+        copies = []
+        for _ in range(self.missing_counts_copies):
+            for r in self.train:
+                cut = r.epoch_times[0] + rng.uniform(0.1, 0.9) * (r.end_time - r.epoch_times[0])
+                copies.append(without_counts_after(r, cut))
+        return self.train + copies
+
     def train_dataloader(self) -> DataLoader[Batch]:
         dataset = CropDataset(
-            [night_arrays(r) for r in self.train], self.crop_epochs, self.crops_per_night
+            [night_arrays(r) for r in self._augmented_train()],
+            self.crop_epochs,
+            self.crops_per_night,
         )
         return DataLoader(dataset, self.batch_size, shuffle=True, collate_fn=pad_collate)
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -19,7 +21,7 @@ from torchmetrics.classification import BinaryAUROC, BinaryCohenKappa
 
 from sleepstream.features import FEATURE_NAMES
 from sleepstream.models.datamodule import Batch
-from sleepstream.models.net import SleepNet
+from sleepstream.models.net import SleepNet, build_net
 
 
 class SleepWakeModule(L.LightningModule):
@@ -165,3 +167,23 @@ class SleepWakeModule(L.LightningModule):
         )
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The network is not a hyperparameter (it is handed in), so say how to rebuild it.
+        checkpoint["sleepstream_net"] = {
+            "architecture": type(self.net).__name__,
+            "init_args": self.net.init_args,
+        }
+
+
+def net_from_checkpoint(path: str | Path) -> SleepNet:
+    """The network of a checkpoint written by training (the averaged weights when EMA was on)."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    if "sleepstream_net" not in checkpoint:
+        raise ValueError(f"{path} is not a sleepstream checkpoint (no 'sleepstream_net' entry)")
+    spec = checkpoint["sleepstream_net"]
+    net = build_net(spec["architecture"], spec["init_args"])
+    state = checkpoint["state_dict"]
+    prefix = "ema." if any(k.startswith("ema.") for k in state) else "net."
+    net.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+    return net.eval()

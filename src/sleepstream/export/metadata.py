@@ -1,0 +1,220 @@
+"""What an exported model needs to carry so an app can use it without this package.
+
+:class:`ModelMetadata` travels inside every exported file (ONNX ``metadata_props``, Core ML
+``user_defined_metadata``) as JSON under the key ``"sleepstream"``, and beside them as
+``metadata.json``. It names the inputs in order, the normalisation the network applies
+internally, the size of the recurrent state, the decision thresholds, and where the training
+data came from.
+
+Examples
+--------
+>>> from sleepstream.models.net import SleepMLP
+>>> meta = metadata_for(SleepMLP(), {"operating": 0.5})
+>>> ModelMetadata.from_json(meta.to_json()) == meta
+True
+>>> meta.classes
+('wake', 'sleep')
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import sleepstream
+from sleepstream.features import resolve_features
+from sleepstream.models.net import SleepNet, count_parameters
+from sleepstream.records import EPOCH_SECONDS, SLEEP_WAKE
+
+METADATA_KEY = "sleepstream"
+"""Key under which the JSON metadata is stored inside exported model files."""
+
+FORMAT_VERSION = 1
+"""Version of this metadata layout; bumped when a field changes meaning."""
+
+DATA_CITATION = (
+    "Walch O., Huang Y., Forger D., Goldstein C. Sleep stage prediction with raw acceleration "
+    "and photoplethysmography heart rate data derived from a consumer wearable device. "
+    "SLEEP 42(12), 2019, doi:10.1093/sleep/zsz180. Data: Walch O. Motion and heart rate from a "
+    "wrist-worn wearable and labeled sleep from polysomnography (version 1.0.0), PhysioNet, "
+    "2019, doi:10.13026/hmhs-py35."
+)
+DATA_LICENSE = "ODC-By 1.0 (Open Data Commons Attribution License v1.0)"
+
+MODEL_LICENSE = "MIT (code); trained on data licensed ODC-By 1.0 (attribution required)"
+
+INPUT_NOTE = (
+    "Raw per-epoch feature vector in the order of feature_names, as produced by "
+    "sleepstream.features.CausalFeatures for the 30 s epoch that just closed. NaN marks a "
+    "feature that could not be computed; the model normalises internally ((x - mean) / std) "
+    "and maps NaN to 0, the training mean."
+)
+OUTPUT_NOTE = (
+    "p_sleep: probability that the epoch is sleep (class 'sleep'); call it wake when "
+    "p_sleep < threshold. new_state: feed it back as the state of the next epoch; a night "
+    "starts from zeros."
+)
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """Everything an app needs to feed an exported sleepstream model and read its output.
+
+    Attributes
+    ----------
+    feature_names
+        Model inputs, in order (a subset of :data:`sleepstream.features.FEATURE_NAMES`).
+    mean, std
+        The normalisation inside the model, per input: ``(x - mean) / std``, NaN -> 0.
+        Informational: the exported graph already applies it.
+    state_size
+        Length of the recurrent state vector (1 for memoryless models, a dummy).
+    thresholds
+        Decision thresholds on p(sleep), e.g. ``{"wasa93": .., "wasa95": .., "operating": ..}``:
+        an epoch is called wake when ``p_sleep < threshold``.
+    architecture
+        Network class name, e.g. ``"SleepGRU"``; ``architecture_params`` gives its sizes.
+    """
+
+    feature_names: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    state_size: int
+    thresholds: dict[str, float]
+    architecture: str
+    architecture_params: dict[str, Any] = field(default_factory=dict)
+    classes: tuple[str, ...] = SLEEP_WAKE.classes
+    epoch_seconds: float = EPOCH_SECONDS
+    version: str = sleepstream.__version__
+    input_note: str = INPUT_NOTE
+    output_note: str = OUTPUT_NOTE
+    data_citation: str = DATA_CITATION
+    data_license: str = DATA_LICENSE
+    model_license: str = MODEL_LICENSE
+    extra: dict[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        resolve_features(self.feature_names)  # raises naming unknown features
+        n = len(self.feature_names)
+        if len(self.mean) != n or len(self.std) != n:
+            raise ValueError(
+                f"Metadata has {n} feature names but {len(self.mean)} means and "
+                f"{len(self.std)} standard deviations"
+            )
+        if self.state_size < 1:
+            raise ValueError(f"state_size must be >= 1, got {self.state_size}")
+        for name, value in self.thresholds.items():
+            if not (isinstance(value, int | float) and 0.0 <= value <= 1.0):
+                raise ValueError(f"Threshold {name!r} = {value!r} is not a probability in [0, 1]")
+        if any(not math.isfinite(v) for v in (*self.mean, *self.std)):
+            raise ValueError("Normalisation mean/std must be finite")
+
+    @property
+    def n_features(self) -> int:
+        return len(self.feature_names)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dictionary (tuples become lists)."""
+        out = asdict(self)
+        for key in ("feature_names", "mean", "std", "classes"):
+            out[key] = list(out[key])
+        return out
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """The metadata as JSON text (strict JSON: no NaN)."""
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelMetadata:
+        """Inverse of :meth:`to_dict`; raises ``ValueError`` naming unknown or missing keys."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"Unknown sleepstream metadata keys {unknown}; known: {sorted(known)}")
+        required = {"feature_names", "mean", "std", "state_size", "thresholds", "architecture"}
+        missing = sorted(required - set(data))
+        if missing:
+            raise ValueError(f"sleepstream metadata lacks required keys {missing}")
+        if data.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
+            raise ValueError(
+                f"sleepstream metadata format_version {data['format_version']} is newer than "
+                f"this reader ({FORMAT_VERSION}); upgrade sleepstream"
+            )
+        values = dict(data)
+        for key in ("feature_names", "classes"):
+            if key in values:
+                values[key] = tuple(str(v) for v in values[key])
+        for key in ("mean", "std"):
+            values[key] = tuple(float(v) for v in values[key])
+        values["thresholds"] = {str(k): float(v) for k, v in values["thresholds"].items()}
+        return cls(**values)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelMetadata:
+        """Parse :meth:`to_json` output."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"sleepstream metadata is not valid JSON: {err}") from err
+        if not isinstance(data, dict):
+            raise ValueError(
+                f"sleepstream metadata must be a JSON object, got {type(data).__name__}"
+            )
+        return cls.from_dict(data)
+
+    def flat(self) -> dict[str, str]:
+        """A few top-level string entries for tools that show model properties (Xcode, Netron).
+
+        The JSON under :data:`METADATA_KEY` is the authoritative copy.
+        """
+        out = {
+            "sleepstream_version": self.version,
+            "architecture": self.architecture,
+            "feature_names": ",".join(self.feature_names),
+            "n_features": str(self.n_features),
+            "state_size": str(self.state_size),
+            "classes": ",".join(self.classes),
+            "epoch_seconds": f"{self.epoch_seconds:g}",
+        }
+        for name, value in self.thresholds.items():
+            out[f"threshold_{name}"] = repr(float(value))
+        return out
+
+    def check_matches(self, net: SleepNet) -> None:
+        """Raise ``ValueError`` when ``net``'s inputs or state size differ from this metadata."""
+        if tuple(net.feature_names) != self.feature_names:
+            raise ValueError(
+                f"Metadata feature_names {list(self.feature_names)} differ from the network's "
+                f"{list(net.feature_names)}"
+            )
+        if net.state_size != self.state_size:
+            raise ValueError(
+                f"Metadata state_size {self.state_size} differs from the network's {net.state_size}"
+            )
+
+
+def metadata_for(net: SleepNet, thresholds: Mapping[str, float], **extra: Any) -> ModelMetadata:
+    """The metadata of a trained network: its inputs, normalisation, state size and thresholds.
+
+    ``extra`` (JSON-serialisable: training subjects, config name, ...) is kept under ``extra``.
+    """
+    params: dict[str, Any] = {"parameters": count_parameters(net)}
+    for name in ("hidden_size", "num_layers"):
+        value = getattr(net, name, None)
+        if isinstance(value, int):
+            params[name] = value
+    json.dumps(extra, allow_nan=False)  # fail here, not when a file is written
+    return ModelMetadata(
+        feature_names=tuple(net.feature_names),
+        mean=tuple(float(v) for v in net.normalise.mean.detach().cpu().tolist()),
+        std=tuple(float(v) for v in net.normalise.std.detach().cpu().tolist()),
+        state_size=int(net.state_size),
+        thresholds={str(k): float(v) for k, v in thresholds.items()},
+        architecture=type(net).__name__,
+        architecture_params=params,
+        extra=dict(extra),
+    )

@@ -1,0 +1,219 @@
+"""Test vectors: a stretch of a real night that an app's port must reproduce exactly.
+
+A port of the feature extractor (Swift on the watch) replays the recorded samples and must
+produce the recorded feature vectors; feeding those to the exported model must give the
+recorded p(sleep). The file is JSON (NaN written as ``null``)::
+
+    format          "sleepstream-test-vectors/1"
+    subject_id      night the samples come from
+    replay          how to replay (rules below, in words)
+    epoch_seconds   30
+    night_epochs    start time (s) of every epoch from night start to the stretch end
+    samples         heart_rate {times, bpm}, counts {times, values, window_seconds, source}
+    stretch         start_epoch, n_epochs
+    epochs          per stretch epoch: index, start, features (all FEATURE_NAMES), model_input
+                    (the model's inputs in order), normalised, p_sleep, state_norm
+    state_before    model state entering the stretch (so a model-only test can start there)
+    feature_names   FEATURE_NAMES, the order of each epoch's ``features``
+    tolerance       suggested absolute tolerances for a port
+    metadata        the model's ModelMetadata
+    counts          reserved: raw acceleration -> activity counts vectors (added separately)
+
+Replay rules: start a fresh extractor; for every epoch of ``night_epochs`` in order, feed
+every sample (heart rate and counts, each series in time order) whose time is before the
+epoch's end, then close the epoch; run the model from a zero state on every closed epoch. The
+extractor's state depends on the whole past, so the replay starts at the beginning of the
+night. Samples older than the extractor's longest look-back before the first epoch's end
+(:attr:`CausalFeatures.hr_baseline_seconds`, one day) cannot change any output and are left
+out.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from sleepstream.export.metadata import ModelMetadata, metadata_for
+from sleepstream.export.onnx import inference_copy
+from sleepstream.features import FEATURE_NAMES, GAP_CAP_MIN, CausalFeatures, extract
+from sleepstream.models.net import SleepNet
+from sleepstream.records import COUNT_SECONDS, EPOCH_SECONDS, Recording
+
+FORMAT = "sleepstream-test-vectors/1"
+RESERVED_SECTIONS = ("counts",)
+"""Top-level keys kept free for sections other modules add through ``sections``."""
+
+TOLERANCE = {"features": 1e-6, "normalised": 1e-5, "p_sleep": 1e-5}
+
+REPLAY_RULES = (
+    "Start a fresh extractor. For each epoch start in night_epochs, in order: feed every "
+    "heart-rate sample and every activity count whose time is before start + epoch_seconds "
+    "(each series in time order; a count is placed by the start of its 15 s window), then "
+    "close the epoch. Run the model from a zero state on every closed epoch. Compare the "
+    "epochs listed under 'epochs' with the recorded values; null means NaN."
+)
+
+
+def _nan_to_none(values: NDArray[np.floating]) -> list[float | None]:
+    return [
+        None if not math.isfinite(v) else float(v) for v in np.asarray(values, dtype=np.float64)
+    ]
+
+
+def _none_to_nan(values: list[float | None]) -> NDArray[np.float64]:
+    return np.array([math.nan if v is None else v for v in values], dtype=np.float64)
+
+
+def _model_outputs(
+    net: SleepNet, inputs: NDArray[np.float64]
+) -> tuple[
+    NDArray[np.float64], NDArray[np.float64], NDArray[np.float64], list[NDArray[np.float64]]
+]:
+    """Normalised inputs, p(sleep), state norms and states after each epoch, by ``net.step``."""
+    x = torch.as_tensor(inputs, dtype=torch.float32)
+    state = net.initial_state(1)
+    normalised = np.empty(inputs.shape, dtype=np.float64)
+    p = np.empty(len(inputs), dtype=np.float64)
+    states: list[NDArray[np.float64]] = []
+    with torch.no_grad():
+        normalised[:] = net.normalise(x).double().numpy()
+        for t in range(len(x)):
+            logit, state = net.step(x[t : t + 1], state)
+            p[t] = torch.sigmoid(logit).item()
+            states.append(state[0].double().numpy())
+    norms = np.array([float(np.linalg.norm(s)) for s in states])
+    return normalised, p, norms, states
+
+
+def write_test_vectors(
+    recording: Recording,
+    net: SleepNet,
+    path: str | Path,
+    start_epoch: int = 0,
+    n_epochs: int = 20,
+    *,
+    metadata: ModelMetadata | None = None,
+    sections: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write test vectors for epochs ``start_epoch .. start_epoch + n_epochs - 1`` of a night.
+
+    ``sections`` adds top-level JSON sections (e.g. ``{"counts": ...}``: raw acceleration and
+    the counts computed from it); they may not replace the built-in keys. Returns ``path``.
+    """
+    stop = start_epoch + n_epochs
+    if start_epoch < 0 or n_epochs < 1 or stop > recording.n_epochs:
+        raise ValueError(
+            f"Stretch of {n_epochs} epochs from epoch {start_epoch} does not fit night "
+            f"{recording.subject_id} of {recording.n_epochs} epochs"
+        )
+    net = inference_copy(net)
+    meta = metadata if metadata is not None else metadata_for(net, {})
+    meta.check_matches(net)
+    extractor = CausalFeatures()
+    features = extract(recording, extractor, n_epochs=stop)
+    columns = [FEATURE_NAMES.index(n) for n in net.feature_names]
+    normalised, p, norms, states = _model_outputs(net, features[:, columns])
+
+    first_end = float(recording.epoch_times[0]) + EPOCH_SECONDS
+    stretch_end = float(recording.epoch_times[stop - 1]) + EPOCH_SECONDS
+    oldest = first_end - max(extractor.hr_baseline_seconds, GAP_CAP_MIN * 60.0)
+    hr = (recording.hr_times >= oldest) & (recording.hr_times < stretch_end)
+    counts = (recording.count_times >= oldest) & (recording.count_times < stretch_end)
+    epochs = [
+        {
+            "index": i,
+            "start": float(recording.epoch_times[i]),
+            "features": _nan_to_none(features[i]),
+            "model_input": _nan_to_none(features[i, columns]),
+            "normalised": _nan_to_none(normalised[i]),
+            "p_sleep": float(p[i]),
+            "state_norm": float(norms[i]),
+        }
+        for i in range(start_epoch, stop)
+    ]
+    state_before = states[start_epoch - 1] if start_epoch > 0 else np.zeros(net.state_size)
+    vectors: dict[str, Any] = {
+        "format": FORMAT,
+        "subject_id": recording.subject_id,
+        "replay": REPLAY_RULES,
+        "epoch_seconds": EPOCH_SECONDS,
+        "night_epochs": [float(t) for t in recording.epoch_times[:stop]],
+        "samples": {
+            "heart_rate": {
+                "times": recording.hr_times[hr].tolist(),
+                "bpm": recording.hr_bpm[hr].tolist(),
+            },
+            "counts": {
+                "times": recording.count_times[counts].tolist(),
+                "values": recording.counts[counts].tolist(),
+                "window_seconds": COUNT_SECONDS,
+                "source": recording.count_source,
+            },
+            "dropped_before": oldest,
+        },
+        "stretch": {"start_epoch": start_epoch, "n_epochs": n_epochs},
+        "epochs": epochs,
+        "state_before": [float(v) for v in state_before],
+        "feature_names": list(FEATURE_NAMES),
+        "tolerance": TOLERANCE,
+        "metadata": meta.to_dict(),
+    }
+    for key, section in (sections or {}).items():
+        if key in vectors:
+            raise ValueError(f"Test-vector section {key!r} would replace a built-in section")
+        vectors[key] = section
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(vectors, allow_nan=False))
+    return path
+
+
+def read_test_vectors(path: str | Path) -> dict[str, Any]:
+    """Load a test-vector file; raises ``ValueError`` when it is not one."""
+    data = json.loads(Path(path).read_text())
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a sleepstream test-vector file (format {FORMAT!r})")
+    return data
+
+
+def replay_features(vectors: Mapping[str, Any]) -> NDArray[np.float64]:
+    """Reference replay of the recorded samples: features of the stretch's epochs.
+
+    Follows the replay rules literally with :class:`CausalFeatures`, the way a port would;
+    shape ``(n_epochs, len(FEATURE_NAMES))``.
+    """
+    samples = vectors["samples"]
+    hr_t, hr_v = samples["heart_rate"]["times"], samples["heart_rate"]["bpm"]
+    ct_t, ct_v = samples["counts"]["times"], samples["counts"]["values"]
+    extractor = CausalFeatures()
+    step = float(vectors["epoch_seconds"])
+    i_hr = i_ct = 0
+    out: dict[int, NDArray[np.float64]] = {}
+    wanted = {int(e["index"]) for e in vectors["epochs"]}
+    for index, start in enumerate(vectors["night_epochs"]):
+        end = start + step
+        while i_hr < len(hr_t) and hr_t[i_hr] < end:
+            extractor.update_heart_rate(hr_t[i_hr], hr_v[i_hr])
+            i_hr += 1
+        while i_ct < len(ct_t) and ct_t[i_ct] < end:
+            extractor.update_count(ct_t[i_ct], ct_v[i_ct])
+            i_ct += 1
+        vector = extractor.close_epoch(float(start))
+        if index in wanted:
+            out[index] = vector
+    return np.array([out[int(e["index"])] for e in vectors["epochs"]])
+
+
+def recorded(vectors: Mapping[str, Any], key: str) -> NDArray[np.float64]:
+    """One per-epoch entry of the stretch as an array (``null`` -> NaN), e.g. ``"features"``."""
+    rows = [e[key] for e in vectors["epochs"]]
+    if isinstance(rows[0], list):
+        return np.array([_none_to_nan(r) for r in rows])
+    return np.array(rows, dtype=np.float64)

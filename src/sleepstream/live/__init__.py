@@ -1,0 +1,1 @@
+"""Live detection: samples in, epoch results and sleep events out."""

@@ -1,0 +1,367 @@
+"""The live detector: sensor samples in, one result per closed 30 s epoch out.
+
+:class:`SleepDetector` takes acceleration chunks, heart-rate samples, ready-made activity counts
+and motion-activity context, in any mix and chunk size, and returns an :class:`EpochResult` for
+every epoch that has closed. It runs the same objects as training and evaluation: the activity
+counts of :class:`~sleepstream.signal.live_counts.StreamingCounts`, the features of
+:class:`~sleepstream.features.CausalFeatures`, the network's ``step``, and the hysteresis of
+:class:`~sleepstream.evaluation.nightly.OnsetTracker`.
+
+Timing rules
+------------
+- Epochs are ``[origin + 30 k, origin + 30 (k + 1))``. The first reported epoch is the one
+  containing ``start`` (default: the first sample); samples before it are history (e.g. the
+  day's heart rate, used for the resting baseline) and produce no result.
+- The sensor clock is the newest sample time of any stream. An epoch closes once the clock
+  reaches its end plus ``close_lag`` seconds: a lag lets slower streams (heart rate is often
+  delivered seconds late) still count.
+- A sample older than the end of the last closed epoch is *late*: it is not merged into a closed
+  epoch but counted per stream (:attr:`SleepDetector.late_samples`) and reported in the next
+  results.
+- The count of a 15 s window is ready when the acceleration reaches the window's last grid
+  point; a window not complete when its epoch closes is missing for that epoch.
+"""
+
+from __future__ import annotations
+
+import copy
+import heapq
+import logging
+import math
+import pickle
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from sleepstream.evaluation.nightly import OnsetTracker
+from sleepstream.features import FEATURE_NAMES, CausalFeatures
+from sleepstream.live.context import ContextVeto, MotionContext
+from sleepstream.live.units import check_acceleration_units
+from sleepstream.records import EPOCH_SECONDS
+from sleepstream.signal.live_counts import LateSampleError, StreamingCounts
+
+log = logging.getLogger(__name__)
+
+Stream = Literal["acceleration", "heart_rate", "counts", "context"]
+MIN_BPM, MAX_BPM = 25.0, 250.0
+
+
+class StepModel(Protocol):
+    """One epoch of a network: full feature vector and state in, p(sleep) and state out."""
+
+    feature_names: Sequence[str]
+
+    def initial_state(self) -> NDArray[np.float32]: ...
+
+    def step(
+        self, features: NDArray[np.float64], state: NDArray[np.float32]
+    ) -> tuple[float, NDArray[np.float32]]: ...
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    """What the detector says about one closed epoch.
+
+    Attributes
+    ----------
+    start, end
+        The epoch, in sensor seconds.
+    p_sleep
+        Probability of sleep after the context rule (0 when vetoed).
+    p_model
+        The network's probability before the context rule.
+    asleep
+        The tracker's state after this epoch.
+    events
+        ``"fell_asleep"`` / ``"woke_up"`` completed at this epoch.
+    vetoed
+        The context rule's reason when it vetoed sleep, else ``None``.
+    late_samples
+        Samples that arrived for already-closed epochs since the previous result, per stream.
+    """
+
+    start: float
+    end: float
+    p_sleep: float
+    p_model: float
+    asleep: bool
+    events: tuple[str, ...] = ()
+    vetoed: str | None = None
+    late_samples: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(order=True)
+class _Event:
+    time: float
+    order: int
+    stream: Stream = field(compare=False)
+    value: object = field(compare=False)
+
+
+class SleepDetector:
+    """Streaming sleep/wake detection; see the module docstring for the timing rules.
+
+    Parameters
+    ----------
+    model
+        A :class:`StepModel`; ``None`` loads the shipped model.
+    threshold
+        p(sleep) at or above which an epoch counts as sleep for the tracker: a number, or a
+        threshold name of the shipped model's card (``"wasa93"``, ``"wasa95"``, ``"operating"``).
+    fall_asleep_epochs, wake_up_epochs
+        Hysteresis of the "fell asleep" / "woke up" events.
+    veto
+        The motion-context rule (:class:`~sleepstream.live.context.ContextVeto`).
+    origin
+        Anchor of the 30 s epoch grid (and of the 15 s count windows).
+    start
+        Start of the first reported epoch's grid cell; ``None``: the first sample's.
+    close_lag
+        Seconds the clock must pass an epoch's end before the epoch closes.
+    check_units
+        Check that acceleration looks like raw accelerometer data in g.
+    """
+
+    def __init__(
+        self,
+        model: StepModel | None = None,
+        threshold: float | str = "wasa93",
+        fall_asleep_epochs: int = 3,
+        wake_up_epochs: int = 2,
+        veto: ContextVeto | None = None,
+        origin: float = 0.0,
+        start: float | None = None,
+        close_lag: float = 0.0,
+        check_units: bool = True,
+    ):
+        if model is None:
+            from sleepstream.live.backends import TorchStep
+
+            model = TorchStep.shipped()
+        self.model = model
+        self.threshold = _resolve_threshold(model, threshold)
+        self.fall_asleep_epochs = fall_asleep_epochs
+        self.wake_up_epochs = wake_up_epochs
+        self.veto = veto if veto is not None else ContextVeto()
+        self.origin = origin
+        self.start = start
+        self.close_lag = close_lag
+        self.check_units = check_units
+        self._reset()
+
+    def _reset(self) -> None:
+        self._features = CausalFeatures()
+        self._counts = StreamingCounts(origin=self.origin)
+        self._tracker = OnsetTracker(self.fall_asleep_epochs, self.wake_up_epochs)
+        self._state = self.model.initial_state()
+        self._queue: list[_Event] = []
+        self._order = 0
+        self._clock = -math.inf
+        self._next_start: float | None = None
+        self._closed_until = -math.inf
+        self._context: list[MotionContext] = []
+        self._units_checked = not self.check_units
+        self.late_samples: dict[str, int] = {}
+        self._late_since_result: dict[str, int] = {}
+
+    # -- input ---------------------------------------------------------------------------------
+    def add_heart_rate(self, times: ArrayLike, bpm: ArrayLike) -> list[EpochResult]:
+        """Heart-rate samples (s, beats per minute); 25-250 bpm, else ``ValueError``."""
+        t, v = _pair(times, bpm, "heart rate")
+        bad = (v < MIN_BPM) | (v > MAX_BPM)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ValueError(
+                f"heart rate {v[i]:g} bpm at t={t[i]:.3f} s is outside {MIN_BPM:g}-{MAX_BPM:g}"
+            )
+        return self._ingest("heart_rate", t, v.tolist())
+
+    def add_counts(self, times: ArrayLike, counts: ArrayLike) -> list[EpochResult]:
+        """Ready-made activity counts, each for the 15 s window starting at its time."""
+        t, v = _pair(times, counts, "activity count")
+        if (v < 0).any():
+            i = int(np.argmax(v < 0))
+            raise ValueError(f"activity count {v[i]:g} at t={t[i]:.3f} s is negative")
+        return self._ingest("counts", t, v.tolist())
+
+    def add_context(self, context: MotionContext | Sequence[MotionContext]) -> list[EpochResult]:
+        """Motion-activity context (as iOS CMMotionActivity reports it)."""
+        items = [context] if isinstance(context, MotionContext) else list(context)
+        t = np.array([c.time for c in items], dtype=np.float64)
+        return self._ingest("context", t, items)
+
+    def add_acceleration(self, times: ArrayLike, xyz: ArrayLike) -> list[EpochResult]:
+        """Raw accelerometer samples: times (s) and ``(n, 3)`` x, y, z in g (or ``(n,)`` z)."""
+        t = np.asarray(times, dtype=np.float64)
+        a = np.asarray(xyz, dtype=np.float64)
+        if a.ndim == 2 and a.shape[1] == 3:
+            if not self._units_checked and len(a) >= 50:
+                check_acceleration_units(a)
+                self._units_checked = True
+            z = a[:, 2]
+        elif a.ndim == 1:
+            z = a
+        else:
+            raise ValueError(f"acceleration must have shape (n, 3) or (n,), got {a.shape}")
+        if len(t) != len(z):
+            raise ValueError(f"acceleration: {len(t)} times but {len(z)} samples")
+        if len(t) == 0:
+            return []
+        last = self._counts.last_time
+        if last is not None and t[0] <= last:
+            late = int(np.sum(t <= last))
+            self._count_late("acceleration", late)
+            t, z = t[late:], z[late:]
+            if len(t) == 0:
+                return []
+        try:
+            count_times, counts = self._counts.update(t, z)
+        except LateSampleError as error:
+            raise ValueError(f"acceleration: {error}") from None
+        self._push("counts", count_times, counts.tolist())
+        return self._advance(float(t[-1]))
+
+    def advance(self, now: float) -> list[EpochResult]:
+        """Move the sensor clock to ``now`` (e.g. a timer while no samples arrive)."""
+        return self._advance(float(now))
+
+    # -- core ----------------------------------------------------------------------------------
+    def _count_late(self, stream: str, n: int) -> None:
+        if n:
+            self.late_samples[stream] = self.late_samples.get(stream, 0) + n
+            self._late_since_result[stream] = self._late_since_result.get(stream, 0) + n
+            log.debug("%d late %s samples", n, stream)
+
+    def _push(self, stream: Stream, times: NDArray[np.float64], values: Sequence[object]) -> None:
+        late = times < self._closed_until
+        self._count_late(stream, int(late.sum()))
+        for t, value, is_late in zip(times.tolist(), values, late.tolist(), strict=True):
+            if not is_late:
+                heapq.heappush(self._queue, _Event(t, self._order, stream, value))
+                self._order += 1
+
+    def _ingest(
+        self, stream: Stream, times: NDArray[np.float64], values: Sequence[object]
+    ) -> list[EpochResult]:
+        if len(times) == 0:
+            return []
+        self._push(stream, times, values)
+        return self._advance(float(times.max()))
+
+    def _advance(self, now: float) -> list[EpochResult]:
+        self._clock = max(self._clock, now)
+        if self._next_start is None:
+            first = self.start if self.start is not None else self._earliest()
+            if first is None:
+                return []
+            k = math.floor((first - self.origin) / EPOCH_SECONDS)
+            self._next_start = self.origin + k * EPOCH_SECONDS
+        results = []
+        while self._next_start + EPOCH_SECONDS + self.close_lag <= self._clock:
+            results.append(self._close(self._next_start))
+            self._next_start += EPOCH_SECONDS
+        return results
+
+    def _earliest(self) -> float | None:
+        times = [e.time for e in self._queue[:1]]
+        if self._counts.last_time is not None:
+            times.append(self._clock)
+        return min(times) if times else None
+
+    def _apply(self, event: _Event) -> None:
+        if event.stream == "heart_rate":
+            self._features.update_heart_rate(event.time, float(event.value))  # type: ignore[arg-type]
+        elif event.stream == "counts":
+            self._features.update_count(event.time, float(event.value))  # type: ignore[arg-type]
+        elif isinstance(event.value, MotionContext):
+            self._context.append(event.value)
+
+    def _close(self, start: float) -> EpochResult:
+        end = start + EPOCH_SECONDS
+        while self._queue and self._queue[0].time < end:
+            self._apply(heapq.heappop(self._queue))
+        vector = self._features.close_epoch(start)
+        self._closed_until = end
+        p_model, self._state = self.model.step(vector, self._state)
+        reason = self.veto.reason(self._context, start, end)
+        self._context = self.veto.keep(self._context, end)
+        p_sleep = 0.0 if reason else p_model
+        event = self._tracker.update(p_sleep >= self.threshold)
+        late, self._late_since_result = self._late_since_result, {}
+        return EpochResult(
+            start,
+            end,
+            p_sleep,
+            p_model,
+            self._tracker.asleep,
+            (event,) if event else (),
+            reason,
+            late,
+        )
+
+    # -- persistence ---------------------------------------------------------------------------
+    def snapshot(self) -> bytes:
+        """Everything needed to continue this stream later, without the model's weights."""
+        state = copy.copy(self.__dict__)
+        state.pop("model")
+        return pickle.dumps(state)
+
+    def restore(self, snapshot: bytes) -> None:
+        """Continue from a :meth:`snapshot` (taken with the same model)."""
+        state = pickle.loads(snapshot)
+        self.__dict__.update(state)
+
+    def clone(self) -> SleepDetector:
+        """A fresh detector with the same parameters and model, no samples seen."""
+        return SleepDetector(
+            self.model,
+            self.threshold,
+            self.fall_asleep_epochs,
+            self.wake_up_epochs,
+            self.veto,
+            self.origin,
+            self.start,
+            self.close_lag,
+            self.check_units,
+        )
+
+
+def _resolve_threshold(model: StepModel, threshold: float | str) -> float:
+    if isinstance(threshold, str):
+        thresholds = getattr(model, "thresholds", {})
+        if threshold not in thresholds:
+            raise ValueError(
+                f"Threshold {threshold!r} is not among the model's {sorted(thresholds)}; "
+                "give a number instead"
+            )
+        return float(thresholds[threshold])
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold!r}")
+    return float(threshold)
+
+
+def _pair(
+    times: ArrayLike, values: ArrayLike, what: str
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    t = np.atleast_1d(np.asarray(times, dtype=np.float64))
+    v = np.atleast_1d(np.asarray(values, dtype=np.float64))
+    if t.shape != v.shape or t.ndim != 1:
+        raise ValueError(f"{what}: times {t.shape} and values {v.shape} must be equal 1-D shapes")
+    bad = ~(np.isfinite(t) & np.isfinite(v))
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(
+            f"{what}: non-finite time or value at index {i} (t={t[i]!r}, value={v[i]!r})"
+        )
+    if len(t) > 1 and (np.diff(t) < 0).any():
+        i = int(np.argmax(np.diff(t) < 0)) + 1
+        raise ValueError(
+            f"{what}: time goes backwards at index {i} ({t[i - 1]:.3f} -> {t[i]:.3f} s)"
+        )
+    return t, v
+
+
+__all__ = ["FEATURE_NAMES", "EpochResult", "SleepDetector", "StepModel"]

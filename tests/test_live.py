@@ -1,0 +1,181 @@
+"""The live detector: parity with the batch path on real nights, persistence, timing, bad input."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from sleepstream.features import FEATURE_NAMES, night_features
+from sleepstream.live.backends import TorchStep
+from sleepstream.live.context import ContextVeto, MotionContext
+from sleepstream.live.detector import EpochResult, SleepDetector
+from sleepstream.models.net import SleepGRU
+from sleepstream.models.training import predict_night
+from sleepstream.records import Recording
+
+
+@pytest.fixture(scope="module")
+def step_model(recordings: list[Recording]) -> TorchStep:
+    torch.manual_seed(0)
+    net = SleepGRU(hidden_size=16)
+    columns = [FEATURE_NAMES.index(n) for n in net.feature_names]
+    net.normalise.fit(np.concatenate([night_features(r)[:, columns] for r in recordings[:6]]))
+    return TorchStep(net, {"wasa93": 0.6})
+
+
+def _night(recordings: list[Recording], subject: str) -> Recording:
+    return next(r for r in recordings if r.subject_id == subject)
+
+
+def _events(night: Recording) -> list[tuple[float, int, float]]:
+    events = [(t, 0, v) for t, v in zip(night.hr_times, night.hr_bpm, strict=True)]
+    events += [(t, 1, v) for t, v in zip(night.count_times, night.counts, strict=True)]
+    return sorted(events, key=lambda e: (e[0], e[1]))
+
+
+def replay(
+    detector: SleepDetector,
+    events: list[tuple[float, int, float]],
+    rng: np.random.Generator | None = None,
+) -> list[EpochResult]:
+    """Feed events in time order, in runs of one stream cut into random chunk sizes."""
+    results: list[EpochResult] = []
+    i = 0
+    while i < len(events):
+        size = 1 if rng is None else int(rng.integers(1, 200))
+        j = i
+        while j < len(events) and j - i < size and events[j][1] == events[i][1]:
+            j += 1
+        times = [e[0] for e in events[i:j]]
+        values = [e[2] for e in events[i:j]]
+        add = detector.add_heart_rate if events[i][1] == 0 else detector.add_counts
+        results += add(times, values)
+        i = j
+    return results
+
+
+@pytest.mark.parametrize("subject,chunked", [("46343", False), ("7749105", True), ("1360686", True)])
+def test_replay_matches_batch_predictions(
+    recordings: list[Recording], step_model: TorchStep, subject: str, chunked: bool
+) -> None:
+    night = _night(recordings, subject)
+    detector = SleepDetector(step_model, start=float(night.epoch_times[0]))
+    rng = np.random.default_rng(3) if chunked else None
+    results = replay(detector, _events(night), rng)
+    results += detector.advance(night.end_time)
+    batch = predict_night(step_model.net, night)
+    results = results[: night.n_epochs]  # heart rate may go on after the PSG
+    assert [r.start for r in results] == night.epoch_times.tolist()
+    live = np.array([r.p_model for r in results])
+    assert np.max(np.abs(live - batch)) <= 1e-6
+
+
+def test_snapshot_and_restore_continue_identically(
+    recordings: list[Recording], step_model: TorchStep
+) -> None:
+    night = _night(recordings, "46343")
+    events = _events(night)
+    reference = SleepDetector(step_model, start=0.0)
+    expected = replay(reference, events) + reference.advance(night.end_time)
+    half = next(i for i, e in enumerate(events) if e[0] > 8000)
+    first = SleepDetector(step_model, start=0.0)
+    before = replay(first, events[:half])
+    blob = first.snapshot()
+    assert len(pickle.dumps(step_model.net)) > 0 and b"gru.weight" not in blob
+    second = SleepDetector(step_model, start=0.0)
+    second.restore(blob)
+    after = replay(second, events[half:]) + second.advance(night.end_time)
+    assert before + after == expected
+
+
+def test_late_samples_are_counted_not_merged(
+    recordings: list[Recording], step_model: TorchStep
+) -> None:
+    night = _night(recordings, "46343")
+    events = [e for e in _events(night) if e[0] < 3000]
+    plain = SleepDetector(step_model, start=0.0)
+    expected = replay(plain, events)
+    detector = SleepDetector(step_model, start=0.0)
+    cut = next(i for i, e in enumerate(events) if e[0] > 1500)
+    results = replay(detector, events[:cut])
+    assert detector.add_heart_rate([100.0, 200.0], [60.0, 61.0]) == []
+    results += replay(detector, events[cut:])
+    assert detector.late_samples == {"heart_rate": 2}
+    assert [r.p_model for r in results] == [r.p_model for r in expected]
+    flagged = [r for r in results if r.late_samples]
+    assert len(flagged) == 1 and flagged[0].late_samples == {"heart_rate": 2}
+
+
+def test_hours_long_gap_and_bounded_memory(step_model: TorchStep) -> None:
+    detector = SleepDetector(step_model, start=0.0)
+    rng = np.random.default_rng(0)
+    sizes = {}
+    day = 86_400.0
+    for hour in range(48):
+        if 20 <= hour < 24:
+            continue  # four hours with no data at all
+        t0 = hour * 3600.0
+        hr_t = t0 + np.arange(0, 3600, 5.0)
+        detector.add_heart_rate(hr_t, 60 + rng.normal(0, 2, len(hr_t)))
+        detector.add_counts(t0 + np.arange(0, 3600, 15.0), rng.exponential(5, 240))
+        if t0 in (day - 3600, 2 * day - 3600):
+            sizes[t0] = len(detector.snapshot())
+    results = detector.advance(48 * 3600.0)
+    assert detector._next_start == 48 * 3600.0
+    assert all(np.isfinite(r.p_sleep) for r in results)
+    small, large = sizes.values()
+    assert large < 1.2 * small, sizes
+
+
+def test_context_vetoes_sleep(recordings: list[Recording], step_model: TorchStep) -> None:
+    night = _night(recordings, "46343")
+    detector = SleepDetector(step_model, start=0.0, veto=ContextVeto(min_confidence="medium"))
+    events = [e for e in _events(night) if e[0] < 600]
+    detector.add_context([MotionContext(-10.0, "stationary"), MotionContext(95.0, "cycling", "high")])
+    detector.add_context(MotionContext(200.0, "walking", "low"))
+    results = replay(detector, events)
+    by_start = {r.start: r for r in results}
+    assert by_start[60.0].vetoed is None
+    assert by_start[90.0].vetoed == "cycling (high)" and by_start[90.0].p_sleep == 0.0
+    assert by_start[180.0].vetoed == "cycling (high)"
+    assert by_start[210.0].vetoed is None and by_start[210.0].p_sleep == by_start[210.0].p_model
+    with pytest.raises(ValueError, match="Unknown activity 'flying'"):
+        MotionContext(0.0, "flying")
+
+
+def test_acceleration_stream_feeds_counts(step_model: TorchStep) -> None:
+    detector = SleepDetector(step_model, start=0.0)
+    rng = np.random.default_rng(1)
+    t = np.arange(0, 600, 0.02)
+    xyz = np.column_stack([np.zeros_like(t), np.zeros_like(t), -np.ones_like(t)])
+    xyz += rng.normal(0, 0.003, xyz.shape)
+    moving = (t > 300) & (t < 330)
+    xyz[moving, 2] += 0.4 * np.sin(2 * np.pi * 4 * t[moving])
+    detector.add_heart_rate(np.arange(0, 600, 5.0), np.full(120, 62.0))
+    results = []
+    for lo in range(0, len(t), 997):
+        results += detector.add_acceleration(t[lo : lo + 997], xyz[lo : lo + 997])
+    assert len(results) == 19
+    counts = detector._features._counts.view()[1]
+    assert counts.max() > 100 and np.median(counts) == 0
+
+
+@pytest.mark.parametrize(
+    "call,message",
+    [
+        (lambda d: d.add_heart_rate([1.0, 2.0], [60.0, float("nan")]), "non-finite"),
+        (lambda d: d.add_heart_rate([5.0, 2.0], [60.0, 61.0]), "backwards"),
+        (lambda d: d.add_heart_rate([1.0], [300.0]), "outside 25-250"),
+        (lambda d: d.add_counts([1.0], [-3.0]), "negative"),
+        (lambda d: d.add_acceleration(np.arange(100) * 0.02, np.tile([0, 0, -9.81], (100, 1))), "m/s"),
+        (lambda d: d.add_acceleration(np.arange(100) * 0.02, np.zeros((100, 3)) + 0.01), "gravity"),
+        (lambda d: d.add_acceleration(np.arange(100) * 0.02, np.ones((100, 2))), "shape"),
+    ],
+)
+def test_bad_input_is_refused_with_a_reason(step_model: TorchStep, call, message: str) -> None:  # type: ignore[no-untyped-def]
+    detector = SleepDetector(step_model, start=0.0)
+    with pytest.raises(ValueError, match=message):
+        call(detector)
