@@ -8,6 +8,7 @@
     sleepstream fit|validate|test|predict -c CONFIG       LightningCLI (training and checks)
     sleepstream cv -c CONFIG --out DIR                    LOSO of a model beside the baselines
     sleepstream ship -c CONFIG --loso DIR                 train on all nights, save with LOSO card
+    sleepstream replay --subject ID [--speed X]           a night through the live detector
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from sleepstream.evaluation.predictions import LosoResult
+from sleepstream.records import Recording
 
 log = logging.getLogger("sleepstream")
 console = Console(stderr=True)
@@ -213,6 +215,84 @@ def _ship(args: argparse.Namespace) -> int:
     return 0
 
 
+def _user_recording(args: argparse.Namespace) -> Recording:
+    from sleepstream.data import parse
+
+    if not args.heart_rate:
+        raise ValueError("--heart-rate FILE is needed with a user's recording")
+    hr_t, hr = parse.read_heart_rate(Path(args.heart_rate))
+    accel_t = accel = None
+    count_t, counts = np.zeros(0), np.zeros(0)
+    if args.motion:
+        accel_t, accel = parse.read_acceleration(Path(args.motion))
+    elif args.counts:
+        count_t, counts = parse.read_counts(Path(args.counts))
+    else:
+        raise ValueError("give --motion FILE (seconds x y z, in g) or --counts FILE")
+    if args.labels:
+        epoch_t, stages = parse.read_labels(Path(args.labels))
+    else:
+        end = max(hr_t[-1], accel_t[-1] if accel_t is not None else count_t[-1])
+        epoch_t = np.arange(0.0, float(end), 30.0)
+        stages = np.full(len(epoch_t), -1, dtype=np.int8)
+    return Recording(
+        Path(args.heart_rate).stem, epoch_t, stages, hr_t, hr, count_t, counts, accel_t, accel
+    )
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from rich.live import Live
+
+    from sleepstream.data.folder import data_folder, load_recording
+    from sleepstream.live.backends import TorchStep
+    from sleepstream.live.detector import EpochResult, SleepDetector
+    from sleepstream.live.replay import plot_replay, replay
+
+    if args.subject:
+        recording = load_recording(data_folder(args.data), args.subject, with_accel=True)
+    else:
+        recording = _user_recording(args)
+    if args.model and args.model.endswith(".onnx"):
+        from sleepstream.export.onnx import OnnxStep
+
+        model: object = OnnxStep(args.model)
+    elif args.model:
+        model = TorchStep.from_checkpoint(args.model)
+    else:
+        model = TorchStep.shipped()
+    threshold = args.threshold if args.threshold is not None else "wasa93"
+    detector = SleepDetector(model, threshold=threshold, start=float(recording.epoch_times[0]))  # type: ignore[arg-type]
+    labels = dict(zip(recording.epoch_times.tolist(), recording.stages.tolist(), strict=True))
+
+    def render(result: EpochResult) -> Table:
+        table = Table(title=f"sleepstream live, subject {recording.subject_id}")
+        for column in ("time", "p(sleep)", "state", "events", "PSG"):
+            table.add_column(column)
+        stage = labels.get(result.start, -1)
+        table.add_row(
+            f"{result.end / 3600:6.2f} h",
+            f"{result.p_sleep:.2f}" + (f" (vetoed: {result.vetoed})" if result.vetoed else ""),
+            "[green]asleep" if result.asleep else "[yellow]awake",
+            ", ".join(result.events),
+            {-1: "-", 0: "wake", 5: "REM"}.get(stage, f"N{min(stage, 3)}"),
+        )
+        return table
+
+    with Live(console=console, transient=args.quiet, auto_refresh=False) as live:
+
+        def show(result: EpochResult) -> None:
+            live.update(render(result), refresh=True)
+            if result.events:
+                console.log(f"{result.end / 3600:.2f} h: {', '.join(result.events)}")
+
+        results = replay(recording, detector, speed=args.speed, on_result=show)
+    out = Path(args.out or f"replay_{recording.subject_id}.png")
+    plot_replay(recording, results, detector.threshold, out)
+    events = sum(len(r.events) for r in results)
+    console.print(f"{len(results)} epochs, {events} events; plot in {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sleepstream", description=__doc__.split("\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -261,6 +341,20 @@ def build_parser() -> argparse.ArgumentParser:
     ship.add_argument("--data", help="data folder (default: $SLEEPSTREAM_DATA)")
     ship.add_argument("overrides", nargs="*", help="LightningCLI overrides after --")
     ship.set_defaults(run=_ship)
+
+    rep = commands.add_parser("replay", help="play a night through the live detector")
+    source = rep.add_mutually_exclusive_group(required=True)
+    source.add_argument("--subject", help="a subject of the data folder")
+    source.add_argument("--heart-rate", help="a user's heart-rate file (seconds,bpm)")
+    rep.add_argument("--motion", help="with --heart-rate: raw acceleration (seconds x y z, g)")
+    rep.add_argument("--counts", help="with --heart-rate: activity counts (seconds,count)")
+    rep.add_argument("--labels", help="with --heart-rate: PSG labels (seconds stage)")
+    rep.add_argument("--speed", type=float, default=0.0, help="x real time; 0 = at once")
+    rep.add_argument("--model", help="a checkpoint (.ckpt) or ONNX model (default: shipped)")
+    rep.add_argument("--threshold", type=float, help="p(sleep) threshold (default: WASA93)")
+    rep.add_argument("--out", help="PNG path (default: replay_<subject>.png)")
+    rep.add_argument("--data", help="data folder (default: $SLEEPSTREAM_DATA)")
+    rep.set_defaults(run=_replay)
     return parser
 
 

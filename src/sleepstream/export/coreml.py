@@ -234,14 +234,14 @@ def check_coreml(
     """Check an exported Core ML file as far as this machine allows; return what was checked.
 
     Always: the spec loads, input/output names and shapes, stored metadata equals
-    ``metadata``. With ``net`` and ``features`` (``(T, n_features)`` in the net's order) and an
-    ``.mlpackage``: p(sleep) of the saved program against ``net.step`` (see
-    :func:`check_coreml_parity`), and on macOS also the Core ML runtime's own predictions.
-    Raises ``ValueError`` naming the first mismatch.
+    ``metadata``. With ``net`` and ``features`` (``(T, n_features)`` in the net's order):
+    for an ``.mlpackage``, p(sleep) of the saved program against ``net.step`` (see
+    :func:`check_coreml_parity`); on macOS, for either format, the Core ML runtime's own
+    predictions against ``net.step``. Raises ``ValueError`` naming the first mismatch.
     """
     path = Path(path)
     spec = ct.utils.load_spec(str(path))
-    ct.models.MLModel(spec if path.suffix == ".mlmodel" else str(path), skip_model_load=True)
+    ct.models.MLModel(str(path), skip_model_load=True)
     inputs = _feature_shapes(spec.description.input)
     outputs = _feature_shapes(spec.description.output)
     want_inputs = {"features": [1, metadata.n_features], "prev_state": [1, metadata.state_size]}
@@ -263,9 +263,10 @@ def check_coreml(
         "outputs": outputs,
         "metadata_round_trip": True,
     }
-    if net is not None and features is not None and path.suffix == ".mlpackage":
-        report["mil_epochs"] = len(features)
-        report["mil_max_abs_diff"] = check_coreml_parity(net, path, features)
+    if net is not None and features is not None:
+        if path.suffix == ".mlpackage":
+            report["mil_epochs"] = len(features)
+            report["mil_max_abs_diff"] = check_coreml_parity(net, path, features)
         if sys.platform == "darwin":
             report["runtime_max_abs_diff"] = _runtime_parity(net, path, features)
     if "runtime_max_abs_diff" not in report:
@@ -288,6 +289,11 @@ def check_coreml_parity(
     arithmetic) only a Mac can run. About 40 ms per epoch: pass a stretch, not a whole night.
     """
     features = np.asarray(features, dtype=np.float32)
+    if features.ndim != 2 or features.shape[1] != net.n_features:
+        raise ValueError(
+            f"features of shape {features.shape}: expected (epochs, {net.n_features}) in the "
+            "order of net.feature_names"
+        )
     program = _MilProgram(Path(package))
     state = np.zeros((1, net.state_size), dtype=np.float32)
     p_mil = np.empty(len(features), dtype=np.float64)

@@ -68,10 +68,10 @@ def _exporter_warning_filters() -> None:
     """Silence warnings the torch exporter raises about its own internals (torch 2.13).
 
     None concerns the exported model: pytree and ``_check_is_size`` deprecations inside
-    torch.export, the GRU's ``_flat_weights`` list that torch re-assigns while tracing, and
-    a ``.grad`` probe by dynamo on the GRU's loop (which fails the export when warnings are
-    errors, as under pytest), and a notice that the two inputs' batch axes, being one and the
-    same dimension, are named once.
+    torch.export; the GRU's ``_flat_weights`` list, which torch re-assigns while tracing; a
+    ``.grad`` probe by dynamo on the GRU's loop (fatal to the export when warnings are errors,
+    as under pytest); a notice that the two inputs' batch axes, one and the same dimension,
+    are named once.
     """
     warnings.filterwarnings(
         "ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning

@@ -17,7 +17,9 @@ recorded p(sleep). The file is JSON (NaN written as ``null``)::
     feature_names   FEATURE_NAMES, the order of each epoch's ``features``
     tolerance       suggested absolute tolerances for a port
     metadata        the model's ModelMetadata
-    counts          reserved: raw acceleration -> activity counts vectors (added separately)
+    counts_from_acceleration
+                    reserved for raw acceleration -> activity count vectors, which another
+                    module adds through ``write_test_vectors(..., sections=...)``
 
 Replay rules: start a fresh extractor; for every epoch of ``night_epochs`` in order, feed
 every sample (heart rate and counts, each series in time order) whose time is before the
@@ -47,8 +49,8 @@ from sleepstream.models.net import SleepNet
 from sleepstream.records import COUNT_SECONDS, EPOCH_SECONDS, Recording
 
 FORMAT = "sleepstream-test-vectors/1"
-RESERVED_SECTIONS = ("counts",)
-"""Top-level keys kept free for sections other modules add through ``sections``."""
+RESERVED_SECTIONS = ("counts_from_acceleration",)
+"""Top-level keys kept free for sections that other modules add through ``sections``."""
 
 TOLERANCE = {"features": 1e-6, "normalised": 1e-5, "p_sleep": 1e-5}
 
@@ -73,23 +75,38 @@ def _none_to_nan(values: list[float | None]) -> NDArray[np.float64]:
 
 def _model_outputs(
     net: SleepNet, inputs: NDArray[np.float64]
-) -> tuple[
-    NDArray[np.float64], NDArray[np.float64], NDArray[np.float64], list[NDArray[np.float64]]
-]:
-    """Normalised inputs, p(sleep), state norms and states after each epoch, by ``net.step``."""
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+    """Normalised inputs, p(sleep) and the state after each epoch ``(T, S)``, by ``net.step``."""
     x = torch.as_tensor(inputs, dtype=torch.float32)
     state = net.initial_state(1)
-    normalised = np.empty(inputs.shape, dtype=np.float64)
     p = np.empty(len(inputs), dtype=np.float64)
-    states: list[NDArray[np.float64]] = []
+    states = np.empty((len(inputs), net.state_size), dtype=np.float64)
     with torch.no_grad():
-        normalised[:] = net.normalise(x).double().numpy()
+        normalised = net.normalise(x).double().numpy()
         for t in range(len(x)):
             logit, state = net.step(x[t : t + 1], state)
             p[t] = torch.sigmoid(logit).item()
-            states.append(state[0].double().numpy())
-    norms = np.array([float(np.linalg.norm(s)) for s in states])
-    return normalised, p, norms, states
+            states[t] = state[0].double().numpy()
+    return normalised, p, states
+
+
+def _samples(recording: Recording, oldest: float, end: float) -> dict[str, Any]:
+    """The heart-rate samples and counts with ``oldest <= time < end``."""
+    hr = (recording.hr_times >= oldest) & (recording.hr_times < end)
+    counts = (recording.count_times >= oldest) & (recording.count_times < end)
+    return {
+        "heart_rate": {
+            "times": recording.hr_times[hr].tolist(),
+            "bpm": recording.hr_bpm[hr].tolist(),
+        },
+        "counts": {
+            "times": recording.count_times[counts].tolist(),
+            "values": recording.counts[counts].tolist(),
+            "window_seconds": COUNT_SECONDS,
+            "source": recording.count_source,
+        },
+        "dropped_before": oldest,
+    }
 
 
 def write_test_vectors(
@@ -104,8 +121,9 @@ def write_test_vectors(
 ) -> Path:
     """Write test vectors for epochs ``start_epoch .. start_epoch + n_epochs - 1`` of a night.
 
-    ``sections`` adds top-level JSON sections (e.g. ``{"counts": ...}``: raw acceleration and
-    the counts computed from it); they may not replace the built-in keys. Returns ``path``.
+    ``sections`` adds top-level JSON sections, e.g. ``{"counts_from_acceleration": ...}`` (raw
+    acceleration and the counts computed from it, see :data:`RESERVED_SECTIONS`); they may not
+    replace the built-in keys. Returns ``path``.
     """
     stop = start_epoch + n_epochs
     if start_epoch < 0 or n_epochs < 1 or stop > recording.n_epochs:
@@ -119,13 +137,7 @@ def write_test_vectors(
     extractor = CausalFeatures()
     features = extract(recording, extractor, n_epochs=stop)
     columns = [FEATURE_NAMES.index(n) for n in net.feature_names]
-    normalised, p, norms, states = _model_outputs(net, features[:, columns])
-
-    first_end = float(recording.epoch_times[0]) + EPOCH_SECONDS
-    stretch_end = float(recording.epoch_times[stop - 1]) + EPOCH_SECONDS
-    oldest = first_end - max(extractor.hr_baseline_seconds, GAP_CAP_MIN * 60.0)
-    hr = (recording.hr_times >= oldest) & (recording.hr_times < stretch_end)
-    counts = (recording.count_times >= oldest) & (recording.count_times < stretch_end)
+    normalised, p, states = _model_outputs(net, features[:, columns])
     epochs = [
         {
             "index": i,
@@ -134,33 +146,24 @@ def write_test_vectors(
             "model_input": _nan_to_none(features[i, columns]),
             "normalised": _nan_to_none(normalised[i]),
             "p_sleep": float(p[i]),
-            "state_norm": float(norms[i]),
+            "state_norm": float(np.linalg.norm(states[i])),
         }
         for i in range(start_epoch, stop)
     ]
-    state_before = states[start_epoch - 1] if start_epoch > 0 else np.zeros(net.state_size)
+    first_end = float(recording.epoch_times[0]) + EPOCH_SECONDS
+    # Older samples are dropped at the first epoch's close or only move capped gap features.
+    oldest = first_end - max(extractor.hr_baseline_seconds, GAP_CAP_MIN * 60.0)
+    stretch_end = float(recording.epoch_times[stop - 1]) + EPOCH_SECONDS
     vectors: dict[str, Any] = {
         "format": FORMAT,
         "subject_id": recording.subject_id,
         "replay": REPLAY_RULES,
         "epoch_seconds": EPOCH_SECONDS,
         "night_epochs": [float(t) for t in recording.epoch_times[:stop]],
-        "samples": {
-            "heart_rate": {
-                "times": recording.hr_times[hr].tolist(),
-                "bpm": recording.hr_bpm[hr].tolist(),
-            },
-            "counts": {
-                "times": recording.count_times[counts].tolist(),
-                "values": recording.counts[counts].tolist(),
-                "window_seconds": COUNT_SECONDS,
-                "source": recording.count_source,
-            },
-            "dropped_before": oldest,
-        },
+        "samples": _samples(recording, oldest, stretch_end),
         "stretch": {"start_epoch": start_epoch, "n_epochs": n_epochs},
         "epochs": epochs,
-        "state_before": [float(v) for v in state_before],
+        "state_before": states[start_epoch - 1].tolist() if start_epoch else [0.0] * net.state_size,
         "feature_names": list(FEATURE_NAMES),
         "tolerance": TOLERANCE,
         "metadata": meta.to_dict(),
