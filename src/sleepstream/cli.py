@@ -9,6 +9,7 @@
     sleepstream cv -c CONFIG --out DIR                    LOSO of a model beside the baselines
     sleepstream ship -c CONFIG --loso DIR                 train on all nights, save with LOSO card
     sleepstream replay --subject ID [--speed X]           a night through the live detector
+    sleepstream export [--ckpt PATH] --out DIR            ONNX + Core ML of the one-epoch step
 """
 
 from __future__ import annotations
@@ -293,6 +294,34 @@ def _replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    import json
+
+    from sleepstream.data.folder import data_folder, load_recording
+    from sleepstream.export import export_all
+    from sleepstream.models.module import net_from_checkpoint
+    from sleepstream.models.shipped import load_shipped, thresholds_from_loso
+
+    if args.ckpt:
+        net = net_from_checkpoint(args.ckpt)
+        thresholds = thresholds_from_loso(Path(args.thresholds)) if args.thresholds else {}
+    else:
+        shipped = load_shipped()
+        net, thresholds = shipped.net, shipped.card.thresholds
+    recording = load_recording(data_folder(args.data), args.subject) if args.subject else None
+    summary = export_all(
+        net,
+        thresholds,
+        Path(args.out),
+        recording,
+        precision=args.precision,
+        metadata_extra={},
+    )
+    (Path(args.out) / "export_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    console.print_json(json.dumps(summary))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sleepstream", description=__doc__.split("\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -355,6 +384,17 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", help="PNG path (default: replay_<subject>.png)")
     rep.add_argument("--data", help="data folder (default: $SLEEPSTREAM_DATA)")
     rep.set_defaults(run=_replay)
+
+    exp = commands.add_parser("export", help="ONNX and Core ML of the one-epoch step, checked")
+    exp.add_argument("--ckpt", help="a training checkpoint (default: the shipped model)")
+    exp.add_argument(
+        "--thresholds", help="with --ckpt: a `cv` predictions .npz to choose thresholds on"
+    )
+    exp.add_argument("--out", required=True, help="output folder")
+    exp.add_argument("--subject", default="46343", help="real night for parity and test vectors")
+    exp.add_argument("--precision", choices=["float32", "float16"], default="float32")
+    exp.add_argument("--data", help="data folder (default: $SLEEPSTREAM_DATA)")
+    exp.set_defaults(run=_export)
     return parser
 
 

@@ -25,7 +25,7 @@ from numpy.typing import NDArray
 
 from sleepstream.export.metadata import ModelMetadata, metadata_for
 from sleepstream.export.onnx import OnnxStep, check_onnx_parity, export_onnx, read_onnx_metadata
-from sleepstream.export.vectors import write_test_vectors
+from sleepstream.export.vectors import counts_vectors, write_test_vectors
 from sleepstream.features import FEATURE_NAMES, night_features
 from sleepstream.models.net import SleepNet
 from sleepstream.records import Recording
@@ -115,7 +115,13 @@ def export_all(
         n = min(VECTOR_EPOCHS, recording.n_epochs)
         start = max(0, (recording.n_epochs - n) // 2)
         path = write_test_vectors(
-            recording, net, out / "test_vectors.json", start, n, metadata=meta
+            recording,
+            net,
+            out / "test_vectors.json",
+            start,
+            n,
+            metadata=meta,
+            sections={"counts_from_acceleration": counts_vectors()},
         )
         files["test_vectors"] = str(path)
         summary["test_vectors"] = {

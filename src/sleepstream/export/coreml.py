@@ -179,7 +179,7 @@ def export_coreml(
 
     ``path`` is given without extension. Returns the written paths under ``"mlpackage"`` and
     ``"mlmodel"``; when the neural-network conversion fails the error is logged and returned
-    under ``"mlmodel_error"`` instead. ``precision="float16"`` halves the weights and lets the
+    under ``"mlmodel_error"`` instead. ``precision="float16"`` lets the
     Neural Engine run the model, at about 4e-4 deviation in p(sleep); float32 keeps parity
     with torch and ONNX (Core ML then runs it on the CPU or GPU, ample for one step per 30 s).
     """
@@ -196,15 +196,16 @@ def export_coreml(
         traced = _trace(net)
         program = _convert(traced, metadata, "mlprogram", precision)
         _annotate(program, metadata, precision)
-        package = base.with_suffix(".mlpackage")
+        package = base.parent / f"{base.name}.mlpackage"
         program.save(str(package))
         written["mlpackage"] = str(package)
         if neuralnetwork:
             try:
                 legacy = _convert(traced, metadata, "neuralnetwork", "float32")
                 _annotate(legacy, metadata, "float32")
-                legacy.save(str(base.with_suffix(".mlmodel")))
-                written["mlmodel"] = str(base.with_suffix(".mlmodel"))
+                mlmodel = base.parent / f"{base.name}.mlmodel"
+                legacy.save(str(mlmodel))
+                written["mlmodel"] = str(mlmodel)
             except Exception as err:  # the legacy format is optional: report, do not fail
                 log.warning("Core ML neural-network (.mlmodel) conversion failed: %r", err)
                 written["mlmodel_error"] = f"{type(err).__name__}: {err}"

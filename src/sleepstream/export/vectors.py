@@ -220,3 +220,37 @@ def recorded(vectors: Mapping[str, Any], key: str) -> NDArray[np.float64]:
     if isinstance(rows[0], list):
         return np.array([_none_to_nan(r) for r in rows])
     return np.array(rows, dtype=np.float64)
+
+
+def counts_vectors(seconds: float = 120.0, seed: int = 0) -> dict[str, Any]:
+    """Test vectors for the live activity counts: generated wrist z acceleration in, counts out.
+
+    The public nights have no raw acceleration, so the input is generated: rest with breathing
+    sway and sensor noise, a twitch, and turning over. An app's port of
+    :class:`~sleepstream.signal.live_counts.StreamingCounts` must reproduce ``counts`` from
+    ``times`` and ``z`` (two causal passes of the 3-11 Hz band-pass, 50 Hz grid from t = 0).
+    """
+    from sleepstream.signal.live_counts import StreamingCounts
+
+    rng = np.random.default_rng(seed)
+    times = np.round(
+        np.arange(0.0, seconds, 0.02) + rng.uniform(-0.002, 0.002, int(seconds * 50)), 6
+    )
+    times[0] = 0.0
+    z = -0.98 + 0.01 * np.sin(2 * np.pi * 0.25 * times) + rng.normal(0, 0.004, len(times))
+    twitch = (times > 40.0) & (times < 40.3)
+    z[twitch] += 0.3 * np.sin(2 * np.pi * 6 * times[twitch])
+    turning = (times > 75.0) & (times < 77.5)
+    z[turning] += (
+        0.5 * np.sin(2 * np.pi * 3.5 * times[turning]) + 0.4 * (times[turning] - 75.0) / 2.5
+    )
+    z[times >= 77.5] += 0.4
+    stream = StreamingCounts(origin=0.0)
+    count_times, counts = stream.update(times, z)
+    return {
+        "description": "raw z acceleration (g) -> StreamingCounts(origin=0, passes=2) -> counts",
+        "times": times.tolist(),
+        "z": z.tolist(),
+        "count_times": count_times.tolist(),
+        "counts": counts.tolist(),
+    }

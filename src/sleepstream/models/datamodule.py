@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -112,7 +113,8 @@ class SleepDataModule(L.LightningDataModule):
         Extra copies of each training night whose activity counts stop at a random time (as
         when a watch stops sending motion), so the network learns to carry on from heart rate.
     seed
-        Seeds the choice of validation subjects and of the cut times.
+        Seeds the choice of validation subjects (together with the subjects available) and of
+        the cut times.
     """
 
     def __init__(
@@ -161,7 +163,9 @@ class SleepDataModule(L.LightningDataModule):
             raise ValueError(
                 f"val_subjects={self.val_subjects} leaves no training subject out of {len(rest)}"
             )
-        rng = np.random.default_rng(self.seed)
+        # The draw depends on the subjects available, so each leave-one-out fold validates
+        # (and later chooses its thresholds) on different nights.
+        rng = np.random.default_rng([self.seed, zlib.crc32(",".join(sorted(rest)).encode())])
         val_ids = set(rng.choice(rest, size=self.val_subjects, replace=False).tolist())
         self.train = [
             r for r in self.recordings if r.subject_id in rest and r.subject_id not in val_ids
