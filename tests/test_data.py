@@ -148,7 +148,6 @@ BAD_ROWS = {
     "heart_rate_one_column": ("heart_rate", 12, "-240.000", "expected 2 values"),
     "heart_rate_semicolon": ("heart_rate", 12, "-240.000;61", "expected 2 values"),
     "counts_three_columns_first_row": ("counts", 0, "0.000,0,0", "expected 2 values"),
-    "counts_blank_line": ("counts", 5, "", "empty line"),
     "labels_off_grid": ("labels", 8, "245 2", "label time 245.0 is not on the 30 s epoch grid"),
     "labels_half_second_off_grid": ("labels", 3, "90.5 2", "label time 90.5 is not on"),
     "labels_stage_6": ("labels", 9, "270 6", "stage 6.0 is not one of"),
@@ -177,6 +176,15 @@ def test_bad_motion_row_names_file_and_line(night: SyntheticNight) -> None:
     night.motion[1234] = "24.680000 0.01 -0.02"
     message = _expect_error(night, "motion", line=1235)
     assert "expected 4 values" in message
+
+
+def test_blank_lines_hold_no_data_and_are_skipped(night: SyntheticNight) -> None:
+    assert night.counts is not None
+    expected = load_recording(night.write(), night.subject_id, use_cache=False).counts
+    night.counts.insert(5, "")
+    night.counts.append("")
+    r = load_recording(night.write(), night.subject_id, use_cache=False)
+    np.testing.assert_array_equal(r.counts, expected)
 
 
 @pytest.mark.parametrize("bpm", ["25", "250"])

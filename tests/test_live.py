@@ -57,7 +57,9 @@ def replay(
     return results
 
 
-@pytest.mark.parametrize("subject,chunked", [("46343", False), ("7749105", True), ("1360686", True)])
+@pytest.mark.parametrize(
+    "subject,chunked", [("46343", False), ("7749105", True), ("1360686", True)]
+)
 def test_replay_matches_batch_predictions(
     recordings: list[Recording], step_model: TorchStep, subject: str, chunked: bool
 ) -> None:
@@ -187,7 +189,10 @@ def test_acceleration_stream_feeds_counts(step_model: TorchStep) -> None:
         (lambda d: d.add_heart_rate([5.0, 2.0], [60.0, 61.0]), "backwards"),
         (lambda d: d.add_heart_rate([1.0], [300.0]), "outside 25-250"),
         (lambda d: d.add_counts([1.0], [-3.0]), "negative"),
-        (lambda d: d.add_acceleration(np.arange(100) * 0.02, np.tile([0, 0, -9.81], (100, 1))), "m/s"),
+        (
+            lambda d: d.add_acceleration(np.arange(100) * 0.02, np.tile([0, 0, -9.81], (100, 1))),
+            "m/s",
+        ),
         (lambda d: d.add_acceleration(np.arange(100) * 0.02, np.zeros((100, 3)) + 0.01), "gravity"),
         (lambda d: d.add_acceleration(np.arange(100) * 0.02, np.ones((100, 2))), "shape"),
     ],
