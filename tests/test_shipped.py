@@ -1,0 +1,63 @@
+"""The model shipped inside the package: it loads without training and scores a real night."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from sleepstream.cli import main
+from sleepstream.models.net import count_parameters
+from sleepstream.models.shipped import load_shipped, shipped_folder
+from sleepstream.records import SLEEP_WAKE, Recording
+
+
+def test_shipped_files_are_in_the_package() -> None:
+    names = {p.name for p in shipped_folder().iterdir()}
+    assert {"sleep_wake.pt", "sleep_wake.json"} <= names
+
+
+def test_shipped_model_loads_and_scores_a_night(recordings: list[Recording]) -> None:
+    model = load_shipped()
+    card = model.card
+    assert set(card.thresholds) == {"wasa93", "wasa95", "operating"}
+    assert card.thresholds["wasa95"] <= card.thresholds["wasa93"]
+    assert card.feature_names == model.net.feature_names
+    assert card.n_parameters == count_parameters(model.net) < 100_000
+    assert len(card.trained_on) == 31 and "Walch" in card.data_citation
+    assert card.loso["pooled"]["auroc"] > 0.8
+    night = next(r for r in recordings if r.subject_id == "46343")
+    p = model.predict(night)
+    assert p.shape == (night.n_epochs,) and np.all((p >= 0) & (p <= 1))
+    labels = night.labels(SLEEP_WAKE)
+    scored = labels >= 0
+    assert roc_auc_score(labels[scored], p[scored]) > 0.8
+    asleep = model.is_asleep(p)
+    assert asleep[scored].mean() > 0.5
+
+
+def test_replay_command_writes_the_plot(tmp_path: Path, data_dir: Path) -> None:
+    out = tmp_path / "replay.png"
+    assert main(["-q", "replay", "--subject", "46343", "--out", str(out)]) == 0
+    assert out.stat().st_size > 10_000
+
+
+def test_replay_of_a_users_files(tmp_path: Path, data_dir: Path) -> None:
+    hr = data_dir / "heart_rate" / "46343_heartrate.txt"
+    counts = data_dir / "counts" / "46343_counts.txt"
+    out = tmp_path / "user.png"
+    assert main(["-q", "replay", "--heart-rate", str(hr), "--counts", str(counts), "--out", str(out)]) == 0
+    assert out.exists()
+
+
+@pytest.mark.slow
+def test_export_command_exports_the_shipped_model(tmp_path: Path, data_dir: Path) -> None:
+    assert main(["-q", "export", "--out", str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "export_summary.json").read_text())
+    assert summary["onnx"]["max_abs_diff"] <= 1e-5
+    vectors = json.loads((tmp_path / "test_vectors.json").read_text())
+    assert vectors["counts_from_acceleration"]["counts"]
+    assert (tmp_path / "model.onnx").exists() and (tmp_path / "SleepStream.mlpackage").exists()
