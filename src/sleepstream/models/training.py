@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -60,7 +61,16 @@ def train(
         "--trainer.enable_model_summary",
         "false",
     ]
-    with tempfile.TemporaryDirectory(prefix="sleepstream-train-") as root:
+    if quiet:
+        # One line per fold about seeds, GPUs and tips drowns the progress of a LOSO run.
+        for name in ("lightning.pytorch", "lightning.fabric"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    with (
+        tempfile.TemporaryDirectory(prefix="sleepstream-train-") as root,
+        warnings.catch_warnings(),
+    ):
+        # Lightning 2.6 calls a pytree API that torch 2.13 deprecates; nothing to act on here.
+        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)`")
         cli = build_cli(
             [
                 "-c",
