@@ -190,7 +190,10 @@ def _ship(args: argparse.Namespace) -> int:
     recordings = load_all(args.data)
     start = time.perf_counter()
     module, _ = train(
-        args.config, recordings, ["--data.val_subjects", "0", *args.overrides], quiet=args.quiet
+        args.config,
+        recordings,
+        ["--data.val_subjects", "0", "--trainer.limit_val_batches", "0", *args.overrides],
+        quiet=args.quiet,
     )
     net = module.inference_net.cpu().eval()
     log.info("Trained on %d nights in %.0f s", len(recordings), time.perf_counter() - start)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import tempfile
 import warnings
 from collections.abc import Sequence
@@ -30,15 +31,19 @@ def build_cli(args: Sequence[str], run: bool = True) -> LightningCLI:
     the CPU instead of failing.
     """
     os.environ.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")
-    return LightningCLI(
-        SleepWakeModule,
-        SleepDataModule,
-        args=list(args),
-        run=run,
-        seed_everything_default=0,
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={"prog": "sleepstream"} if run else {},
-    )
+    argv, sys.argv = sys.argv, sys.argv[:1]  # the arguments come from ``args`` only
+    try:
+        return LightningCLI(
+            SleepWakeModule,
+            SleepDataModule,
+            args=list(args),
+            run=run,
+            seed_everything_default=0,
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={"prog": "sleepstream"} if run else {},
+        )
+    finally:
+        sys.argv = argv
 
 
 def train(
