@@ -22,7 +22,7 @@ import time
 import numpy as np
 import torch
 
-from sleepstream.live.backends import TorchStep
+from sleepstream.live.backends import NumpyStep
 from sleepstream.live.detector import SleepDetector
 
 RATE = 50.0
@@ -40,7 +40,7 @@ def wrist_signal(seconds: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]
     return t, xyz
 
 
-def run(seconds: float, chunk_seconds: float, model: TorchStep) -> dict[str, float]:
+def run(seconds: float, chunk_seconds: float, model: NumpyStep) -> dict[str, float]:
     t, xyz = wrist_signal(seconds)
     hr_t = np.arange(0.0, seconds, 5.0)
     hr = 60.0 + 3.0 * np.sin(hr_t / 600.0)
@@ -73,7 +73,7 @@ def main() -> None:
     parser.add_argument("--hours", type=float, default=24.0, help="length of the stream")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    model = TorchStep.shipped()
+    model = NumpyStep.shipped()
     print(f"# {platform.platform()}, {os.cpu_count()} cores, torch {torch.__version__}, 1 thread")
     short = run(3600.0, 1.0, model)
     print(

@@ -201,3 +201,41 @@ def test_bad_input_is_refused_with_a_reason(step_model: TorchStep, call, message
     detector = SleepDetector(step_model, start=0.0)
     with pytest.raises(ValueError, match=message):
         call(detector)
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_numpy_backend_matches_torch(recordings: list[Recording], layers: int) -> None:
+    from sleepstream.live.backends import NumpyStep
+    from sleepstream.models.net import SleepMLP
+
+    torch.manual_seed(1)
+    for net in (SleepGRU(hidden_size=24, num_layers=layers), SleepMLP()):
+        columns = [FEATURE_NAMES.index(n) for n in net.feature_names]
+        night = _night(recordings, "5383425")
+        features = night_features(night)
+        net.normalise.fit(features[:, columns])
+        reference, fast = TorchStep(net.eval()), NumpyStep(net)
+        state_r, state_f = reference.initial_state(), fast.initial_state()
+        for row in features:
+            p_r, state_r = reference.step(row, state_r)
+            p_f, state_f = fast.step(row, state_f)
+            assert abs(p_r - p_f) <= 1e-6
+        np.testing.assert_allclose(state_f, state_r, atol=1e-5)
+
+
+def test_detector_runs_an_exported_onnx_model(
+    recordings: list[Recording], step_model: TorchStep, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    from sleepstream.export.metadata import metadata_for
+    from sleepstream.export.onnx import export_onnx
+    from sleepstream.live.backends import OnnxBackend
+
+    path = export_onnx(
+        step_model.net, tmp_path / "m.onnx", metadata_for(step_model.net, {"wasa93": 0.6})
+    )
+    night = _night(recordings, "46343")
+    events = [e for e in _events(night) if e[0] < 4000]
+    expected = replay(SleepDetector(step_model, start=0.0), events)
+    got = replay(SleepDetector(OnnxBackend(path), start=0.0), events)
+    assert len(got) == len(expected) > 100
+    assert max(abs(a.p_model - b.p_model) for a, b in zip(got, expected, strict=True)) <= 1e-5

@@ -49,7 +49,10 @@ def test_replay_of_a_users_files(tmp_path: Path, data_dir: Path) -> None:
     hr = data_dir / "heart_rate" / "46343_heartrate.txt"
     counts = data_dir / "counts" / "46343_counts.txt"
     out = tmp_path / "user.png"
-    assert main(["-q", "replay", "--heart-rate", str(hr), "--counts", str(counts), "--out", str(out)]) == 0
+    assert (
+        main(["-q", "replay", "--heart-rate", str(hr), "--counts", str(counts), "--out", str(out)])
+        == 0
+    )
     assert out.exists()
 
 

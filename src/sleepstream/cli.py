@@ -248,7 +248,7 @@ def _replay(args: argparse.Namespace) -> int:
     from rich.live import Live
 
     from sleepstream.data.folder import data_folder, load_recording
-    from sleepstream.live.backends import TorchStep
+    from sleepstream.live.backends import NumpyStep
     from sleepstream.live.detector import EpochResult, SleepDetector
     from sleepstream.live.replay import plot_replay, replay
 
@@ -257,13 +257,13 @@ def _replay(args: argparse.Namespace) -> int:
     else:
         recording = _user_recording(args)
     if args.model and args.model.endswith(".onnx"):
-        from sleepstream.export.onnx import OnnxStep
+        from sleepstream.live.backends import OnnxBackend
 
-        model: object = OnnxStep(args.model)
+        model: object = OnnxBackend(args.model)
     elif args.model:
-        model = TorchStep.from_checkpoint(args.model)
+        model = NumpyStep.from_checkpoint(args.model)
     else:
-        model = TorchStep.shipped()
+        model = NumpyStep.shipped()
     threshold = args.threshold if args.threshold is not None else "wasa93"
     detector = SleepDetector(model, threshold=threshold, start=float(recording.epoch_times[0]))  # type: ignore[arg-type]
     labels = dict(zip(recording.epoch_times.tolist(), recording.stages.tolist(), strict=True))

@@ -16,6 +16,7 @@ Conventions
 
 from __future__ import annotations
 
+import bisect
 import copy
 import hashlib
 import math
@@ -108,8 +109,12 @@ class _Series:
         self.values[self.size] = value
         self.size += 1
 
-    def drop_before(self, t: float) -> None:
-        self.head += int(np.searchsorted(self.times[self.head : self.size], t, side="left"))
+    def drop_before(self, t: float) -> NDArray[np.float64]:
+        """Forget the samples before ``t``; return their values."""
+        n = int(np.searchsorted(self.times[self.head : self.size], t, side="left"))
+        dropped = self.values[self.head : self.head + n]
+        self.head += n
+        return dropped
 
     def view(self) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         return self.times[self.head : self.size], self.values[self.head : self.size]
@@ -142,6 +147,7 @@ class CausalFeatures:
         self.hr_baseline_seconds = hr_baseline_seconds
         self.baseline_quantile = baseline_quantile
         self._hr = _Series()
+        self._hr_sorted: list[float] = []  # the same heart rates, sorted, for the baseline
         self._counts = _Series()
         self._last_hr_time = -math.inf
         self._last_count_time = -math.inf
@@ -173,6 +179,7 @@ class CausalFeatures:
         if not math.isfinite(bpm):
             raise ValueError(f"heart rate {bpm!r} at t={t:.3f} s is not finite")
         self._hr.append(t, bpm)
+        bisect.insort(self._hr_sorted, bpm)
         self._last_hr_time = max(self._last_hr_time, t)
 
     def update_count(self, t: float, count: float) -> None:
@@ -203,7 +210,8 @@ class CausalFeatures:
         return np.array([*counts, *hr, hours], dtype=np.float64)
 
     def _forget(self, end: float) -> None:
-        self._hr.drop_before(end - self.hr_baseline_seconds)
+        for bpm in self._hr.drop_before(end - self.hr_baseline_seconds).tolist():
+            del self._hr_sorted[bisect.bisect_left(self._hr_sorted, bpm)]
         self._counts.drop_before(end - max(COUNT_WINDOWS_MIN) * 60.0)
 
     def _since(self, last: float, end: float) -> float:
@@ -221,6 +229,14 @@ class CausalFeatures:
         out.append(self._since(self._last_movement_time, end))
         out.append(self._since(self._last_count_time, end))
         return out
+
+    def _baseline(self) -> float:
+        """The ``baseline_quantile`` of the heart rates held (linear interpolation)."""
+        values = self._hr_sorted
+        position = self.baseline_quantile * (len(values) - 1)
+        low = int(position)
+        high = min(low + 1, len(values) - 1)
+        return values[low] + (position - low) * (values[high] - values[low])
 
     def _hr_features(self, start: float, end: float) -> list[float]:
         times, bpm = self._hr.view()
@@ -240,7 +256,7 @@ class CausalFeatures:
             stds.append(float(window.std()) if len(window) >= 2 else nan)
         out += [*means, *stds, means[0] - means[1]]
         current = means[0]
-        baseline = float(np.quantile(bpm, self.baseline_quantile)) if len(bpm) >= 10 else nan
+        baseline = self._baseline() if len(bpm) >= 10 else nan
         out.append(current - baseline)
         out.append(current - self._night_hr_min if math.isfinite(self._night_hr_min) else nan)
         out.append(self._since(self._last_hr_time, end))

@@ -107,7 +107,8 @@ class SleepDetector:
     Parameters
     ----------
     model
-        A :class:`StepModel`; ``None`` loads the shipped model.
+        A :class:`StepModel` (:mod:`sleepstream.live.backends`: NumPy, PyTorch or ONNX Runtime);
+        ``None`` loads the shipped model with the NumPy backend.
     threshold
         p(sleep) at or above which an epoch counts as sleep for the tracker: a number, or a
         threshold name of the shipped model's card (``"wasa93"``, ``"wasa95"``, ``"operating"``).
@@ -138,9 +139,9 @@ class SleepDetector:
         check_units: bool = True,
     ):
         if model is None:
-            from sleepstream.live.backends import TorchStep
+            from sleepstream.live.backends import NumpyStep
 
-            model = TorchStep.shipped()
+            model = NumpyStep.shipped()
         self.model = model
         self.threshold = _resolve_threshold(model, threshold)
         self.fall_asleep_epochs = fall_asleep_epochs
