@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -101,6 +100,18 @@ def _data_check(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+DOCS_MARKER = "<!-- Written by hand below this line: kept when the report above is regenerated. -->"
+
+
+def update_docs(report: Path, docs: Path) -> None:
+    """Replace the generated part of ``docs`` by ``report``, keeping what follows the marker."""
+    kept = ""
+    if docs.exists() and DOCS_MARKER in docs.read_text():
+        kept = docs.read_text().split(DOCS_MARKER, 1)[1]
+    docs.parent.mkdir(parents=True, exist_ok=True)
+    docs.write_text(report.read_text().rstrip() + "\n\n" + DOCS_MARKER + kept)
+
+
 def _baselines(args: argparse.Namespace) -> int:
     from sleepstream.baselines import all_baselines
     from sleepstream.data.folder import load_all
@@ -112,8 +123,7 @@ def _baselines(args: argparse.Namespace) -> int:
     results = [run_loso(b, recordings, progress=not args.quiet) for b in all_baselines()]
     write_report(results, Path(args.out))
     if args.docs:
-        Path(args.docs).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(Path(args.out) / "results.md", args.docs)
+        update_docs(Path(args.out) / "results.md", Path(args.docs))
     console.print(
         f"Report in {args.out} ({len(recordings)} nights, {time.perf_counter() - start:.0f} s)"
     )
@@ -164,8 +174,7 @@ def _cv(args: argparse.Namespace) -> int:
     write_report(results, out)
     save_predictions(results, out)
     if args.docs:
-        Path(args.docs).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(out / "results.md", args.docs)
+        update_docs(out / "results.md", Path(args.docs))
     console.print(f"Report in {out} ({time.perf_counter() - start:.0f} s)")
     return 0
 
