@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from sleepstream.data.folder import CACHE_ENV, load_all
-from sleepstream.features import FEATURE_NAMES, night_features
+from sleepstream.features import night_features
 from sleepstream.models.training import NetPredictor
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,25 +53,23 @@ def bench_load() -> None:
 
 
 def bench_inference() -> None:
-    torch.set_num_threads(1)
-    predictor = NetPredictor(CONFIG)
-    from sleepstream.models.net import SleepGRU
+    from sleepstream.live.backends import NumpyStep, TorchStep
 
-    net = SleepGRU().eval()
+    torch.set_num_threads(1)
     recordings = load_all()
-    columns = [FEATURE_NAMES.index(n) for n in net.feature_names]
-    x = torch.as_tensor(night_features(recordings[0])[:, columns], dtype=torch.float32)
-    state = net.initial_state(1)
-    times = []
-    with torch.no_grad():
-        for t in range(x.shape[0]):
+    features = night_features(recordings[0])
+    for backend in (TorchStep.shipped(), NumpyStep.shipped()):
+        state = backend.initial_state()
+        times = []
+        for row in features:
             start = time.perf_counter()
-            _, state = net.step(x[t : t + 1], state)
+            _, state = backend.step(row, state)
             times.append(time.perf_counter() - start)
-    print(
-        f"GRU step (1 epoch, 1 thread): median {1e6 * statistics.median(times):.0f} us, "
-        f"p99 {1e6 * float(np.quantile(times, 0.99)):.0f} us ({predictor.name} architecture)"
-    )
+        print(
+            f"shipped model, one epoch, {type(backend).__name__} (1 thread): "
+            f"median {1e6 * statistics.median(times):.0f} us, "
+            f"p99 {1e6 * float(np.quantile(times, 0.99)):.0f} us"
+        )
 
 
 def bench_training(loso: bool) -> None:
