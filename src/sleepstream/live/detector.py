@@ -171,6 +171,8 @@ class SleepDetector:
     # -- input ---------------------------------------------------------------------------------
     def add_heart_rate(self, times: ArrayLike, bpm: ArrayLike) -> list[EpochResult]:
         """Heart-rate samples (s, beats per minute); 25-250 bpm, else ``ValueError``."""
+        if len(times) == 0 and len(bpm) == 0:
+            return []
         t, v = _pair(times, bpm, "heart rate")
         bad = (v < MIN_BPM) | (v > MAX_BPM)
         if bad.any():
@@ -222,7 +224,8 @@ class SleepDetector:
             count_times, counts = self._counts.update(t, z)
         except LateSampleError as error:
             raise ValueError(f"acceleration: {error}") from None
-        self._push("counts", count_times, counts.tolist())
+        if len(count_times):
+            self._push("counts", count_times, counts.tolist())
         return self._advance(float(t[-1]))
 
     def advance(self, now: float) -> list[EpochResult]:
