@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -104,12 +106,20 @@ DOCS_MARKER = "<!-- Written by hand below this line: kept when the report above 
 
 
 def update_docs(report: Path, docs: Path) -> None:
-    """Replace the generated part of ``docs`` by ``report``, keeping what follows the marker."""
+    """Replace the generated part of ``docs`` by ``report``, keeping what follows the marker.
+
+    The report's figures are copied to ``figures/`` beside ``docs`` and the links rewritten.
+    """
     kept = ""
     if docs.exists() and DOCS_MARKER in docs.read_text():
         kept = docs.read_text().split(DOCS_MARKER, 1)[1]
-    docs.parent.mkdir(parents=True, exist_ok=True)
-    docs.write_text(report.read_text().rstrip() + "\n\n" + DOCS_MARKER + kept)
+    figures = docs.parent / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    text = report.read_text()
+    for name in re.findall(r"\]\(([\w.-]+\.png)\)", text):
+        shutil.copyfile(report.parent / name, figures / name)
+        text = text.replace(f"]({name})", f"](figures/{name})")
+    docs.write_text(text.rstrip() + "\n\n" + DOCS_MARKER + kept)
 
 
 def _baselines(args: argparse.Namespace) -> int:
