@@ -37,7 +37,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from sleepstream.evaluation.nightly import OnsetTracker
-from sleepstream.features import FEATURE_NAMES, CausalFeatures
+from sleepstream.features import CausalFeatures
 from sleepstream.live.context import ContextVeto, MotionContext
 from sleepstream.live.units import check_acceleration_units
 from sleepstream.records import EPOCH_SECONDS
@@ -171,7 +171,7 @@ class SleepDetector:
     # -- input ---------------------------------------------------------------------------------
     def add_heart_rate(self, times: ArrayLike, bpm: ArrayLike) -> list[EpochResult]:
         """Heart-rate samples (s, beats per minute); 25-250 bpm, else ``ValueError``."""
-        if len(times) == 0 and len(bpm) == 0:
+        if np.size(times) == 0 and np.size(bpm) == 0:
             return []
         t, v = _pair(times, bpm, "heart rate")
         bad = (v < MIN_BPM) | (v > MAX_BPM)
@@ -368,4 +368,4 @@ def _pair(
     return t, v
 
 
-__all__ = ["FEATURE_NAMES", "EpochResult", "SleepDetector", "StepModel"]
+__all__ = ["EpochResult", "SleepDetector", "StepModel"]
