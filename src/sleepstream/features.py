@@ -17,7 +17,6 @@ Conventions
 from __future__ import annotations
 
 import bisect
-import copy
 import hashlib
 import math
 from collections import OrderedDict
@@ -159,9 +158,6 @@ class CausalFeatures:
     def clone(self) -> CausalFeatures:
         """A fresh extractor with the same parameters and no state."""
         return CausalFeatures(self.hr_baseline_seconds, self.baseline_quantile)
-
-    def __getstate__(self) -> dict[str, object]:
-        return copy.copy(self.__dict__)
 
     # -- input -------------------------------------------------------------------------------
     def _check_time(self, t: float, what: str) -> None:

@@ -109,8 +109,9 @@ def predict_night(net: SleepNet, recording: Recording) -> NDArray[np.float64]:
 class NetPredictor:
     """A LightningCLI config as a LOSO predictor: ``fit`` trains one model on the given nights.
 
-    The inner validation nights (``data.val_subjects``, drawn from the training nights) pick
-    the best epoch's checkpoint and give the held-out scores the thresholds are chosen on.
+    The weights after the last training epoch are kept; the inner validation nights
+    (``data.val_subjects``, drawn from the training nights, never trained on) give the
+    held-out scores the thresholds are chosen on.
 
     Parameters
     ----------
