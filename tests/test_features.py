@@ -83,7 +83,10 @@ def test_feature_values_are_sane(recordings: list[Recording]) -> None:
     assert f.shape == (night.n_epochs, len(FEATURE_NAMES))
     assert np.nanmin(col["hr_epoch"]) >= 25 and np.nanmax(col["hr_epoch"]) <= 250
     assert not np.any(col["log_count_30min"] < col["log_count_epoch"] - 1e-12)
-    np.testing.assert_allclose(col["hours_since_start"][[0, -1]], [0.5 / 60, night.n_epochs / 120])
+    assert not any("start" in name for name in FEATURE_NAMES)
+    # Heart rate above a low of the last 6 h: mostly positive, never absurd.
+    above = col["hr_above_recent_low"][np.isfinite(col["hr_above_recent_low"])]
+    assert np.median(above) > 0 and above.max() < 100
 
 
 def test_gap_features_follow_missing_counts(recordings: list[Recording]) -> None:
@@ -139,3 +142,29 @@ def test_feature_sets_resolve() -> None:
         resolve_features("nope")
     with pytest.raises(ValueError, match="Unknown features"):
         resolve_features(["log_count_epoch", "bogus"])
+
+
+@pytest.mark.parametrize("subject", ["46343", "1360686"])
+def test_no_feature_depends_on_when_the_extractor_was_switched_on(
+    recordings: list[Recording], subject: str
+) -> None:
+    """Worn all day: switched on 30 h or 25 h before the PSG start, the extractor has the same
+    24 h look-back at every PSG epoch, so every feature of the night is identical."""
+    night = next(r for r in recordings if r.subject_id == subject)
+    assert night.hr_times[0] < -30 * 3600
+    earlier = night_features(night.switched_on_before(30 * 3600.0))[-night.n_epochs :]
+    later = night_features(night.switched_on_before(25 * 3600.0))[-night.n_epochs :]
+    np.testing.assert_array_equal(earlier, later)
+
+
+def test_recent_low_heart_rate_matches_numpy(recordings: list[Recording]) -> None:
+    """``hr_above_recent_low`` is the 5-min mean minus the 5th percentile of the last 6 h."""
+    night = next(r for r in recordings if r.subject_id == "46343")
+    features = night_features(night)
+    k = 400
+    end = night.epoch_times[k] + EPOCH_SECONDS
+    t, bpm = night.hr_times, night.hr_bpm
+    mean_5 = bpm[(t >= end - 300) & (t < end)].mean()
+    low = np.quantile(bpm[(t >= end - 6 * 3600) & (t < end)], 0.05)
+    column = FEATURE_NAMES.index("hr_above_recent_low")
+    assert features[k, column] == pytest.approx(mean_5 - low, abs=1e-9)

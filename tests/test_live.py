@@ -30,7 +30,9 @@ def _night(recordings: list[Recording], subject: str) -> Recording:
     return next(r for r in recordings if r.subject_id == subject)
 
 
-def _events(night: Recording) -> list[tuple[float, int, float]]:
+def _events(night: Recording, history: float = 3600.0) -> list[tuple[float, int, float]]:
+    """Heart rate (0) and counts (1) in time order, from ``history`` s before the PSG start."""
+    night = night.switched_on_before(history)
     events = [(t, 0, v) for t, v in zip(night.hr_times, night.hr_bpm, strict=True)]
     events += [(t, 1, v) for t, v in zip(night.count_times, night.counts, strict=True)]
     return sorted(events, key=lambda e: (e[0], e[1]))
@@ -64,13 +66,16 @@ def test_replay_matches_batch_predictions(
     recordings: list[Recording], step_model: TorchStep, subject: str, chunked: bool
 ) -> None:
     night = _night(recordings, subject)
-    detector = SleepDetector(step_model, start=float(night.epoch_times[0]))
+    detector = SleepDetector(step_model)
     rng = np.random.default_rng(3) if chunked else None
     results = replay(detector, _events(night), rng)
     results += detector.advance(night.end_time)
-    batch = predict_night(step_model.net, night)
-    results = results[: night.n_epochs]  # heart rate may go on after the PSG
-    assert [r.start for r in results] == night.epoch_times.tolist()
+    # The detector reports from the epoch of its first sample, an hour before the PSG start.
+    fed = night.started_at(results[0].start)
+    assert fed.epoch_times[0] < night.epoch_times[0] - 3000
+    batch = predict_night(step_model.net, fed)
+    results = results[: fed.n_epochs]  # heart rate may go on after the PSG
+    assert [r.start for r in results] == fed.epoch_times.tolist()
     live = np.array([r.p_model for r in results])
     assert np.max(np.abs(live - batch)) <= 1e-6
 
@@ -80,14 +85,14 @@ def test_snapshot_and_restore_continue_identically(
 ) -> None:
     night = _night(recordings, "46343")
     events = _events(night)
-    reference = SleepDetector(step_model, start=0.0)
+    reference = SleepDetector(step_model)
     expected = replay(reference, events) + reference.advance(night.end_time)
     half = next(i for i, e in enumerate(events) if e[0] > 8000)
-    first = SleepDetector(step_model, start=0.0)
+    first = SleepDetector(step_model)
     before = replay(first, events[:half])
     blob = first.snapshot()
     assert len(pickle.dumps(step_model.net)) > 0 and b"gru.weight" not in blob
-    second = SleepDetector(step_model, start=0.0)
+    second = SleepDetector(step_model)
     second.restore(blob)
     after = replay(second, events[half:]) + second.advance(night.end_time)
     assert before + after == expected
@@ -98,9 +103,9 @@ def test_late_samples_are_counted_not_merged(
 ) -> None:
     night = _night(recordings, "46343")
     events = [e for e in _events(night) if e[0] < 3000]
-    plain = SleepDetector(step_model, start=0.0)
+    plain = SleepDetector(step_model)
     expected = replay(plain, events)
-    detector = SleepDetector(step_model, start=0.0)
+    detector = SleepDetector(step_model)
     cut = next(i for i, e in enumerate(events) if e[0] > 1500)
     results = replay(detector, events[:cut])
     assert detector.add_heart_rate([100.0, 200.0], [60.0, 61.0]) == []
@@ -120,7 +125,7 @@ def _feed_hours(detector: SleepDetector, hours: range, rng: np.random.Generator)
 
 
 def test_memory_stays_bounded_over_a_day(step_model: TorchStep) -> None:
-    detector = SleepDetector(step_model, start=0.0)
+    detector = SleepDetector(step_model)
     rng = np.random.default_rng(0)
     _feed_hours(detector, range(25), rng)
     after_a_day = len(detector.snapshot())
@@ -129,7 +134,7 @@ def test_memory_stays_bounded_over_a_day(step_model: TorchStep) -> None:
 
 
 def test_hours_long_gap_is_handled(step_model: TorchStep) -> None:
-    detector = SleepDetector(step_model, start=0.0)
+    detector = SleepDetector(step_model)
     rng = np.random.default_rng(0)
     _feed_hours(detector, range(1), rng)
     _feed_hours(detector, range(6, 7), rng)  # five hours with no data at all
@@ -142,7 +147,7 @@ def test_hours_long_gap_is_handled(step_model: TorchStep) -> None:
 
 def test_context_vetoes_sleep(recordings: list[Recording], step_model: TorchStep) -> None:
     night = _night(recordings, "46343")
-    detector = SleepDetector(step_model, start=0.0, veto=ContextVeto(min_confidence="medium"))
+    detector = SleepDetector(step_model, veto=ContextVeto(min_confidence="medium"))
     events = [e for e in _events(night) if e[0] < 600]
     results = detector.add_context(MotionContext(-10.0, "stationary"))
     results += replay(detector, [e for e in events if e[0] < 95])
@@ -162,7 +167,7 @@ def test_context_vetoes_sleep(recordings: list[Recording], step_model: TorchStep
 
 def test_acceleration_stream_feeds_counts(step_model: TorchStep) -> None:
     # Chunks of 20 s from two streams: a 30 s lag lets each stream catch up before an epoch closes.
-    detector = SleepDetector(step_model, start=0.0, close_lag=30.0)
+    detector = SleepDetector(step_model, close_lag=30.0)
     rng = np.random.default_rng(1)
     t = np.arange(0, 600, 0.02)
     xyz = np.column_stack([np.zeros_like(t), np.zeros_like(t), -np.ones_like(t)])
@@ -198,7 +203,7 @@ def test_acceleration_stream_feeds_counts(step_model: TorchStep) -> None:
     ],
 )
 def test_bad_input_is_refused_with_a_reason(step_model: TorchStep, call, message: str) -> None:  # type: ignore[no-untyped-def]
-    detector = SleepDetector(step_model, start=0.0)
+    detector = SleepDetector(step_model)
     with pytest.raises(ValueError, match=message):
         call(detector)
 
@@ -235,7 +240,7 @@ def test_detector_runs_an_exported_onnx_model(
     )
     night = _night(recordings, "46343")
     events = [e for e in _events(night) if e[0] < 4000]
-    expected = replay(SleepDetector(step_model, start=0.0), events)
-    got = replay(SleepDetector(OnnxBackend(path), start=0.0), events)
+    expected = replay(SleepDetector(step_model), events)
+    got = replay(SleepDetector(OnnxBackend(path)), events)
     assert len(got) == len(expected) > 100
     assert max(abs(a.p_model - b.p_model) for a, b in zip(got, expected, strict=True)) <= 1e-5

@@ -28,7 +28,6 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-from sleepstream.evaluation.predictions import LosoResult
 from sleepstream.records import Recording
 
 log = logging.getLogger("sleepstream")
@@ -123,117 +122,76 @@ def update_docs(report: Path, docs: Path) -> None:
 
 
 def _baselines(args: argparse.Namespace) -> int:
-    from sleepstream.baselines import all_baselines
     from sleepstream.data.folder import load_all
-    from sleepstream.evaluation.loso import run_loso
-    from sleepstream.evaluation.report import write_report
+    from sleepstream.evaluation.cv import run_baselines, save_predictions
 
     start = time.perf_counter()
     recordings = load_all(args.data)
-    results = [run_loso(b, recordings, progress=not args.quiet) for b in all_baselines()]
-    write_report(results, Path(args.out))
-    if args.docs:
-        update_docs(Path(args.out) / "results.md", Path(args.docs))
-    console.print(
-        f"Report in {args.out} ({len(recordings)} nights, {time.perf_counter() - start:.0f} s)"
-    )
-    return 0
-
-
-def save_predictions(results: Sequence[LosoResult], out: Path) -> None:
-    """Out-of-fold predictions of every predictor, ``<out>/predictions/<name>.npz``."""
-    folder = out / "predictions"
-    folder.mkdir(parents=True, exist_ok=True)
-    for result in results:
-        np.savez_compressed(
-            folder / f"{result.name}.npz",
-            subject_id=np.array([n.subject_id for n in result.nights for _ in n.labels]),
-            labels=np.concatenate([n.labels for n in result.nights]),
-            p_sleep=np.concatenate([n.p_sleep for n in result.nights]),
-            epoch_times=np.concatenate([n.epoch_times for n in result.nights]),
-        )
+    out = Path(args.out)
+    save_predictions(run_baselines(recordings, progress=not args.quiet), out)
+    log.info("%d nights in %.0f s", len(recordings), time.perf_counter() - start)
+    return _write_report(out, args.docs)
 
 
 def _cv(args: argparse.Namespace) -> int:
     import torch
 
-    from sleepstream.baselines import all_baselines
     from sleepstream.data.folder import load_all
-    from sleepstream.evaluation.loso import run_loso
-    from sleepstream.evaluation.report import write_report
-    from sleepstream.models.training import NetPredictor
+    from sleepstream.evaluation.cv import run_baselines, run_models, save_predictions
 
     start = time.perf_counter()
     torch.set_num_threads(1 if args.jobs > 1 else torch.get_num_threads())
     recordings = load_all(args.data)
     folds = args.folds.split(",") if args.folds else None
     configs = [args.config, *(args.compare or [])]
-    results = []
-    for config in configs:
-        predictor = NetPredictor(config, args.overrides)
-        fold_start = time.perf_counter()
-        results.append(
-            run_loso(predictor, recordings, folds=folds, n_jobs=args.jobs, progress=not args.quiet)
-        )
-        log.info("%s: LOSO in %.0f s", predictor.name, time.perf_counter() - fold_start)
-    if not args.no_baselines:
-        results += [
-            run_loso(b, recordings, folds=folds, progress=not args.quiet) for b in all_baselines()
-        ]
     out = Path(args.out)
-    write_report(results, out)
+    results = run_models(
+        configs,
+        recordings,
+        args.seeds,
+        overrides=args.overrides,
+        folds=folds,
+        n_jobs=args.jobs,
+        progress=not args.quiet,
+    )
+    if not args.no_baselines:
+        results += run_baselines(recordings, folds=folds, progress=not args.quiet)
     save_predictions(results, out)
-    if args.docs:
-        update_docs(out / "results.md", Path(args.docs))
-    console.print(f"Report in {out} ({time.perf_counter() - start:.0f} s)")
+    console.print(f"Predictions in {out / 'predictions'} ({time.perf_counter() - start:.0f} s)")
+    return _write_report(out, args.docs)
+
+
+def _write_report(out: Path, docs: str | None) -> int:
+    from sleepstream.evaluation.cv import load_predictions
+    from sleepstream.evaluation.report import write_report
+
+    write_report(load_predictions(out), out)
+    if docs:
+        update_docs(out / "results.md", Path(docs))
+    console.print(f"Report in {out}")
     return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    return _write_report(Path(args.out), args.docs)
 
 
 def _ship(args: argparse.Namespace) -> int:
     import json
 
     from sleepstream.data.folder import load_all
-    from sleepstream.models.net import count_parameters
-    from sleepstream.models.shipped import ModelCard, save_model, thresholds_from_loso
-    from sleepstream.models.training import train
+    from sleepstream.models.shipped import ship_model
 
-    name = Path(args.config).stem
     loso = Path(args.loso)
-    predictions = loso / "predictions" / f"{name}.npz"
-    if not predictions.exists():
+    metrics_path = loso / "metrics.json"
+    if not metrics_path.exists():
         raise FileNotFoundError(
-            f"{predictions} not found: run `sleepstream cv -c {args.config} --out {loso}` first"
+            f"{metrics_path} not found: run `sleepstream cv -c {args.config} --out {loso}` first"
         )
-    thresholds = thresholds_from_loso(predictions)
-    summary = json.loads((loso / "metrics.json").read_text())[name]
-    recordings = load_all(args.data)
-    start = time.perf_counter()
-    module, _ = train(
-        args.config,
-        recordings,
-        ["--data.val_subjects", "0", "--trainer.limit_val_batches", "0", *args.overrides],
-        quiet=args.quiet,
+    metrics = json.loads(metrics_path.read_text())
+    weights, meta = ship_model(
+        Path(args.config), load_all(args.data), loso, metrics, Path(args.out), args.overrides
     )
-    net = module.inference_net.cpu().eval()
-    log.info("Trained on %d nights in %.0f s", len(recordings), time.perf_counter() - start)
-    card = ModelCard(
-        name=name,
-        architecture=type(net).__name__,
-        init_args=net.init_args,
-        feature_names=net.feature_names,
-        thresholds=thresholds,
-        threshold_source=f"pooled out-of-fold scores of the leave-one-subject-out run in {loso}",
-        trained_on=[r.subject_id for r in recordings],
-        n_parameters=count_parameters(net),
-        loso={
-            "pooled": summary["scored"]["pooled"],
-            "subjects": summary["scored"]["subjects"],
-            "valid_pooled": summary["valid"]["pooled"],
-            "night_level": summary["night_level"],
-            "real_time": summary["real_time"],
-        },
-    )
-    weights, meta = save_model(net, card, Path(args.out))
     console.print(f"Saved {weights} and {meta}")
     return 0
 
@@ -272,7 +230,8 @@ def _replay(args: argparse.Namespace) -> int:
     from sleepstream.live.replay import plot_replay, replay
 
     if args.subject:
-        recording = load_recording(data_folder(args.data), args.subject, with_accel=True)
+        night = load_recording(data_folder(args.data), args.subject, with_accel=True)
+        recording = night.switched_on_before(args.history * 3600.0)
     else:
         recording = _user_recording(args)
     if args.model and args.model.endswith(".onnx"):
@@ -284,7 +243,7 @@ def _replay(args: argparse.Namespace) -> int:
     else:
         model = NumpyStep.shipped()
     threshold = args.threshold if args.threshold is not None else "wasa93"
-    detector = SleepDetector(model, threshold=threshold, start=float(recording.epoch_times[0]))  # type: ignore[arg-type]
+    detector = SleepDetector(model, threshold=threshold)  # type: ignore[arg-type]
     labels = dict(zip(recording.epoch_times.tolist(), recording.stages.tolist(), strict=True))
 
     def render(result: EpochResult) -> Table:
@@ -326,7 +285,7 @@ def _export(args: argparse.Namespace) -> int:
 
     if args.ckpt:
         net = net_from_checkpoint(args.ckpt)
-        thresholds = thresholds_from_loso(Path(args.thresholds)) if args.thresholds else {}
+        thresholds = thresholds_from_loso([Path(args.thresholds)]) if args.thresholds else {}
     else:
         shipped = load_shipped()
         net, thresholds = shipped.net, shipped.card.thresholds
@@ -379,11 +338,19 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--docs", help="also copy the markdown table here")
     cv.add_argument("--no-baselines", action="store_true", help="leave the baselines out")
     cv.add_argument(
+        "--seeds", type=int, nargs="+", default=[0, 1, 2], help="one LOSO per seed (default 0 1 2)"
+    )
+    cv.add_argument(
         "overrides",
         nargs="*",
         help="LightningCLI overrides after --, e.g. -- --trainer.max_epochs 5",
     )
     cv.set_defaults(run=_cv)
+
+    report = commands.add_parser("report", help="rebuild a cv report from its saved predictions")
+    report.add_argument("--out", required=True, help="report folder of `cv` (with predictions/)")
+    report.add_argument("--docs", help="also copy the markdown table here")
+    report.set_defaults(run=_report)
 
     ship = commands.add_parser("ship", help="train on all nights and save the shipped model")
     ship.add_argument("-c", "--config", required=True, help="LightningCLI YAML")
@@ -400,6 +367,12 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--motion", help="with --heart-rate: raw acceleration (seconds x y z, g)")
     rep.add_argument("--counts", help="with --heart-rate: activity counts (seconds,count)")
     rep.add_argument("--labels", help="with --heart-rate: PSG labels (seconds stage)")
+    rep.add_argument(
+        "--history",
+        type=float,
+        default=1.0,
+        help="with --subject: hours of the watch's data before the PSG start to feed (default 1)",
+    )
     rep.add_argument("--speed", type=float, default=0.0, help="x real time; 0 = at once")
     rep.add_argument("--model", help="a checkpoint (.ckpt) or ONNX model (default: shipped)")
     rep.add_argument("--threshold", type=float, help="p(sleep) threshold (default: WASA93)")

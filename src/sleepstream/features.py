@@ -12,6 +12,11 @@ Conventions
 - Features that cannot be computed (no sample yet, a gap) are ``NaN``; the model's input
   normalisation maps them to the training mean, and the gap features say why.
 - All memory is bounded by the longest look-back (:attr:`CausalFeatures.hr_baseline_seconds`).
+- **No anchor.** No feature counts from the moment the extractor was started: each one is a
+  function of the samples in a fixed look-back window before the epoch's end (at most
+  :attr:`CausalFeatures.hr_baseline_seconds`), and time-since features saturate at
+  :data:`GAP_CAP_MIN`. An extractor started earlier gives the same vectors once its look-back is
+  filled, so a watch worn all day needs no "lights off" moment.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ COUNT_WINDOWS_MIN = (1, 2, 5, 10, 30)
 """Look-back windows (minutes) for summed activity counts, the current epoch included."""
 HR_WINDOWS_MIN = (5, 15)
 """Look-back windows (minutes) for heart-rate mean and spread."""
+LOW_HR_WINDOW_HOURS = 6.0
+"""Look-back (hours) of the recent low heart rate, ``hr_above_recent_low``."""
 GAP_CAP_MIN = 60.0
 """Time-since features saturate here (minutes)."""
 LAST_HR_SAMPLES = 5
@@ -51,11 +58,10 @@ FEATURE_NAMES: tuple[str, ...] = (
     *(f"hr_std_{w}min" for w in HR_WINDOWS_MIN),
     "hr_change_5_15min",
     "hr_above_baseline",
-    "hr_above_night_min",
+    "hr_above_recent_low",
     "min_since_hr",
     *(f"hr_last_{k}" for k in range(1, LAST_HR_SAMPLES + 1)),
     *(f"hr_age_{k}" for k in range(1, LAST_HR_SAMPLES + 1)),
-    "hours_since_start",
 )
 """Order of the feature vector."""
 
@@ -151,8 +157,6 @@ class CausalFeatures:
         self._last_hr_time = -math.inf
         self._last_count_time = -math.inf
         self._last_movement_time = -math.inf
-        self._night_hr_min = math.inf
-        self._start: float | None = None
         self._closed_until = -math.inf
 
     def clone(self) -> CausalFeatures:
@@ -196,14 +200,11 @@ class CausalFeatures:
         add samples at or after that end.
         """
         end = start + EPOCH_SECONDS
-        if self._start is None:
-            self._start = start
         self._closed_until = end
         self._forget(end)
         counts = self._count_features(start, end)
         hr = self._hr_features(start, end)
-        hours = (end - self._start) / 3600.0
-        return np.array([*counts, *hr, hours], dtype=np.float64)
+        return np.array([*counts, *hr], dtype=np.float64)
 
     def _forget(self, end: float) -> None:
         for bpm in self._hr.drop_before(end - self.hr_baseline_seconds).tolist():
@@ -237,8 +238,6 @@ class CausalFeatures:
     def _hr_features(self, start: float, end: float) -> list[float]:
         times, bpm = self._hr.view()
         epoch = bpm[(times >= start) & (times < end)]
-        if len(epoch):
-            self._night_hr_min = min(self._night_hr_min, float(epoch.min()))
         nan = math.nan
         out = [
             float(epoch.mean()) if len(epoch) else nan,
@@ -254,7 +253,9 @@ class CausalFeatures:
         current = means[0]
         baseline = self._baseline() if len(bpm) >= 10 else nan
         out.append(current - baseline)
-        out.append(current - self._night_hr_min if math.isfinite(self._night_hr_min) else nan)
+        recent = bpm[times >= end - LOW_HR_WINDOW_HOURS * 3600.0]
+        low = float(np.quantile(recent, self.baseline_quantile)) if len(recent) >= 10 else nan
+        out.append(current - low)
         out.append(self._since(self._last_hr_time, end))
         last = bpm[-LAST_HR_SAMPLES:][::-1]
         ages = [self._since(t, end) for t in times[-LAST_HR_SAMPLES:][::-1]]
@@ -293,7 +294,7 @@ def extract(
 
 
 _MEMO: OrderedDict[str, NDArray[np.float64]] = OrderedDict()
-_MEMO_SIZE = 128
+_MEMO_SIZE = 512
 
 
 def _fingerprint(recording: Recording) -> str:

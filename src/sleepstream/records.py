@@ -6,9 +6,11 @@ sleep-accel data. Labels are one per 30 s epoch; ``epoch_times`` holds each epoc
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -186,3 +188,70 @@ class Recording:
             None if self.paper_valid is None else self.paper_valid[:n_epochs],
             None if self.paper_features is None else self.paper_features[:n_epochs],
         )
+
+    def started_at(self, start: float) -> Recording:
+        """The night as a detector switched on at ``start`` (s) sees it.
+
+        The epoch grid is extended back to the epoch containing ``start`` (the added epochs are
+        unscored, outside the paper's valid epochs); samples of every stream before that epoch
+        are dropped. The PSG epochs keep their positions at the end, so predictions for the
+        original night are the last :attr:`n_epochs` of the result.
+
+        Examples
+        --------
+        >>> night = Recording("s", np.array([0.0, 30.0]), np.array([0, 2], dtype=np.int8),
+        ...                   np.array([-100.0, -5.0, 10.0]), np.array([70.0, 65.0, 60.0]))
+        >>> early = night.started_at(-60.0)
+        >>> early.epoch_times.tolist(), early.stages.tolist(), early.hr_times.tolist()
+        ([-60.0, -30.0, 0.0, 30.0], [-1, -1, 0, 2], [-5.0, 10.0])
+        """
+        if not self.n_epochs:
+            raise ValueError(f"Subject {self.subject_id}: no epochs to start before")
+        first = float(self.epoch_times[0])
+        if not math.isfinite(start) or start > first:
+            raise ValueError(
+                f"Subject {self.subject_id}: start {start!r} s must be finite and not after the "
+                f"first epoch ({first:g} s)"
+            )
+        n_before = math.ceil((first - start) / EPOCH_SECONDS - 1e-9)
+        begin = first - n_before * EPOCH_SECONDS
+        before = first - EPOCH_SECONDS * np.arange(n_before, 0, -1, dtype=np.float64)
+
+        def padded(values: NDArray[Any] | None, fill: Any) -> NDArray[Any] | None:
+            if values is None:
+                return None
+            pad = np.full((n_before, *values.shape[1:]), fill, dtype=values.dtype)
+            return np.concatenate([pad, values])
+
+        hr = self.hr_times >= begin
+        ct = self.count_times >= begin
+        accel_times, accel = self.accel_times, self.accel
+        if accel_times is not None and accel is not None:
+            keep = accel_times >= begin
+            accel_times, accel = accel_times[keep], accel[keep]
+        return Recording(
+            self.subject_id,
+            np.concatenate([before, self.epoch_times]),
+            np.concatenate(
+                [np.full(n_before, Stage.UNSCORED, dtype=self.stages.dtype), self.stages]
+            ),
+            self.hr_times[hr],
+            self.hr_bpm[hr],
+            self.count_times[ct],
+            self.counts[ct],
+            accel_times,
+            accel,
+            self.count_source,
+            padded(self.paper_valid, False),
+            padded(self.paper_features, np.nan),
+        )
+
+    def switched_on_before(self, seconds: float) -> Recording:
+        """:meth:`started_at` ``seconds`` before the first epoch, but never before the epoch of
+        the first sample of any stream (the watch had nothing to say before then)."""
+        first_epoch = float(self.epoch_times[0])
+        firsts = [float(t[0]) for t in (self.hr_times, self.count_times) if len(t)]
+        first_sample = min(firsts, default=first_epoch)
+        n_grid = math.ceil((first_epoch - first_sample) / EPOCH_SECONDS)
+        earliest = first_epoch - EPOCH_SECONDS * max(0, n_grid)
+        return self.started_at(max(first_epoch - seconds, earliest))

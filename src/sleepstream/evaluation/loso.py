@@ -1,15 +1,23 @@
-"""Leave-one-subject-out evaluation of any sleep/wake predictor.
+"""Leave-one-subject-out evaluation of any sleep/wake predictor, in every start scenario.
 
-For each night: a fresh copy of the predictor is fitted on all other nights, its thresholds are
-chosen on those training nights only, and the held-out night is predicted causally. Nothing from
-the held-out night reaches ``fit`` or the thresholds.
+For each held-out night a fresh copy of the predictor is fitted on all other nights and predicts
+the held-out night causally, once per start scenario (:mod:`sleepstream.evaluation.scenarios`).
+
+Deployable thresholds
+---------------------
+The thresholds applied to night *s* are chosen on the pooled out-of-fold scores of the *other*
+held-out nights of the run, in the same scenario: each of those scores comes from a model that
+never trained on the night it scores, and night *s*'s own labels and scores never enter the
+choice. (Night *s* is one of the 30 training nights of the models behind those scores; that is
+the only way it touches them.) This replaces a choice on a few inner validation nights, which
+swung from fold to fold. At least two folds are needed.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Protocol, runtime_checkable
 
@@ -23,9 +31,12 @@ from sleepstream.evaluation.predictions import (
     LosoResult,
     NightPrediction,
 )
+from sleepstream.evaluation.scenarios import SCENARIOS, StartScenario
 from sleepstream.records import SLEEP_WAKE, Recording
 
 log = logging.getLogger(__name__)
+
+THRESHOLD_SOURCE = "pooled out-of-fold scores of the other held-out nights, same scenario"
 
 
 @runtime_checkable
@@ -44,20 +55,11 @@ class Predictor(Protocol):
     def predict(self, recording: Recording) -> NDArray[np.float64]: ...
 
 
-@runtime_checkable
-class HeldOutScores(Protocol):
-    """Optional: a predictor that holds scores of nights it did not train on (an inner split).
-
-    When present, thresholds are chosen on these instead of on in-sample training predictions.
-    """
-
-    def threshold_scores(self) -> list[tuple[NDArray[np.int8], NDArray[np.float64]]]: ...
+Scores = tuple[NDArray[np.int8], NDArray[np.float64]]
 
 
-def choose_thresholds(
-    scores: Sequence[tuple[NDArray[np.int8], NDArray[np.float64]]],
-) -> dict[str, float]:
-    """Thresholds from (labels, p_sleep) pairs of *training* nights, pooled.
+def choose_thresholds(scores: Sequence[Scores]) -> dict[str, float]:
+    """Thresholds from (labels, p_sleep) pairs of nights other than the test night, pooled.
 
     Keys: ``wasa93``/``wasa95`` (sleep-correct 0.93 / 0.95) and ``operating`` (maximum kappa).
     """
@@ -73,26 +75,129 @@ def choose_thresholds(
     return thresholds
 
 
+FoldScores = dict[str, NDArray[np.float64]]
+"""p(sleep) of the held-out night's PSG epochs, per scenario name."""
+
+
 def run_fold(
-    template: Predictor, recordings: Sequence[Recording], test_index: int
-) -> NightPrediction:
-    """Fit a copy of ``template`` without night ``test_index`` and predict that night."""
+    template: Predictor,
+    recordings: Sequence[Recording],
+    test_index: int,
+    scenarios: Sequence[StartScenario] = SCENARIOS,
+) -> FoldScores:
+    """Fit a copy of ``template`` without night ``test_index``; predict it in every scenario."""
     test = recordings[test_index]
-    train = [r for i, r in enumerate(recordings) if i != test_index]
     predictor = copy.deepcopy(template)
-    predictor.fit(train)
-    if isinstance(predictor, HeldOutScores):
-        scores = predictor.threshold_scores()
-    else:
-        scores = [(r.labels(SLEEP_WAKE), predictor.predict(r)) for r in train]
-    thresholds = choose_thresholds(scores)
-    p_sleep = predictor.predict(test)
-    valid = test.paper_valid if test.paper_valid is not None else test.scored
-    return NightPrediction.from_recording(test, p_sleep, thresholds, valid & test.scored)
+    predictor.fit([r for i, r in enumerate(recordings) if i != test_index])
+    by_history: dict[float, NDArray[np.float64]] = {}
+    out: FoldScores = {}
+    for scenario in scenarios:
+        if scenario.history_seconds not in by_history:
+            p = predictor.predict(scenario.fed(test))
+            by_history[scenario.history_seconds] = np.asarray(p)[-test.n_epochs :]
+        out[scenario.name] = by_history[scenario.history_seconds]
+    return out
 
 
-def _run_fold_star(args: tuple[Predictor, Sequence[Recording], int]) -> NightPrediction:
+def _run_fold_star(
+    args: tuple[Predictor, Sequence[Recording], int, Sequence[StartScenario]],
+) -> FoldScores:
     return run_fold(*args)
+
+
+def _scored_nights(
+    recordings: Mapping[str, Recording], scenario: StartScenario
+) -> dict[str, Recording]:
+    return {s: scenario.scored(r) for s, r in recordings.items()}
+
+
+def assemble(
+    template: Predictor,
+    recordings: Mapping[str, Recording],
+    scores: Mapping[str, FoldScores],
+    scenarios: Sequence[StartScenario] = SCENARIOS,
+) -> dict[str, LosoResult]:
+    """The held-out nights of one predictor per scenario, with out-of-fold thresholds.
+
+    ``scores`` maps each held-out subject to its :func:`run_fold` output.
+    """
+    if len(scores) < 2:
+        raise ValueError(
+            "Deployable thresholds are chosen on the out-of-fold scores of the other held-out "
+            f"nights: run at least 2 folds (got {len(scores)})"
+        )
+    results = {}
+    for scenario in scenarios:
+        nights = _scored_nights({s: recordings[s] for s in scores}, scenario)
+        labelled = {s: (nights[s].labels(SLEEP_WAKE), scores[s][scenario.name]) for s in scores}
+        predictions = []
+        for subject, night in nights.items():
+            others = [pair for other, pair in labelled.items() if other != subject]
+            thresholds = choose_thresholds(others)
+            valid = night.paper_valid if night.paper_valid is not None else night.scored
+            predictions.append(
+                NightPrediction.from_recording(
+                    night, scores[subject][scenario.name], thresholds, valid & night.scored
+                )
+            )
+        results[scenario.name] = LosoResult(
+            template.name,
+            template.causal,
+            predictions,
+            getattr(template, "description", ""),
+            scenario=scenario.name,
+            threshold_source=THRESHOLD_SOURCE,
+        )
+    return results
+
+
+def _tasks(
+    templates: Sequence[Predictor],
+    recordings: Sequence[Recording],
+    wanted: Sequence[str],
+    scenarios: Sequence[StartScenario],
+) -> Iterator[tuple[Predictor, Sequence[Recording], int, Sequence[StartScenario]]]:
+    ids = [r.subject_id for r in recordings]
+    for template in templates:
+        for subject in wanted:
+            yield template, recordings, ids.index(subject), scenarios
+
+
+def run_loso_many(
+    templates: Sequence[Predictor],
+    recordings: Sequence[Recording],
+    *,
+    folds: Sequence[str] | None = None,
+    scenarios: Sequence[StartScenario] = SCENARIOS,
+    n_jobs: int = 1,
+    progress: bool = True,
+) -> list[dict[str, LosoResult]]:
+    """:func:`run_loso` of several predictors (e.g. one per seed), their folds in one pool."""
+    ids = [r.subject_id for r in recordings]
+    wanted = list(ids) if folds is None else list(folds)
+    unknown = sorted(set(wanted) - set(ids))
+    if unknown:
+        raise ValueError(f"Unknown held-out subjects {unknown}; available: {ids}")
+    tasks = list(_tasks(templates, recordings, wanted, scenarios))
+    fold_scores: list[FoldScores] = []
+    names = ", ".join(dict.fromkeys(t.name for t in templates))
+    with Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task(f"LOSO {names}", total=len(tasks))
+        if n_jobs > 1:
+            with ProcessPoolExecutor(n_jobs) as pool:
+                for scores in pool.map(_run_fold_star, tasks):
+                    fold_scores.append(scores)
+                    bar.advance(task)
+        else:
+            for args in tasks:
+                fold_scores.append(_run_fold_star(args))
+                bar.advance(task)
+    by_id = {r.subject_id: r for r in recordings}
+    out = []
+    for k, template in enumerate(templates):
+        mine = fold_scores[k * len(wanted) : (k + 1) * len(wanted)]
+        out.append(assemble(template, by_id, dict(zip(wanted, mine, strict=True)), scenarios))
+    return out
 
 
 def run_loso(
@@ -100,30 +205,15 @@ def run_loso(
     recordings: Sequence[Recording],
     *,
     folds: Sequence[str] | None = None,
+    scenarios: Sequence[StartScenario] = SCENARIOS,
     n_jobs: int = 1,
     progress: bool = True,
-) -> LosoResult:
+) -> dict[str, LosoResult]:
     """Leave-one-subject-out over ``recordings`` (or only the held-out subjects ``folds``).
 
     ``template`` is copied, never fitted itself. ``n_jobs > 1`` runs folds in processes.
+    Returns one :class:`LosoResult` per scenario name.
     """
-    ids = [r.subject_id for r in recordings]
-    wanted = list(ids) if folds is None else list(folds)
-    unknown = sorted(set(wanted) - set(ids))
-    if unknown:
-        raise ValueError(f"Unknown held-out subjects {unknown}; available: {ids}")
-    tasks = [(template, recordings, ids.index(s)) for s in wanted]
-    nights: list[NightPrediction] = []
-    with Progress(disable=not progress, transient=True) as bar:
-        task = bar.add_task(f"LOSO {template.name}", total=len(tasks))
-        if n_jobs > 1:
-            with ProcessPoolExecutor(n_jobs) as pool:
-                for night in pool.map(_run_fold_star, tasks):
-                    nights.append(night)
-                    bar.advance(task)
-        else:
-            for args in tasks:
-                nights.append(_run_fold_star(args))
-                bar.advance(task)
-    description = getattr(template, "description", "")
-    return LosoResult(template.name, template.causal, nights, description)
+    return run_loso_many(
+        [template], recordings, folds=folds, scenarios=scenarios, n_jobs=n_jobs, progress=progress
+    )[0]

@@ -9,8 +9,9 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -160,4 +161,44 @@ def plot_bland_altman(results: Sequence[LosoResult], path: Path) -> Path:
             ax.axhline(0, color="grey", lw=0.6, linestyle=":")
             ax.set(xlabel=f"mean of PSG and predicted {label}", ylabel="predicted - PSG")
             ax.set_title(f"{result.name}: {label}", fontsize="small")
+    return _save(fig, path)
+
+
+def plot_scenarios(metrics: Mapping[str, Any], path: Path) -> Path:
+    """Deployable WASA93 and AUROC per start scenario and predictor: seed mean, bootstrap bars.
+
+    ``metrics`` is the content of ``metrics.json`` (:func:`~sleepstream.evaluation.report.
+    write_report`).
+    """
+    scenarios = list(metrics["scenarios"])
+    names = list(dict.fromkeys(p for s in scenarios for p in metrics["scenarios"][s]))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), layout="constrained")
+    width = 0.8 / max(1, len(names))
+    for ax, key, title in (
+        (axes[0], "wasa93_deployable", "WASA93, deployable threshold"),
+        (axes[1], "auroc", "AUROC"),
+    ):
+        for k, name in enumerate(names):
+            x, y, low, high = [], [], [], []
+            for i, scenario in enumerate(scenarios):
+                entry = metrics["scenarios"][scenario].get(name)
+                mean = entry["seed_mean"][key]["mean"] if entry else None
+                if mean is None:
+                    continue
+                interval = entry["bootstrap"].get(key, {})
+                x.append(i + (k - (len(names) - 1) / 2) * width)
+                y.append(mean)
+                low.append(
+                    mean - (interval.get("low") if interval.get("low") is not None else mean)
+                )
+                high.append(
+                    (interval.get("high") if interval.get("high") is not None else mean) - mean
+                )
+            ax.bar(x, y, width, yerr=[low, high], label=name, capsize=2)
+        ax.set_xticks(range(len(scenarios)), scenarios, rotation=25, ha="right")
+        ax.set_title(title)
+        ax.grid(axis="y", alpha=0.3)
+    axes[1].set_ylim(0.5, 1.0)
+    axes[0].legend(fontsize=7, loc="upper left")
+    fig.suptitle("Start scenarios: seed mean, subject-bootstrap 95 % interval")
     return _save(fig, path)

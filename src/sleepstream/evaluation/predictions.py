@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -70,9 +73,88 @@ class NightPrediction:
 
 @dataclass(frozen=True, eq=False)
 class LosoResult:
-    """All held-out nights of one predictor under leave-one-subject-out."""
+    """All held-out nights of one predictor under leave-one-subject-out, in one start scenario.
+
+    Attributes
+    ----------
+    scenario
+        Name of the start scenario (:mod:`sleepstream.evaluation.scenarios`).
+    threshold_source
+        How the nights' deployable thresholds were chosen.
+    """
 
     name: str
     causal: bool
     nights: list[NightPrediction]
     description: str = ""
+    scenario: str = "psg_start"
+    threshold_source: str = ""
+
+
+THRESHOLD_KEYS = ("operating", "wasa93", "wasa95")
+
+
+def save_result(result: LosoResult, path: Path, seed: int | None = None) -> Path:
+    """Write every held-out night of ``result`` with its thresholds to ``path`` (``.npz``).
+
+    Plain arrays only (read back with ``allow_pickle=False``): per epoch ``subject_id``,
+    ``epoch_times``, ``labels``, ``p_sleep``, ``valid``; per night ``night_subject`` and
+    ``threshold_<key>``; and ``meta``, a JSON string (name, causal, description, scenario,
+    threshold source, seed). Anyone can recompute every figure from these files.
+    """
+    nights = result.nights
+    meta = {
+        "name": result.name,
+        "causal": result.causal,
+        "description": result.description,
+        "scenario": result.scenario,
+        "threshold_source": result.threshold_source,
+        "seed": seed,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays: dict[str, Any] = {
+        "subject_id": np.array([n.subject_id for n in nights for _ in n.labels], dtype=str),
+        "epoch_times": np.concatenate([n.epoch_times for n in nights]),
+        "labels": np.concatenate([n.labels for n in nights]),
+        "p_sleep": np.concatenate([n.p_sleep for n in nights]),
+        "valid": np.concatenate([n.valid for n in nights]),
+        "night_subject": np.array([n.subject_id for n in nights], dtype=str),
+        "meta": np.array(json.dumps(meta)),
+    }
+    for key in THRESHOLD_KEYS:
+        arrays[f"threshold_{key}"] = np.array([n.thresholds.get(key, np.nan) for n in nights])
+    np.savez_compressed(path, **arrays)
+    return path
+
+
+def load_result(path: Path) -> tuple[LosoResult, int | None]:
+    """Read a file of :func:`save_result`: the result and its seed."""
+    with np.load(path, allow_pickle=False) as data:
+        try:
+            meta = json.loads(str(data["meta"]))
+            subject = data["subject_id"]
+            nights = []
+            for k, night_subject in enumerate(data["night_subject"].tolist()):
+                rows = subject == night_subject
+                thresholds = {key: float(data[f"threshold_{key}"][k]) for key in THRESHOLD_KEYS}
+                nights.append(
+                    NightPrediction(
+                        night_subject,
+                        data["epoch_times"][rows],
+                        data["labels"][rows].astype(np.int8),
+                        data["p_sleep"][rows].astype(np.float64),
+                        data["valid"][rows].astype(bool),
+                        thresholds,
+                    )
+                )
+        except (KeyError, ValueError) as error:
+            raise ValueError(f"{path}: not a sleepstream predictions file ({error})") from None
+    result = LosoResult(
+        meta["name"],
+        bool(meta["causal"]),
+        nights,
+        meta.get("description", ""),
+        scenario=meta.get("scenario", "psg_start"),
+        threshold_source=meta.get("threshold_source", ""),
+    )
+    return result, meta.get("seed")

@@ -13,10 +13,21 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from sleepstream.evaluation.metrics import WASA_KEYS, summarize
+from sleepstream.evaluation.metrics import WASA_KEYS, summarize, to_jsonable
 from sleepstream.evaluation.nightly import OnsetTracker
-from sleepstream.evaluation.plots import plot_bland_altman, plot_nights, plot_roc, safe_filename
+from sleepstream.evaluation.plots import (
+    plot_bland_altman,
+    plot_nights,
+    plot_roc,
+    plot_scenarios,
+    safe_filename,
+)
 from sleepstream.evaluation.predictions import LosoResult
+from sleepstream.evaluation.scenarios import HEADLINE, SCENARIO_NAMES, scenario
+from sleepstream.evaluation.seeds import seed_spread, subject_bootstrap, threshold_spread
+
+Seeded = tuple[LosoResult, int | None]
+"""One predictor's result in one scenario, and the seed it was trained with."""
 
 logger = logging.getLogger(__name__)
 
@@ -28,14 +39,18 @@ MISSING = "n/a"
 DEFINITIONS = """\
 Sleep is the positive class. *Sleep-correct* is the fraction of PSG-sleep epochs called sleep,
 *wake-correct* the fraction of PSG-wake epochs called wake. WASA93 / WASA95 is wake-correct at a
-threshold set for sleep-correct 0.93 / 0.95. **Deployable** thresholds are chosen on the training
-subjects only (leave-one-subject-out), so the held-out night's sleep-correct only approximates the
-target; it is shown in parentheses. **Oracle** thresholds are chosen on the test labels themselves
-(pooled out-of-fold scores), as some published numbers were; they are not achievable in use.
-"Pooled" columns use all scored epochs of all nights; "subjects" columns are mean ± SD over
-subjects. The other epoch metrics use each night's operating threshold (maximising Cohen's kappa
-on its training subjects); AUROC, Brier score and ECE (expected calibration error, 10 bins) use
-p(sleep) directly. Causal predictors use only data up to the end of each epoch.
+threshold set for sleep-correct 0.93 / 0.95. **Deployable** thresholds are chosen without the test
+night: on the pooled out-of-fold scores of the other held-out nights, in the same scenario (each
+score from a model that did not train on the night it scores), so the held-out night's
+sleep-correct only approximates the target; it is shown in parentheses. **Oracle** thresholds are
+chosen on the test labels themselves (pooled out-of-fold scores), as some published numbers were;
+they are not achievable in use. "Pooled" columns use all scored epochs of all nights; "subjects"
+columns are mean ± SD over subjects. The other epoch metrics use each night's operating threshold
+(maximising Cohen's kappa on the other nights); AUROC, Brier score and ECE (expected calibration
+error, 10 bins) use p(sleep) directly. Causal predictors use only data up to the end of each
+epoch. Trained models are run once per seed: their figures are the **seed mean ± SD**, with a
+**subject-bootstrap 95 % interval** of the seed mean in brackets (subjects resampled with
+replacement). Baselines are deterministic (one run, SD 0).
 """
 
 
@@ -191,7 +206,7 @@ def _summaries(results: Sequence[LosoResult]) -> dict[str, dict[str, Any]]:
 
 
 def markdown_table(results: Sequence[LosoResult]) -> str:
-    """The headline markdown table (all scored epochs), one row per predictor, for the docs.
+    """The epoch-level markdown table (all scored epochs) of one run per predictor.
 
     Columns: predictor, causal, WASA93/WASA95 deployable (pooled, with the achieved
     sleep-correct in parentheses, and mean ± SD over subjects), WASA93 oracle, AUROC, kappa,
@@ -200,68 +215,200 @@ def markdown_table(results: Sequence[LosoResult]) -> str:
     return epoch_table(_summaries(results))
 
 
-def _results_markdown(summaries: Mapping[str, Summary], figures: Sequence[Path]) -> str:
-    tracker = OnsetTracker()
-    sections = [
-        ("Epoch level, all scored epochs", epoch_table(summaries, "scored")),
-        (
-            "Epoch level, the published paper's valid epochs (pooled)",
-            epoch_table(summaries, "valid"),
-        ),
-        ("Night level: bias [95 % limits of agreement], predicted - PSG", night_table(summaries)),
-        ("Real time", realtime_table(summaries)),
+Grouped = dict[str, dict[str, list[Seeded]]]
+"""Results by scenario name, then predictor name: one entry per seed."""
+
+
+def group(results: Sequence[Seeded]) -> Grouped:
+    """Results by scenario, then predictor; rejects one predictor twice with the same seed."""
+    grouped: Grouped = {}
+    for result, seed in results:
+        runs = grouped.setdefault(result.scenario, {}).setdefault(result.name, [])
+        if any(other == seed for _, other in runs):
+            raise ValueError(
+                f"Duplicate predictor name {result.name!r} (seed {seed}) in scenario "
+                f"{result.scenario!r}: names must be unique"
+            )
+        runs.append((result, seed))
+    return {
+        name: grouped[name]
+        for name in [*SCENARIO_NAMES, *sorted(set(grouped) - set(SCENARIO_NAMES))]
+        if name in grouped
+    }
+
+
+def _with_interval(spread: Mapping[str, Any], interval: Mapping[str, Any] | None) -> str:
+    text = _fmt(spread.get("mean"))
+    if spread.get("n", 0) > 1:
+        text += f" ± {_fmt(spread.get('sd'))}"
+    if interval:
+        text += f" [{_fmt(interval.get('low'))}, {_fmt(interval.get('high'))}]"
+    return text
+
+
+def scenario_table(entries: Mapping[str, Summary]) -> str:
+    """One scenario: seed mean ± SD [bootstrap interval] of the headline figures, per predictor."""
+    header = [
+        "Predictor",
+        "Causal",
+        "Seeds",
+        "WASA93 deployable",
+        "WASA95 deployable",
+        "AUROC",
+        "Kappa",
+        "WASA93 oracle",
+        "Sleep-correct at WASA93",
     ]
+    rows = []
+    for name, entry in entries.items():
+        spread, intervals = entry["seed_mean"], entry["bootstrap"]
+        row = [name, "yes" if entry["causal"] else "no", str(len(entry["seeds"]))]
+        row += [
+            _with_interval(spread[key], intervals.get(key))
+            for key in ("wasa93_deployable", "wasa95_deployable", "auroc", "kappa")
+        ]
+        row.append(_with_interval(spread["wasa93_oracle"], None))
+        row.append(_fmt(spread["wasa93_deployable_sleep_correct"]["mean"]))
+        rows.append(row)
+    return _table(header, rows)
+
+
+def threshold_table(entries: Mapping[str, Summary]) -> str:
+    """How far each predictor's deployable WASA93 threshold moves across folds and seeds."""
+    header = ["Predictor", "Thresholds", "Min", "Max", "SD"]
+    rows = []
+    for name, entry in entries.items():
+        t = entry["wasa93_threshold_spread"]
+        rows.append([name, str(t["n"]), _fmt(t["min"]), _fmt(t["max"]), _fmt(t["sd"])])
+    return _table(header, rows)
+
+
+def _entry(runs: Sequence[Seeded], n_resamples: int) -> dict[str, Any]:
+    results = [result for result, _ in runs]
+    summaries = [summarize(result) for result in results]
+    return {
+        "causal": results[0].causal,
+        "description": results[0].description,
+        "threshold_source": results[0].threshold_source,
+        "seeds": [seed for _, seed in runs],
+        "seed_mean": seed_spread([s["scored"]["pooled"] for s in summaries]),
+        "seed_mean_valid": seed_spread([s["valid"]["pooled"] for s in summaries]),
+        "bootstrap": subject_bootstrap(results, n_resamples),
+        "wasa93_threshold_spread": threshold_spread(results),
+        "runs": summaries,
+    }
+
+
+def _scenario_title(name: str) -> str:
+    try:
+        return scenario(name).title
+    except ValueError:
+        return name
+
+
+def _results_markdown(metrics: Mapping[str, Any], headline: str, figures: Sequence[Path]) -> str:
+    tracker = OnsetTracker()
+    scenarios = metrics["scenarios"]
     parts = ["# Leave-one-subject-out results\n", DEFINITIONS]
-    for title, table in sections:
-        parts += [f"## {title}\n", table]
     parts.append(
-        "Night-level figures compare total sleep time, sleep efficiency, wake after sleep onset "
-        "and sleep onset latency of each night's operating-threshold decisions with PSG. "
-        'Real-time events come from a hysteresis tracker: "fell asleep" after '
-        f'{tracker.fall_asleep_epochs} consecutive sleep epochs, "woke up" after '
-        f"{tracker.wake_up_epochs} consecutive wake epochs; delays run from the PSG transition to "
-        "the end of the epoch the event fires on.\n"
+        "## Start scenarios\n\nThe same PSG epochs are scored in every scenario; only what the "
+        "detector was fed before them differs. The dataset has no motion before the PSG start, "
+        "so the hours before it carry heart rate only. "
+        f"The headline is **{_scenario_title(headline)}**.\n"
     )
-    parts.append("## Figures\n")
-    parts += [f"![{path.stem}]({path.name})\n" for path in figures]
-    parts.append("## Per subject\n")
-    for name, summary in summaries.items():
+    for name, entries in scenarios.items():
+        parts += [f"### {_scenario_title(name)} (`{name}`)\n", scenario_table(entries)]
+    if headline in scenarios:
+        entries = scenarios[headline]
+        parts += [
+            "## Deployable WASA93 thresholds across folds and seeds (headline scenario)\n",
+            threshold_table(entries),
+        ]
+        first = {name: entry["runs"][0] for name, entry in entries.items()}
+        seeds = {name: entry["seeds"][0] for name, entry in entries.items()}
+        seed_note = ", ".join(f"{n} seed {s}" for n, s in seeds.items() if s is not None)
         parts.append(
-            f"<details><summary>{name}</summary>\n\n{subject_table(summary)}\n</details>\n"
+            f"## The headline scenario in detail (one run each{': ' + seed_note if seed_note else ''})\n"
         )
+        sections = [
+            ("Epoch level, all scored epochs", epoch_table(first, "scored")),
+            (
+                "Epoch level, the published paper's valid epochs (pooled)",
+                epoch_table(first, "valid"),
+            ),
+            ("Night level: bias [95 % limits of agreement], predicted - PSG", night_table(first)),
+            ("Real time", realtime_table(first)),
+        ]
+        for title, table in sections:
+            parts += [f"### {title}\n", table]
+        parts.append(
+            "Night-level figures compare total sleep time, sleep efficiency, wake after sleep "
+            "onset and sleep onset latency of each night's operating-threshold decisions with "
+            'PSG. Real-time events come from a hysteresis tracker: "fell asleep" after '
+            f'{tracker.fall_asleep_epochs} consecutive sleep epochs, "woke up" after '
+            f"{tracker.wake_up_epochs} consecutive wake epochs; delays run from the PSG "
+            "transition to the end of the epoch the event fires on.\n"
+        )
+        parts.append("### Figures\n")
+        parts += [f"![{path.stem}]({path.name})\n" for path in figures]
+        parts.append("### Per subject\n")
+        for name, summary in first.items():
+            parts.append(
+                f"<details><summary>{name}</summary>\n\n{subject_table(summary)}\n</details>\n"
+            )
     return "\n".join(parts)
 
 
-def write_report(results: Sequence[LosoResult], out_dir: Path) -> dict[str, Any]:
-    """Summarise each predictor and write ``metrics.json``, ``results.md`` and PNG figures.
+def write_report(
+    results: Sequence[Seeded], out_dir: Path, *, n_resamples: int = 500
+) -> dict[str, Any]:
+    """Summarise every predictor in every scenario; write ``metrics.json``, ``results.md``, PNGs.
 
     Parameters
     ----------
     results
-        One LOSO result per predictor; names must be unique.
+        (result, seed) pairs: one per predictor, scenario and seed (seed ``None``: deterministic).
     out_dir
         Created if missing; existing files of the same names are overwritten.
+    n_resamples
+        Subject-bootstrap resamples per predictor and scenario.
 
     Returns
     -------
     dict
-        The content of ``metrics.json``: :func:`summarize` per predictor name.
+        The content of ``metrics.json``: ``headline_scenario`` and ``scenarios`` (per scenario
+        and predictor: ``seeds``, ``seed_mean`` and ``seed_mean_valid`` (mean, SD and n over
+        seeds of every pooled figure), ``bootstrap`` (95 % interval of the seed mean),
+        ``wasa93_threshold_spread`` and ``runs`` (:func:`summarize` per seed)).
     """
     if not results:
         raise ValueError("No results to report")
+    grouped = group(results)
+    headline = HEADLINE.name if HEADLINE.name in grouped else next(iter(grouped))
+    metrics = to_jsonable(
+        {
+            "headline_scenario": headline,
+            "scenarios": {
+                name: {p: _entry(runs, n_resamples) for p, runs in by_name.items()}
+                for name, by_name in grouped.items()
+            },
+        }
+    )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    summaries = _summaries(results)
     with (out_dir / "metrics.json").open("w", encoding="utf-8") as f:
-        json.dump(summaries, f, indent=2, allow_nan=False)
-    figures = [plot_roc(results, out_dir / "roc.png")]
-    figures.append(plot_bland_altman(results, out_dir / "bland_altman.png"))
+        json.dump(metrics, f, indent=1, allow_nan=False)
+    first = [runs[0][0] for runs in grouped[headline].values()]
+    figures = [plot_roc(first, out_dir / "roc.png")]
+    figures.append(plot_scenarios(metrics, out_dir / "scenarios.png"))
+    figures.append(plot_bland_altman(first, out_dir / "bland_altman.png"))
     used: set[str] = set()
-    for index, result in enumerate(results):
+    for index, result in enumerate(first):
         stem = f"nights_{safe_filename(result.name)}"
         stem = f"{stem}_{index}" if stem in used else stem
         used.add(stem)
         figures.append(plot_nights(result, out_dir / f"{stem}.png"))
-    (out_dir / "results.md").write_text(_results_markdown(summaries, figures), encoding="utf-8")
-    logger.info("Wrote report of %d predictors to %s", len(results), out_dir)
-    return summaries
+    text = _results_markdown(metrics, headline, figures)
+    (out_dir / "results.md").write_text(text, encoding="utf-8")
+    logger.info("Wrote report of %d runs to %s", len(results), out_dir)
+    return dict(metrics)

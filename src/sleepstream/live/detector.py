@@ -10,8 +10,10 @@ counts of :class:`~sleepstream.signal.live_counts.StreamingCounts`, the features
 Timing rules
 ------------
 - Epochs are ``[origin + 30 k, origin + 30 (k + 1))``. The first reported epoch is the one
-  containing ``start`` (default: the first sample); samples before it are history (e.g. the
-  day's heart rate, used for the resting baseline) and produce no result.
+  containing the first sample. There is no start time to give: no feature counts from the
+  moment the detector was switched on (each looks back a fixed window), so a watch worn all day
+  is simply fed all day, and a detector switched on in the morning agrees with one switched on
+  at bedtime once their look-back windows hold the same samples.
 - The sensor clock is the newest sample time of any stream. An epoch closes once the clock
   reaches its end plus ``close_lag`` seconds: a lag lets slower streams (heart rate is often
   delivered seconds late) still count.
@@ -118,8 +120,6 @@ class SleepDetector:
         The motion-context rule (:class:`~sleepstream.live.context.ContextVeto`).
     origin
         Anchor of the 30 s epoch grid (and of the 15 s count windows).
-    start
-        Start of the first reported epoch's grid cell; ``None``: the first sample's.
     close_lag
         Seconds the clock must pass an epoch's end before the epoch closes.
     check_units
@@ -134,7 +134,6 @@ class SleepDetector:
         wake_up_epochs: int = 2,
         veto: ContextVeto | None = None,
         origin: float = 0.0,
-        start: float | None = None,
         close_lag: float = 0.0,
         check_units: bool = True,
     ):
@@ -148,7 +147,6 @@ class SleepDetector:
         self.wake_up_epochs = wake_up_epochs
         self.veto = veto if veto is not None else ContextVeto()
         self.origin = origin
-        self.start = start
         self.close_lag = close_lag
         self.check_units = check_units
         self._reset()
@@ -258,7 +256,7 @@ class SleepDetector:
     def _advance(self, now: float) -> list[EpochResult]:
         self._clock = max(self._clock, now)
         if self._next_start is None:
-            first = self.start if self.start is not None else self._earliest()
+            first = self._earliest()
             if first is None:
                 return []
             k = math.floor((first - self.origin) / EPOCH_SECONDS)
@@ -327,7 +325,6 @@ class SleepDetector:
             self.wake_up_epochs,
             self.veto,
             self.origin,
-            self.start,
             self.close_lag,
             self.check_units,
         )

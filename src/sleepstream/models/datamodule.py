@@ -29,6 +29,11 @@ Night = tuple[NDArray[np.float32], NDArray[np.int64]]
 Batch = tuple[Tensor, Tensor]
 
 
+TRAINING_STARTS_S = (0.0, 2 * 3600.0, 24 * 3600.0)
+"""How long before the PSG start the detector is switched on in the training sequences of a night:
+at the PSG start (no history), 2 h before, and a whole day before (clipped to the first sample)."""
+
+
 def night_arrays(recording: Recording) -> Night:
     """All causal features ``(epochs, features)`` and sleep/wake labels (-1 unscored)."""
     features = night_features(recording).astype(np.float32)
@@ -44,14 +49,16 @@ def without_counts_after(recording: Recording, cut: float) -> Recording:
 
 
 class CropDataset(Dataset[Batch]):
-    """Random crops of ``length`` epochs from nights; ``per_night`` crops per night per epoch.
+    """Random crops of ``length`` epochs; ``per_night`` crops per night per training epoch.
 
-    One crop in four starts at the beginning of the night, so the network also learns the
-    first minutes with an empty state, as in live use.
+    Each night comes as several sequences (the detector switched on at different times before
+    the PSG start, :data:`TRAINING_STARTS_S`); a crop picks one of them at random and starts
+    anywhere from ``length // 2`` epochs before the first labelled epoch to the end, so the
+    network's empty state is not tied to the moment the person went to bed.
     """
 
-    def __init__(self, nights: Sequence[Night], length: int, per_night: int):
-        self.nights = list(nights)
+    def __init__(self, nights: Sequence[Sequence[Night]], length: int, per_night: int):
+        self.nights = [list(variants) for variants in nights]
         self.length = length
         self.per_night = per_night
 
@@ -59,10 +66,12 @@ class CropDataset(Dataset[Batch]):
         return len(self.nights) * self.per_night
 
     def __getitem__(self, index: int) -> Batch:
-        x, y = self.nights[index // self.per_night]
-        spare = max(0, len(y) - self.length)
-        from_start = int(torch.randint(0, 4, (1,))) == 0
-        start = 0 if from_start or spare == 0 else int(torch.randint(0, spare + 1, (1,)))
+        variants = self.nights[index // self.per_night]
+        x, y = variants[int(torch.randint(0, len(variants), (1,)))]
+        labelled = int(np.argmax(y >= 0)) if (y >= 0).any() else 0
+        first = max(0, labelled - self.length // 2)
+        last = max(first, len(y) - self.length)
+        start = int(torch.randint(first, last + 1, (1,)))
         end = start + self.length
         return torch.from_numpy(x[start:end]), torch.from_numpy(y[start:end])
 
@@ -180,22 +189,33 @@ class SleepDataModule(L.LightningDataModule):
             self.held_out,
         )
 
-    def train_features(self) -> NDArray[np.float64]:
-        """Feature rows of the training nights (for the input normalisation)."""
-        return np.concatenate([night_features(r) for r in self.train])
-
     def _augmented_train(self) -> list[Recording]:
-        rng = np.random.default_rng(self.seed + 1)
         copies = []
-        for _ in range(self.missing_counts_copies):
+        for copy_index in range(self.missing_counts_copies):
             for r in self.train:
+                # Seeded per subject, so a night's copy is the same in every fold (and cached).
+                rng = np.random.default_rng(
+                    [self.seed + 1, zlib.crc32(r.subject_id.encode()), copy_index]
+                )
                 cut = r.epoch_times[0] + rng.uniform(0.1, 0.9) * (r.end_time - r.epoch_times[0])
                 copies.append(without_counts_after(r, cut))
         return self.train + copies
 
+    def _train_sequences(self) -> list[list[Recording]]:
+        return [
+            [r.switched_on_before(seconds) for seconds in TRAINING_STARTS_S]
+            for r in self._augmented_train()
+        ]
+
+    def train_features(self) -> NDArray[np.float64]:
+        """Feature rows of every training sequence (for the input normalisation)."""
+        return np.concatenate(
+            [night_features(r) for variants in self._train_sequences() for r in variants]
+        )
+
     def train_dataloader(self) -> DataLoader[Batch]:
         dataset = CropDataset(
-            [night_arrays(r) for r in self._augmented_train()],
+            [[night_arrays(r) for r in variants] for variants in self._train_sequences()],
             self.crop_epochs,
             self.crops_per_night,
         )

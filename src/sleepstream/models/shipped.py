@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -114,7 +115,81 @@ def load_shipped(name: str = DEFAULT_NAME) -> ShippedModel:
     return load_model(shipped_folder(), name)
 
 
-def thresholds_from_loso(predictions: Path) -> dict[str, float]:
-    """Thresholds chosen on pooled out-of-fold LOSO scores (``cv``'s ``predictions/*.npz``)."""
-    with np.load(predictions) as oof:
-        return choose_thresholds([(oof["labels"], oof["p_sleep"])])
+def thresholds_from_loso(predictions: Sequence[Path]) -> dict[str, float]:
+    """Thresholds chosen on pooled out-of-fold LOSO scores (``cv``'s ``predictions/.../*.npz``).
+
+    Each file is one LOSO run (e.g. one seed); every score in them comes from a fold model that
+    did not train on the night it scores. The shipped network itself trained on every night, so
+    its thresholds are chosen on these scores, never on its own training scores.
+    """
+    if not predictions:
+        raise ValueError("No predictions files to choose thresholds on")
+    scores = []
+    for path in predictions:
+        with np.load(path, allow_pickle=False) as oof:
+            scores.append((oof["labels"], oof["p_sleep"]))
+    return choose_thresholds(scores)
+
+
+def ship_model(
+    config: Path,
+    recordings: Sequence[Recording],
+    loso: Path,
+    metrics: dict[str, Any],
+    out: Path,
+    overrides: Sequence[str] = (),
+) -> tuple[Path, Path]:
+    """Train ``config`` on every night and save it with thresholds and figures of ``loso``.
+
+    The thresholds are chosen on the pooled out-of-fold scores of every seed's LOSO run in the
+    headline start scenario (``metrics["headline_scenario"]``); the card carries that scenario's
+    seed-mean figures.
+    """
+    from sleepstream.models.net import count_parameters
+    from sleepstream.models.training import train
+
+    name = config.stem
+    headline = metrics["headline_scenario"]
+    entry = metrics["scenarios"][headline].get(name)
+    files = sorted((loso / "predictions" / headline).glob(f"{name}_seed*.npz"))
+    if entry is None or not files:
+        raise FileNotFoundError(
+            f"No LOSO predictions of {name!r} in {loso}: run `sleepstream cv -c {config} "
+            f"--out {loso}` first"
+        )
+    thresholds = thresholds_from_loso(files)
+    module, _ = train(
+        config,
+        recordings,
+        ["--data.val_subjects", "0", "--trainer.limit_val_batches", "0", *overrides],
+    )
+    net = module.inference_net.cpu().eval()
+    card = ModelCard(
+        name=name,
+        architecture=type(net).__name__,
+        init_args=net.init_args,
+        feature_names=net.feature_names,
+        thresholds=thresholds,
+        threshold_source=(
+            f"pooled out-of-fold scores of the {len(files)} leave-one-subject-out runs (seeds) "
+            f"in {loso}, start scenario {headline!r}: each score comes from a fold model that "
+            "did not train on the night it scores; this network trained on all nights"
+        ),
+        trained_on=[r.subject_id for r in recordings],
+        n_parameters=count_parameters(net),
+        loso={
+            "scenario": headline,
+            "seeds": entry["seeds"],
+            "seed_mean": entry["seed_mean"],
+            "bootstrap": entry["bootstrap"],
+            "scenarios": {
+                scenario: {
+                    key: by_name[name]["seed_mean"][key]
+                    for key in ("wasa93_deployable", "wasa95_deployable", "auroc", "kappa")
+                }
+                for scenario, by_name in metrics["scenarios"].items()
+                if name in by_name
+            },
+        },
+    )
+    return save_model(net, card, out)

@@ -19,7 +19,7 @@ from sleepstream.features import FEATURE_NAMES, night_features
 from sleepstream.models.datamodule import SleepDataModule
 from sleepstream.models.module import SleepWakeModule
 from sleepstream.models.net import SleepNet
-from sleepstream.records import SLEEP_WAKE, Recording
+from sleepstream.records import Recording
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,8 @@ def train(
             raise TypeError(f"{config}: model must be a SleepWakeModule, data a SleepDataModule")
         datamodule.held_out = None
         datamodule.use_recordings(recordings)
+        if not datamodule.val_subjects:
+            cli.trainer.limit_val_batches = 0  # no validation nights: skip the loop, not warn
         cli.trainer.fit(module, datamodule=datamodule)
     return module, datamodule
 
@@ -109,9 +111,8 @@ def predict_night(net: SleepNet, recording: Recording) -> NDArray[np.float64]:
 class NetPredictor:
     """A LightningCLI config as a LOSO predictor: ``fit`` trains one model on the given nights.
 
-    The weights after the last training epoch are kept; the inner validation nights
-    (``data.val_subjects``, drawn from the training nights, never trained on) give the
-    held-out scores the thresholds are chosen on.
+    The weights after the last training epoch are kept (the number of epochs is part of the
+    recipe). The LOSO driver chooses the thresholds on other folds' out-of-fold scores.
 
     Parameters
     ----------
@@ -121,26 +122,31 @@ class NetPredictor:
         Further LightningCLI arguments, e.g. ``["--trainer.max_epochs", "5"]``.
     name
         Name in the report.
+    seed
+        If given, overrides the config's ``seed_everything`` and ``data.seed``.
     """
 
     causal = True
 
-    def __init__(self, config: str | Path, overrides: Sequence[str] = (), name: str = ""):
+    def __init__(
+        self,
+        config: str | Path,
+        overrides: Sequence[str] = (),
+        name: str = "",
+        seed: int | None = None,
+    ):
         self.config = str(config)
         self.overrides = list(overrides)
+        if seed is not None:
+            self.overrides += ["--seed_everything", str(seed), "--data.seed", str(seed)]
+        self.seed = seed
         self.name = name or Path(self.config).stem
         self.description = f"Network trained by LightningCLI from {Path(self.config).name}"
         self.net: SleepNet | None = None
-        self._val_scores: list[tuple[NDArray[np.int8], NDArray[np.float64]]] = []
 
     def fit(self, recordings: Sequence[Recording]) -> None:
-        module, datamodule = train(self.config, recordings, self.overrides)
+        module, _ = train(self.config, recordings, self.overrides)
         self.net = module.inference_net.cpu().eval()
-        self._val_scores = [(r.labels(SLEEP_WAKE), self.predict(r)) for r in datamodule.val]
-
-    def threshold_scores(self) -> list[tuple[NDArray[np.int8], NDArray[np.float64]]]:
-        """Labels and scores of the inner validation nights, which training never saw."""
-        return self._val_scores
 
     def predict(self, recording: Recording) -> NDArray[np.float64]:
         if self.net is None:
