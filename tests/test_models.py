@@ -59,3 +59,12 @@ def test_predictions_are_causal_on_a_real_night(recordings: list[Recording]) -> 
     rng = np.random.default_rng(0)
     for k in rng.choice(np.arange(1, night.n_epochs), size=8, replace=False):
         np.testing.assert_allclose(predict_night(net, night.truncated(int(k))), full[:k], atol=1e-6)
+
+
+def test_lightning_module_documents_its_parameters() -> None:
+    """``fit --help`` shows the module's parameter text, which comes from its docstring."""
+    from sleepstream.models.module import SleepWakeModule
+
+    assert SleepWakeModule.__doc__ is not None
+    for name in ("wake_weight", "focal_gamma", "ema_decay"):
+        assert name in SleepWakeModule.__doc__

@@ -10,7 +10,7 @@ Night-level metrics (:func:`night_summary`)
     wake after sleep onset (min of wake after the first sleep epoch, to the end of the night).
     Predictor and PSG are compared with Bland-Altman :func:`agreement`.
 
-Event rule (:class:`OnsetTracker`)
+Event rule (:class:`sleepstream.events.OnsetTracker`, shared with the live detector)
     The tracker starts awake. While awake it reports ``"fell_asleep"`` on the
     ``fall_asleep_epochs``-th consecutive epoch decided sleep, and is then asleep; while asleep it
     reports ``"woke_up"`` on the ``wake_up_epochs``-th consecutive epoch decided wake, and is then
@@ -34,17 +34,17 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from sleepstream.evaluation.predictions import NightPrediction
+from sleepstream.events import Event, OnsetTracker
 from sleepstream.records import EPOCH_SECONDS
 
 logger = logging.getLogger(__name__)
 
-Event = Literal["fell_asleep", "woke_up"]
 
 NIGHT_METRICS = ("tst_min", "se_pct", "waso_min", "sol_min")
 """Keys of :func:`night_summary`, in report order."""
@@ -136,62 +136,6 @@ def agreement(psg_values: ArrayLike, predicted_values: ArrayLike) -> dict[str, f
         "loa_high": bias + 1.96 * sd,
         "n": n,
     }
-
-
-class OnsetTracker:
-    """Asleep/awake state with hysteresis, fed one sleep/wake decision per epoch.
-
-    Parameters
-    ----------
-    fall_asleep_epochs
-        Consecutive sleep decisions, while awake, that make the tracker fall asleep.
-    wake_up_epochs
-        Consecutive wake decisions, while asleep, that make it wake up.
-
-    Examples
-    --------
-    >>> tracker = OnsetTracker(fall_asleep_epochs=2, wake_up_epochs=1)
-    >>> [tracker.update(s) for s in (True, False, True, True, True, False)]
-    [None, None, None, 'fell_asleep', None, 'woke_up']
-    >>> tracker.asleep
-    False
-    """
-
-    def __init__(self, fall_asleep_epochs: int = 3, wake_up_epochs: int = 2) -> None:
-        for name, value in (
-            ("fall_asleep_epochs", fall_asleep_epochs),
-            ("wake_up_epochs", wake_up_epochs),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        self.fall_asleep_epochs = int(fall_asleep_epochs)
-        self.wake_up_epochs = int(wake_up_epochs)
-        self.asleep = False
-        self._run = 0
-
-    def update(self, is_sleep: bool) -> Event | None:
-        """Take the next epoch's decision; return the event it completes, if any."""
-        if bool(is_sleep) == self.asleep:
-            self._run = 0
-            return None
-        self._run += 1
-        if self.asleep and self._run >= self.wake_up_epochs:
-            self.asleep, self._run = False, 0
-            return "woke_up"
-        if not self.asleep and self._run >= self.fall_asleep_epochs:
-            self.asleep, self._run = True, 0
-            return "fell_asleep"
-        return None
-
-    def clone(self) -> OnsetTracker:
-        """A fresh tracker (awake, no run) with the same parameters."""
-        return OnsetTracker(self.fall_asleep_epochs, self.wake_up_epochs)
-
-    def __repr__(self) -> str:
-        return (
-            f"OnsetTracker(fall_asleep_epochs={self.fall_asleep_epochs}, "
-            f"wake_up_epochs={self.wake_up_epochs})"
-        )
 
 
 def tracker_events(

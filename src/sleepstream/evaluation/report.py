@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sleepstream.evaluation.metrics import WASA_KEYS, summarize, to_jsonable
-from sleepstream.evaluation.nightly import OnsetTracker
+from sleepstream.events import OnsetTracker
 from sleepstream.evaluation.plots import (
     plot_bland_altman,
     plot_nights,

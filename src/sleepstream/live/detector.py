@@ -5,7 +5,7 @@ and motion-activity context, in any mix and chunk size, and returns an :class:`E
 every epoch that has closed. It runs the same objects as training and evaluation: the activity
 counts of :class:`~sleepstream.signal.live_counts.StreamingCounts`, the features of
 :class:`~sleepstream.features.CausalFeatures`, the network's ``step``, and the hysteresis of
-:class:`~sleepstream.evaluation.nightly.OnsetTracker`.
+:class:`~sleepstream.events.OnsetTracker`.
 
 Timing rules
 ------------
@@ -38,7 +38,7 @@ from typing import Literal, Protocol
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from sleepstream.evaluation.nightly import OnsetTracker
+from sleepstream.events import OnsetTracker
 from sleepstream.features import CausalFeatures
 from sleepstream.live.context import ContextVeto, MotionContext
 from sleepstream.live.units import check_acceleration_units

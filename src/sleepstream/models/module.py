@@ -25,8 +25,6 @@ from sleepstream.models.net import SleepNet, build_net
 
 
 class SleepWakeModule(L.LightningModule):
-    columns: Tensor
-
     """Sleep (1) vs wake (0) per epoch; unscored epochs (-1) carry no loss.
 
     Parameters
@@ -42,6 +40,8 @@ class SleepWakeModule(L.LightningModule):
     ema_decay
         If set, validation, test and prediction use an exponential moving average of the weights.
     """
+
+    columns: Tensor
 
     def __init__(
         self,
@@ -178,7 +178,7 @@ class SleepWakeModule(L.LightningModule):
 
 def net_from_checkpoint(path: str | Path) -> SleepNet:
     """The network of a checkpoint written by training (the averaged weights when EMA was on)."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)  # never runs code
     if "sleepstream_net" not in checkpoint:
         raise ValueError(f"{path} is not a sleepstream checkpoint (no 'sleepstream_net' entry)")
     spec = checkpoint["sleepstream_net"]
