@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sleepstream.data.folder import CACHE_ENV, load_all
+from sleepstream.cache import CACHE_ENV
+from sleepstream.data.folder import load_all
 from sleepstream.features import night_features
 from sleepstream.models.training import NetPredictor
 

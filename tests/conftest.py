@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from sleepstream.data.folder import CACHE_ENV, DATA_ENV, load_all
+from sleepstream.cache import CACHE_ENV
+from sleepstream.data.folder import DATA_ENV, load_all
 from sleepstream.records import Recording
 
 SUBJECT = "1001"

@@ -168,3 +168,18 @@ def test_recent_low_heart_rate_matches_numpy(recordings: list[Recording]) -> Non
     low = np.quantile(bpm[(t >= end - 6 * 3600) & (t < end)], 0.05)
     column = FEATURE_NAMES.index("hr_above_recent_low")
     assert features[k, column] == pytest.approx(mean_5 - low, abs=1e-9)
+
+
+def test_night_features_are_shared_through_the_disk_cache(
+    recordings: list[Recording], private_cache
+) -> None:  # type: ignore[no-untyped-def]
+    """A second process (here: an emptied memory) reads the same features from the cache."""
+    from sleepstream import features as module
+
+    night = next(r for r in recordings if r.subject_id == "5383425").switched_on_before(600.0)
+    first = night_features(night).copy()
+    assert list((private_cache / "features").glob("*.npy"))
+    module._MEMO.clear()
+    again = night_features(night)
+    np.testing.assert_array_equal(first, again)
+    np.testing.assert_array_equal(extract(night), again)

@@ -23,14 +23,21 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import logging
 import math
+import os
+import tempfile
 from collections import OrderedDict
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
 
+from sleepstream.cache import cache_root
 from sleepstream.records import EPOCH_SECONDS, Recording
+
+log = logging.getLogger(__name__)
 
 COUNT_WINDOWS_MIN = (1, 2, 5, 10, 30)
 """Look-back windows (minutes) for summed activity counts, the current epoch included."""
@@ -297,8 +304,12 @@ _MEMO: OrderedDict[str, NDArray[np.float64]] = OrderedDict()
 _MEMO_SIZE = 512
 
 
+_CODE = hashlib.blake2b(Path(__file__).read_bytes(), digest_size=8).hexdigest()
+"""Version of this module's code: cached features are recomputed whenever it changes."""
+
+
 def _fingerprint(recording: Recording) -> str:
-    digest = hashlib.blake2b(recording.subject_id.encode(), digest_size=16)
+    digest = hashlib.blake2b(f"{_CODE}:{recording.subject_id}".encode(), digest_size=16)
     for array in (
         recording.epoch_times,
         recording.hr_times,
@@ -310,11 +321,39 @@ def _fingerprint(recording: Recording) -> str:
     return digest.hexdigest()
 
 
+def _from_disk(key: str) -> NDArray[np.float64]:
+    path = cache_root() / "features" / f"{key}.npy"
+    try:
+        return np.asarray(np.load(path, allow_pickle=False), dtype=np.float64)
+    except (OSError, ValueError):
+        pass  # not cached yet, or a partial file: recompute
+    raise KeyError(key)
+
+
+def _to_disk(key: str, features: NDArray[np.float64]) -> None:
+    folder = cache_root() / "features"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, suffix=".npy", delete=False) as f:
+            np.save(f, features, allow_pickle=False)
+        os.replace(f.name, folder / f"{key}.npy")
+    except OSError as error:
+        log.debug("Feature cache not written (%s)", error)
+
+
 def night_features(recording: Recording) -> NDArray[np.float64]:
-    """:func:`extract` with default parameters, memoised by the night's content (read-only)."""
+    """:func:`extract` with default parameters, cached by the night's content (read-only).
+
+    Kept in memory, and on disk under the cache folder (``$SLEEPSTREAM_CACHE``), so training
+    processes share the work; the key includes this module's code, so a change recomputes.
+    """
     key = _fingerprint(recording)
     if key not in _MEMO:
-        features = extract(recording)
+        try:
+            features = _from_disk(key)
+        except KeyError:
+            features = extract(recording)
+            _to_disk(key, features)
         features.setflags(write=False)
         _MEMO[key] = features
         while len(_MEMO) > _MEMO_SIZE:

@@ -8,6 +8,10 @@
     counts/{id}_counts.txt           seconds,count        (15 s; used when motion/ is absent)
     walch_features/{id}_*.out        the paper's per-epoch features (optional)
 
+Counts from ``motion/`` are the live detector's counts
+(:func:`~sleepstream.signal.live_counts.counts_fir`), so a model trained on them sees exactly
+what it sees live.
+
 Parsed nights are cached as ``.npz`` files named by a hash of the input files' contents, so a
 changed file is always parsed again and all 31 nights load in a fraction of a second afterwards.
 """
@@ -24,15 +28,15 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
+from sleepstream.cache import cache_root
 from sleepstream.data import parse
 from sleepstream.data.parse import DataFormatError
 from sleepstream.records import PAPER_FEATURE_NAMES, Recording
-from sleepstream.signal.counts import counts_offline
+from sleepstream.signal.live_counts import counts_fir
 
 log = logging.getLogger(__name__)
 
 DATA_ENV = "SLEEPSTREAM_DATA"
-CACHE_ENV = "SLEEPSTREAM_CACHE"
 CACHE_VERSION = "3"
 _STAT_HASH_LIMIT = 16 * 2**20  # above this size a file's hash is remembered per (size, mtime)
 
@@ -61,9 +65,7 @@ def data_folder(path: str | os.PathLike[str] | None = None) -> Path:
 
 def cache_folder() -> Path:
     """Where parsed nights are cached: ``$SLEEPSTREAM_CACHE`` or ``~/.cache/sleepstream``."""
-    env = os.environ.get(CACHE_ENV)
-    base = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "sleepstream"
-    return base.expanduser() / "parsed"
+    return cache_root() / "parsed"
 
 
 def subject_ids(folder: Path) -> list[str]:
@@ -170,7 +172,7 @@ def _parse_recording(subject_id: str, files: dict[str, Path]) -> dict[str, NDArr
     }
     if "motion" in files:
         accel_times, accel = parse.read_acceleration(files["motion"])
-        arrays["count_times"], arrays["counts"] = counts_offline(accel_times, accel[:, 2])
+        arrays["count_times"], arrays["counts"] = counts_fir(accel_times, accel[:, 2])
         arrays["count_source"] = np.array("motion")
     elif "counts" in files:
         arrays["count_times"], arrays["counts"] = parse.read_counts(files["counts"])

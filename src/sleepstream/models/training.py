@@ -28,10 +28,14 @@ def build_cli(args: Sequence[str], run: bool = True) -> LightningCLI:
     """The LightningCLI of ``sleepstream fit|validate|test|predict`` (``run=False``: no command).
 
     Sets ``PYTORCH_ENABLE_MPS_FALLBACK`` so operators missing on Apple Silicon fall back to
-    the CPU instead of failing.
+    the CPU instead of failing. While it runs, ``sys.argv`` is the program followed by ``args``:
+    Lightning's DDP launcher starts the other processes from ``sys.argv``, so ``sleepstream fit
+    ... --trainer.devices 2 --trainer.strategy ddp`` starts them as ``sleepstream fit ...``
+    too.
     """
     os.environ.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")
-    argv, sys.argv = sys.argv, sys.argv[:1]  # the arguments come from ``args`` only
+    # The arguments come from ``args`` only; without a command, none are left for a launcher.
+    argv, sys.argv = sys.argv, [sys.argv[0], *(args if run else [])]
     try:
         return LightningCLI(
             SleepWakeModule,
