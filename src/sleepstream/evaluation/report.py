@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from sleepstream.evaluation.metrics import WASA_KEYS, summarize, to_jsonable
-from sleepstream.events import OnsetTracker
 from sleepstream.evaluation.plots import (
     plot_bland_altman,
     plot_nights,
@@ -25,6 +24,7 @@ from sleepstream.evaluation.plots import (
 from sleepstream.evaluation.predictions import LosoResult
 from sleepstream.evaluation.scenarios import HEADLINE, SCENARIO_NAMES, scenario
 from sleepstream.evaluation.seeds import seed_spread, subject_bootstrap, threshold_spread
+from sleepstream.events import OnsetTracker
 
 Seeded = tuple[LosoResult, int | None]
 """One predictor's result in one scenario, and the seed it was trained with."""
