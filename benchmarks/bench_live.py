@@ -24,27 +24,17 @@ import torch
 
 from sleepstream.live.backends import NumpyStep
 from sleepstream.live.detector import SleepDetector
+from sleepstream.signal import synthetic
 
 RATE = 50.0
 
 
-def wrist_signal(seconds: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Rest with breathing sway and noise, a movement burst every few minutes; (n, 3) in g."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(0.0, seconds, 1.0 / RATE)
-    xyz = np.zeros((len(t), 3))
-    xyz[:, 2] = -0.98 + 0.01 * np.sin(2 * np.pi * 0.25 * t)
-    xyz += rng.normal(0, 0.004, xyz.shape)
-    burst = (t % 240.0) < 2.0
-    xyz[burst, 2] += 0.4 * np.sin(2 * np.pi * 4.0 * t[burst])
-    return t, xyz
-
-
 def run(seconds: float, chunk_seconds: float, model: NumpyStep) -> dict[str, float]:
-    t, xyz = wrist_signal(seconds)
+    t = synthetic.sample_times(seconds, RATE)
+    xyz = synthetic.as_xyz(synthetic.night(t))
     hr_t = np.arange(0.0, seconds, 5.0)
     hr = 60.0 + 3.0 * np.sin(hr_t / 600.0)
-    detector = SleepDetector(model, start=0.0, close_lag=5.0)
+    detector = SleepDetector(model, close_lag=5.0)
     per_chunk = int(chunk_seconds * RATE)
     latencies: list[float] = []
     feed_time = 0.0

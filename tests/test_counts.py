@@ -1,4 +1,4 @@
-"""Activity counts from raw acceleration: the published pipeline and the ``motion/`` path.
+"""Activity counts from raw acceleration: the published pipeline, its FIR, and the ``motion/`` path.
 
 Expected values are derived by hand from the pipeline definition (te Lindert & Van Someren 2013,
 as coded by Walch et al.: MATLAB ``histc`` bin indices, which start at 1). A 5 Hz sine of
@@ -13,6 +13,11 @@ filter's gain at 5 Hz must stay above 0.46875 / 0.4755 = 0.986; it is |H(5 Hz)|^
 (checked below), so the count is exact. Linear interpolation of irregular samples can only lower
 the peaks: with gaps up to 26 ms a peak drops at most to 0.5 * cos(pi * 5 Hz * 26 ms) = 0.459 g,
 bin 12, so irregularly sampled counts lie between (15 * 12 - 18) * 3.07 = 497.34 and 543.39.
+
+The FIR that replaces the forward-backward filter (:func:`fir_taps`) must keep that margin too:
+its gain at 5 and 7 Hz must stay above 0.986 as well. Truncated at +-2 s it matches ``|H|^2``
+within 0.0004 at every frequency (``docs/counts-agreement.md``); the test allows 0.001.
+Recordings with ``motion/`` get the FIR counts (:func:`counts_fir`), the counts of the live path.
 """
 
 from __future__ import annotations
@@ -34,8 +39,10 @@ from sleepstream.signal.counts import (
     bandpass_sos,
     counts_from_second_maxima,
     counts_offline,
+    fir_taps,
     quantise,
 )
+from sleepstream.signal.live_counts import DELAY_SECONDS, counts_fir
 
 if TYPE_CHECKING:
     from conftest import SyntheticNight
@@ -73,6 +80,39 @@ def test_filter_gain_in_and_out_of_band() -> None:
     assert zero_phase_gain[1] > 0.986  # the margin derived in the module docstring
     assert zero_phase_gain[2] > 0.986
     assert zero_phase_gain[0] < 1e-6 and zero_phase_gain[3] < 1e-3
+
+
+@pytest.mark.parametrize("half_width", [1.0, 2.0, 5.0])
+def test_fir_taps_are_the_zero_phase_response(half_width: float) -> None:
+    taps = fir_taps(half_width)
+    m = round(half_width * SAMPLE_RATE)
+    assert taps.shape == (2 * m + 1,)
+    np.testing.assert_array_equal(taps, taps[::-1])  # linear phase: a delay of exactly m steps
+    assert abs(taps.sum()) < 1e-12  # no gain at 0 Hz: gravity does not leak through
+    # The forward-backward filter's response to an impulse, less the small constant that
+    # removes the truncated response's gain at 0 Hz (0.006 / 101 taps at +-1 s).
+    impulse = np.zeros(4001)
+    impulse[2000] = 1.0
+    zero_phase = signal.sosfiltfilt(bandpass_sos(), impulse, padtype=None)[2000 - m : 2001 + m]
+    np.testing.assert_allclose(taps, zero_phase, rtol=0, atol=1e-4)
+    assert np.ptp(taps - zero_phase) < 1e-12
+
+
+def test_fir_gain_matches_the_zero_phase_gain() -> None:
+    frequencies = np.linspace(0.0, SAMPLE_RATE / 2, 501)
+    _, fir = signal.freqz(fir_taps(DELAY_SECONDS), worN=frequencies, fs=SAMPLE_RATE)
+    _, iir = signal.sosfreqz(bandpass_sos(), worN=frequencies, fs=SAMPLE_RATE)
+    np.testing.assert_allclose(np.abs(fir), np.abs(iir) ** 2, atol=1e-3)
+    in_band = np.abs(fir[(frequencies >= 5.0) & (frequencies <= 7.0)])
+    assert (in_band > 0.986).all()  # the margin derived in the module docstring
+
+
+@pytest.mark.parametrize(
+    ("half_width", "message"), [(0.0, "= 0.0"), (0.011, "0.011 s"), (-1.0, "= -50.0")]
+)
+def test_fir_taps_need_a_whole_positive_number_of_samples(half_width: float, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        fir_taps(half_width)
 
 
 def test_quantise_numbers_bins_from_one() -> None:
@@ -181,9 +221,10 @@ def test_load_recording_computes_counts_from_motion(
     assert r.count_source == "motion"
     assert r.accel is None  # raw acceleration only on request
     assert r.count_times[0] == pytest.approx(times[0], abs=1e-6)
-    # Every window is full: it ends within one 50 Hz step of the last sample, and none is missed.
-    assert r.count_times[-1] + 15.0 <= times[-1] + 1.0 / SAMPLE_RATE
-    assert r.count_times[-1] + 30.0 > times[-1]
+    # Every window with a count was ready, the FIR's look-ahead included, and none is missed.
+    ready = r.count_times + 15.0 - 1.0 / SAMPLE_RATE + DELAY_SECONDS
+    assert ready[-1] <= times[-1] + 1e-6
+    assert ready[-1] + 15.0 > times[-1]
     _assert_rest_and_shaking(r.count_times, r.counts)
 
 
@@ -198,7 +239,7 @@ def test_motion_is_preferred_over_counts_and_kept_on_request(night: SyntheticNig
     np.testing.assert_allclose(r.accel_times, times, atol=1e-6)
     assert r.accel.shape == (len(times), 3)
     np.testing.assert_allclose(r.accel[:, 2], z, atol=1e-6)
-    expected_times, expected = counts_offline(r.accel_times, r.accel[:, 2])
+    expected_times, expected = counts_fir(r.accel_times, r.accel[:, 2])  # the live counts
     np.testing.assert_array_equal(r.count_times, expected_times)
     np.testing.assert_array_equal(r.counts, expected)
     _assert_rest_and_shaking(r.count_times, r.counts)

@@ -244,3 +244,91 @@ def test_detector_runs_an_exported_onnx_model(
     got = replay(SleepDetector(OnnxBackend(path)), events)
     assert len(got) == len(expected) > 100
     assert max(abs(a.p_model - b.p_model) for a, b in zip(got, expected, strict=True)) <= 1e-5
+
+
+def _mid_stream_detector(step_model: TorchStep) -> tuple[SleepDetector, list[EpochResult]]:
+    """A detector part-way through a generated stream with every kind of input."""
+    from sleepstream.signal.synthetic import as_xyz, generate
+
+    detector = SleepDetector(step_model, close_lag=10.0)
+    t, z = generate("night", 600.0, 50.0, seed=2)
+    results = detector.add_context(MotionContext(100.0, "cycling", "high"))
+    results += detector.add_heart_rate(np.arange(0.0, 600.0, 5.0), 60 + np.zeros(120))
+    results += detector.add_acceleration(t[: len(t) // 2], as_xyz(z[: len(t) // 2]))
+    results += detector.add_context(MotionContext(400.0, "stationary", "high"))
+    return detector, results
+
+
+def _rest_of_stream(detector: SleepDetector) -> list[EpochResult]:
+    from sleepstream.signal.synthetic import as_xyz, generate
+
+    t, z = generate("night", 600.0, 50.0, seed=2)
+    half = len(t) // 2
+    return detector.add_acceleration(t[half:], as_xyz(z[half:])) + detector.advance(700.0)
+
+
+def test_snapshot_is_data_and_restores_every_kind_of_input(step_model: TorchStep) -> None:
+    import io
+
+    detector, before = _mid_stream_detector(step_model)
+    assert any(r.vetoed for r in before)  # the context rule is part of what is carried
+    blob = detector.snapshot()
+    with np.load(io.BytesIO(blob), allow_pickle=False) as archive:  # plain arrays, no pickle
+        assert "header" in archive.files and "model_state" in archive.files
+    expected = _rest_of_stream(detector)
+    restored = SleepDetector(step_model, close_lag=10.0)
+    restored.restore(blob)
+    assert _rest_of_stream(restored) == expected
+    assert any(r.vetoed for r in expected) or any(
+        r.vetoed for r in _mid_stream_detector(step_model)[1]
+    )
+
+
+class _Exploit:
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (print, ("this must never run",))
+
+
+@pytest.mark.parametrize(
+    "blob,message",
+    [
+        (pickle.dumps(_Exploit()), "not a sleepstream detector snapshot"),
+        (b"", "not a sleepstream detector snapshot"),
+        (b"PK\x03\x04broken", "not a sleepstream detector snapshot"),
+    ],
+)
+def test_restore_refuses_what_is_not_a_snapshot(
+    step_model: TorchStep, blob: bytes, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    detector = SleepDetector(step_model)
+    with pytest.raises(ValueError, match=message):
+        detector.restore(blob)
+    assert "must never run" not in capsys.readouterr().out
+
+
+def test_restore_refuses_other_settings_models_and_bad_values(step_model: TorchStep) -> None:
+    import io
+    import json
+
+    from sleepstream.live import state
+
+    detector, _ = _mid_stream_detector(step_model)
+    blob = detector.snapshot()
+    with pytest.raises(ValueError, match="other detector settings .*close_lag"):
+        SleepDetector(step_model, close_lag=0.0).restore(blob)
+    other = TorchStep(SleepGRU(hidden_size=16), {"wasa93": 0.6})
+    with pytest.raises(ValueError, match="taken with model"):
+        SleepDetector(other, close_lag=10.0).restore(blob)
+
+    header, arrays = state.unpack(blob)
+    arrays["model_state"] = np.full_like(arrays["model_state"], np.nan)
+    with pytest.raises(ValueError, match="model_state.*non-finite"):
+        SleepDetector(step_model, close_lag=10.0).restore(state.pack(header, arrays))
+    header, arrays = state.unpack(blob)
+    bumped = {**header, "version": 99}
+    buffer = io.BytesIO()
+    np.savez(buffer, header=np.array(json.dumps(bumped)), **arrays)
+    target = SleepDetector(step_model, close_lag=10.0)
+    with pytest.raises(ValueError, match="version 99 is not supported"):
+        target.restore(buffer.getvalue())
+    assert target.snapshot() == SleepDetector(step_model, close_lag=10.0).snapshot()  # unchanged

@@ -61,6 +61,19 @@ class OnsetTracker:
             return "fell_asleep"
         return None
 
+    def get_state(self) -> dict[str, int | bool]:
+        """The state as plain values, for a portable snapshot."""
+        return {"asleep": self.asleep, "run": self._run}
+
+    def set_state(self, state: dict[str, object]) -> None:
+        """Continue from :meth:`get_state`; ``ValueError`` on anything else."""
+        asleep, run = state.get("asleep"), state.get("run")
+        if not isinstance(asleep, bool) or isinstance(run, bool) or not isinstance(run, int):
+            raise ValueError(f"tracker state {state!r}: expected asleep (bool) and run (int)")
+        if not 0 <= run < max(self.fall_asleep_epochs, self.wake_up_epochs):
+            raise ValueError(f"tracker run {run} is out of range for {self!r}")
+        self.asleep, self._run = asleep, run
+
     def clone(self) -> OnsetTracker:
         """A fresh tracker (awake, no run) with the same parameters."""
         return OnsetTracker(self.fall_asleep_epochs, self.wake_up_epochs)

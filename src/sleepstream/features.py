@@ -170,6 +170,38 @@ class CausalFeatures:
         """A fresh extractor with the same parameters and no state."""
         return CausalFeatures(self.hr_baseline_seconds, self.baseline_quantile)
 
+    # -- state as data ---------------------------------------------------------------------
+    def get_state(self) -> tuple[dict[str, float], dict[str, NDArray[np.float64]]]:
+        """The state as plain numbers (``-inf``: never) and arrays, for a portable snapshot."""
+        hr_t, hr_v = self._hr.view()
+        ct_t, ct_v = self._counts.view()
+        numbers = {
+            "last_hr_time": self._last_hr_time,
+            "last_count_time": self._last_count_time,
+            "last_movement_time": self._last_movement_time,
+            "closed_until": self._closed_until,
+        }
+        arrays = {"hr_times": hr_t, "hr_bpm": hr_v, "count_times": ct_t, "counts": ct_v}
+        return numbers, {k: v.copy() for k, v in arrays.items()}
+
+    def set_state(self, numbers: dict[str, float], arrays: dict[str, NDArray[np.float64]]) -> None:
+        """Continue from :meth:`get_state`; ``ValueError`` if the arrays are not time series."""
+        for times, values in (("hr_times", "hr_bpm"), ("count_times", "counts")):
+            t, v = arrays[times], arrays[values]
+            if t.shape != v.shape or (len(t) > 1 and np.any(np.diff(t) < 0)):
+                raise ValueError(f"{times}/{values} must be equal-length series in time order")
+        fresh = self.clone()
+        for t, v in zip(arrays["hr_times"].tolist(), arrays["hr_bpm"].tolist(), strict=True):
+            fresh._hr.append(t, v)
+        for t, v in zip(arrays["count_times"].tolist(), arrays["counts"].tolist(), strict=True):
+            fresh._counts.append(t, v)
+        fresh._hr_sorted = sorted(arrays["hr_bpm"].tolist())
+        fresh._last_hr_time = numbers["last_hr_time"]
+        fresh._last_count_time = numbers["last_count_time"]
+        fresh._last_movement_time = numbers["last_movement_time"]
+        fresh._closed_until = numbers["closed_until"]
+        self.__dict__.update(fresh.__dict__)
+
     # -- input -------------------------------------------------------------------------------
     def _check_time(self, t: float, what: str) -> None:
         if not math.isfinite(t):

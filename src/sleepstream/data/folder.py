@@ -37,7 +37,7 @@ from sleepstream.signal.live_counts import counts_fir
 log = logging.getLogger(__name__)
 
 DATA_ENV = "SLEEPSTREAM_DATA"
-CACHE_VERSION = "3"
+CACHE_VERSION = "4"
 _STAT_HASH_LIMIT = 16 * 2**20  # above this size a file's hash is remembered per (size, mtime)
 
 

@@ -228,7 +228,7 @@ def counts_vectors(seconds: float = 120.0, seed: int = 0) -> dict[str, Any]:
     The public nights have no raw acceleration, so the input is generated: rest with breathing
     sway and sensor noise, a twitch, and turning over. An app's port of
     :class:`~sleepstream.signal.live_counts.StreamingCounts` must reproduce ``counts`` from
-    ``times`` and ``z`` (two causal passes of the 3-11 Hz band-pass, 50 Hz grid from t = 0).
+    ``times`` and ``z`` (the linear-phase FIR of the 3-11 Hz band-pass, 50 Hz grid from t = 0).
     """
     from sleepstream.signal.live_counts import StreamingCounts
 
@@ -248,7 +248,7 @@ def counts_vectors(seconds: float = 120.0, seed: int = 0) -> dict[str, Any]:
     stream = StreamingCounts(origin=0.0)
     count_times, counts = stream.update(times, z)
     return {
-        "description": "raw z acceleration (g) -> StreamingCounts(origin=0, passes=2) -> counts",
+        "description": "raw z acceleration (g) -> StreamingCounts(origin=0) (linear-phase FIR, 2 s delay) -> counts",
         "times": times.tolist(),
         "z": z.tolist(),
         "count_times": count_times.tolist(),

@@ -6,6 +6,7 @@ order), picks its network's inputs, and runs one epoch.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,6 +19,15 @@ from sleepstream.features import FEATURE_NAMES
 from sleepstream.models.net import SleepNet
 
 
+def net_id(net: SleepNet) -> str:
+    """Identity of a network's weights: equal for the same weights in every backend."""
+    digest = hashlib.blake2b(type(net).__name__.encode(), digest_size=12)
+    for name, tensor in sorted(net.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().float().numpy().tobytes())
+    return digest.hexdigest()
+
+
 class TorchStep:
     """A :class:`~sleepstream.models.net.SleepNet` stepped one epoch at a time, on the CPU."""
 
@@ -27,6 +37,7 @@ class TorchStep:
         # microseconds).
         torch.set_num_threads(1)
         self.net = net.cpu().eval()
+        self.model_id = net_id(self.net)
         self.feature_names: Sequence[str] = net.feature_names
         self.thresholds = dict(thresholds or {})
         self._columns = np.array([FEATURE_NAMES.index(n) for n in net.feature_names])
@@ -67,6 +78,7 @@ class NumpyStep:
     """
 
     def __init__(self, net: SleepNet, thresholds: dict[str, float] | None = None):
+        self.model_id = net_id(net)
         self.feature_names: Sequence[str] = net.feature_names
         self.thresholds = dict(thresholds or {})
         self.architecture = type(net).__name__
@@ -148,6 +160,9 @@ class OnnxBackend:
         from sleepstream.export.onnx import OnnxStep
 
         self.onnx = OnnxStep(path)
+        self.model_id = (
+            "onnx-" + hashlib.blake2b(Path(path).read_bytes(), digest_size=12).hexdigest()
+        )
         self.feature_names: Sequence[str] = list(self.onnx.metadata.feature_names)
         self.thresholds = dict(self.onnx.metadata.thresholds)
         self._columns = np.array([FEATURE_NAMES.index(n) for n in self.feature_names])

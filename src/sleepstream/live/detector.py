@@ -20,27 +20,31 @@ Timing rules
 - A sample older than the end of the last closed epoch is *late*: it is not merged into a closed
   epoch but counted per stream (:attr:`SleepDetector.late_samples`) and reported in the next
   results.
-- The count of a 15 s window is ready when the acceleration reaches the window's last grid
-  point; a window not complete when its epoch closes is missing for that epoch.
+- Counts made from raw acceleration come from a linear-phase filter whose output lags by
+  ``StreamingCounts.delay_seconds`` (2 s): the count of a 15 s window is ready when the
+  acceleration reaches the window's last grid point plus that delay, so while acceleration
+  flows, an epoch closes that much later. A window not complete when its epoch closes is
+  missing for that epoch.
 """
 
 from __future__ import annotations
 
-import copy
 import heapq
+import json
 import logging
 import math
-import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from sleepstream.events import OnsetTracker
 from sleepstream.features import CausalFeatures
-from sleepstream.live.context import ContextVeto, MotionContext
+from sleepstream.live import state
+from sleepstream.live.context import ACTIVITIES, CONFIDENCES, ContextVeto, MotionContext
+from sleepstream.live.state import finite_or_none
 from sleepstream.live.units import check_acceleration_units
 from sleepstream.records import EPOCH_SECONDS
 from sleepstream.signal.live_counts import LateSampleError, StreamingCounts
@@ -262,7 +266,9 @@ class SleepDetector:
             k = math.floor((first - self.origin) / EPOCH_SECONDS)
             self._next_start = self.origin + k * EPOCH_SECONDS
         results = []
-        while self._next_start + EPOCH_SECONDS + self.close_lag <= self._clock:
+        # Counts made from raw acceleration are ready ``delay_seconds`` after their window ends.
+        counts_delay = self._counts.delay_seconds if self._counts.last_time is not None else 0.0
+        while self._next_start + EPOCH_SECONDS + self.close_lag + counts_delay <= self._clock:
             results.append(self._close(self._next_start))
             self._next_start += EPOCH_SECONDS
         return results
@@ -305,16 +311,129 @@ class SleepDetector:
         )
 
     # -- persistence ---------------------------------------------------------------------------
+    def _settings(self) -> dict[str, Any]:
+        return {
+            "threshold": self.threshold,
+            "fall_asleep_epochs": self.fall_asleep_epochs,
+            "wake_up_epochs": self.wake_up_epochs,
+            "veto": {
+                "activities": list(self.veto.activities),
+                "min_confidence": self.veto.min_confidence,
+            },
+            "origin": self.origin,
+            "close_lag": self.close_lag,
+            "check_units": self.check_units,
+        }
+
     def snapshot(self) -> bytes:
-        """Everything needed to continue this stream later, without the model's weights."""
-        state = copy.copy(self.__dict__)
-        state.pop("model")
-        return pickle.dumps(state)
+        """Everything needed to continue this stream later, as portable data (no weights).
+
+        The bytes are named arrays with a versioned JSON header (:mod:`sleepstream.live.state`),
+        never a pickle: restoring them cannot run code.
+        """
+        features, feature_arrays = self._features.get_state()
+        counts, count_arrays = self._counts.get_state()
+        queue = sorted(self._queue)
+        header = {
+            "model_id": model_id(self.model),
+            "settings": self._settings(),
+            "clock": finite_or_none(self._clock),
+            "next_start": self._next_start,
+            "closed_until": finite_or_none(self._closed_until),
+            "order": self._order,
+            "units_checked": self._units_checked,
+            "late_samples": self.late_samples,
+            "late_since_result": self._late_since_result,
+            "tracker": self._tracker.get_state(),
+            "features": {k: finite_or_none(v) for k, v in features.items()},
+            "counts": counts,
+        }
+        arrays: dict[str, NDArray[Any]] = {
+            "model_state": np.asarray(self._state, dtype=np.float32),
+            "queue_time": np.array([e.time for e in queue], dtype=np.float64),
+            "queue_order": np.array([e.order for e in queue], dtype=np.int64),
+            "queue_stream": np.array([_STREAMS.index(e.stream) for e in queue], dtype=np.int8),
+            "queue_value": np.array([_event_value(e) for e in queue], dtype=np.float64),
+            "context": _context_array(self._context),
+            "queue_context": _context_array(_queued_contexts(queue)),
+        }
+        arrays.update({f"features_{k}": v for k, v in feature_arrays.items()})
+        arrays.update({f"counts_{k}": v for k, v in count_arrays.items()})
+        return state.pack(header, arrays)
 
     def restore(self, snapshot: bytes) -> None:
-        """Continue from a :meth:`snapshot` (taken with the same model)."""
-        state = pickle.loads(snapshot)
-        self.__dict__.update(state)
+        """Continue from a :meth:`snapshot` taken with the same model and settings.
+
+        Raises ``ValueError``, leaving the detector unchanged, when the bytes are not a snapshot
+        of this format and version, were taken with another model or other settings (they are
+        never silently replaced), or hold malformed or non-finite values.
+        """
+        header, arrays = state.unpack(snapshot)
+        if header.get("model_id") != model_id(self.model):
+            raise ValueError(
+                f"snapshot was taken with model {header.get('model_id')!r}, this detector runs "
+                f"{model_id(self.model)!r}"
+            )
+        theirs, mine = header.get("settings"), json.loads(json.dumps(self._settings()))
+        if theirs != mine:
+            differing = sorted(
+                k for k in mine if not isinstance(theirs, dict) or theirs.get(k) != mine[k]
+            )
+            raise ValueError(
+                f"snapshot was taken with other detector settings ({', '.join(differing)}); "
+                "create the detector with the same settings to restore it"
+            )
+        fresh = self.clone()
+        fresh._load(header, arrays)
+        self.__dict__.update(fresh.__dict__)
+
+    def _load(self, header: dict[str, Any], arrays: dict[str, NDArray[Any]]) -> None:
+        model_state = state.array(arrays, "model_state", np.float32, (None, None))
+        if model_state.shape != np.shape(self._state):
+            raise ValueError(
+                f"snapshot model state has shape {model_state.shape}, expected {np.shape(self._state)}"
+            )
+        self._state = model_state
+        times = state.array(arrays, "queue_time", np.float64)
+        orders = state.array(arrays, "queue_order", np.int64)
+        streams = state.array(arrays, "queue_stream", np.int8)
+        values = state.array(arrays, "queue_value", np.float64, finite=False)
+        if not len(times) == len(orders) == len(streams) == len(values):
+            raise ValueError("snapshot queue arrays differ in length")
+        if np.any((streams < 0) | (streams >= len(_STREAMS))):
+            raise ValueError("snapshot queue names an unknown stream")
+        self._context = _contexts(state.array(arrays, "context", np.float64, (None, 3)))
+        queued = _contexts(state.array(arrays, "queue_context", np.float64, (None, 3)))
+        queued_iter = iter(queued)
+        self._queue = []
+        for t, order, stream, value in zip(
+            times.tolist(), orders.tolist(), streams.tolist(), values.tolist(), strict=True
+        ):
+            name = _STREAMS[stream]
+            item: object = next(queued_iter, None) if name == "context" else value
+            if item is None or (name != "context" and not math.isfinite(value)):
+                raise ValueError("snapshot queue holds a malformed entry")
+            self._queue.append(_Event(t, order, name, item))
+        heapq.heapify(self._queue)
+        self._order = int(state.number(header, "order") or 0)
+        self._clock = state.number(header, "clock", optional=True) or -math.inf
+        self._next_start = state.number(header, "next_start", optional=True)
+        self._closed_until = state.number(header, "closed_until", optional=True) or -math.inf
+        self._units_checked = bool(header.get("units_checked"))
+        self.late_samples = _counts_dict(header.get("late_samples"))
+        self._late_since_result = _counts_dict(header.get("late_since_result"))
+        self._tracker.set_state(header.get("tracker") or {})
+        numbers = header.get("features")
+        if not isinstance(numbers, dict):
+            raise ValueError("snapshot has no feature state")
+        self._features.set_state(
+            {k: -math.inf if numbers.get(k) is None else float(numbers[k]) for k in _FEATURE_TIMES},
+            {k: state.array(arrays, f"features_{k}", np.float64) for k in _FEATURE_ARRAYS},
+        )
+        self._counts.set_state(
+            header.get("counts"),
+            {k[len("counts_") :]: v for k, v in arrays.items() if k.startswith("counts_")},
+        )
 
     def clone(self) -> SleepDetector:
         """A fresh detector with the same parameters and model, no samples seen."""
@@ -363,6 +482,49 @@ def _pair(
             f"{what}: time goes backwards at index {i} ({t[i - 1]:.3f} -> {t[i]:.3f} s)"
         )
     return t, v
+
+
+_STREAMS: tuple[Stream, ...] = ("acceleration", "heart_rate", "counts", "context")
+_FEATURE_TIMES = ("last_hr_time", "last_count_time", "last_movement_time", "closed_until")
+_FEATURE_ARRAYS = ("hr_times", "hr_bpm", "count_times", "counts")
+
+
+def model_id(model: StepModel) -> str:
+    """The model's identity for snapshots (its weights' hash where the backend knows it)."""
+    return str(getattr(model, "model_id", None) or type(model).__name__)
+
+
+def _event_value(event: _Event) -> float:
+    return math.nan if isinstance(event.value, MotionContext) else float(event.value)  # type: ignore[arg-type]
+
+
+def _queued_contexts(queue: Sequence[_Event]) -> list[MotionContext]:
+    return [e.value for e in queue if isinstance(e.value, MotionContext)]
+
+
+def _context_array(contexts: Sequence[MotionContext]) -> NDArray[np.float64]:
+    rows = [
+        (c.time, ACTIVITIES.index(c.activity), CONFIDENCES.index(c.confidence)) for c in contexts
+    ]
+    return np.array(rows, dtype=np.float64).reshape(-1, 3)
+
+
+def _contexts(rows: NDArray[np.float64]) -> list[MotionContext]:
+    out = []
+    for t, activity, confidence in rows.tolist():
+        if not (0 <= activity < len(ACTIVITIES) and 0 <= confidence < len(CONFIDENCES)):
+            raise ValueError("snapshot context names an unknown activity or confidence")
+        out.append(MotionContext(t, ACTIVITIES[int(activity)], CONFIDENCES[int(confidence)]))
+    return out
+
+
+def _counts_dict(value: object) -> dict[str, int]:
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0
+        for k, v in value.items()
+    ):
+        raise ValueError(f"snapshot late-sample counts {value!r:.80} are malformed")
+    return dict(value)
 
 
 __all__ = ["EpochResult", "SleepDetector", "StepModel"]

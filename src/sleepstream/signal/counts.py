@@ -6,7 +6,14 @@ equal bins over 0-5 g (the bin index, from 1, is the value); maximum per second;
 per-second maxima over each 15 s window; ``count = max(0, (sum - 18) * 3.07)``.
 
 :func:`counts_offline` is that pipeline. Its forward-backward filter looks into the future, so it
-is for reading recorded nights only, never for live use.
+is the non-causal reference only: for comparison, never for live use nor for training.
+
+:func:`fir_taps` designs the filter that replaces it everywhere else: a linear-phase FIR with the
+zero-phase magnitude response, truncated to a look-ahead of a few seconds. It runs in
+:class:`~sleepstream.signal.live_counts.StreamingCounts`, live and (through
+:func:`~sleepstream.signal.live_counts.counts_fir`) on recorded raw acceleration, so training and
+live use see the same counts. ``docs/counts-agreement.md`` measures how close they are to the
+published ones.
 """
 
 from __future__ import annotations
@@ -32,6 +39,62 @@ def bandpass_sos(sample_rate: float = SAMPLE_RATE) -> NDArray[np.float64]:
     return np.asarray(
         signal.butter(FILTER_ORDER, BAND_HZ, btype="bandpass", fs=sample_rate, output="sos")
     )
+
+
+def fir_taps(
+    half_width_seconds: float, sample_rate: float = SAMPLE_RATE, window: str = "boxcar"
+) -> NDArray[np.float64]:
+    """Taps of the linear-phase FIR that approximates the zero-phase (forward-backward) band-pass.
+
+    Filtering forward and backward with the Butterworth band-pass of :func:`bandpass_sos` is a
+    convolution with the autocorrelation of its impulse response: a symmetric, zero-phase
+    response with gain ``|H|^2``. It decays fast (the part beyond +-1 s has 0.6 % of its
+    root-mean-square, beyond +-2 s 0.015 %), so truncated to +-``half_width_seconds`` it is a
+    causal FIR whose output is the zero-phase output delayed by exactly ``half_width_seconds``.
+
+    Parameters
+    ----------
+    half_width_seconds
+        Half the length of the response kept, in seconds: the FIR's delay. Times
+        ``sample_rate`` it must be a whole positive number ``M``; the FIR has ``2 M + 1`` taps.
+    sample_rate
+        Sampling rate of the filtered signal, in Hz.
+    window
+        Taper applied to the truncated response (any name :func:`scipy.signal.get_window`
+        accepts). The default ``"boxcar"`` keeps the response as it is: it is already near zero
+        at the cut, and a taper such as ``"hann"`` lowers the gain inside the band instead
+        (``docs/counts-agreement.md``).
+
+    Returns
+    -------
+    taps
+        ``2 M + 1`` symmetric taps with zero gain at 0 Hz (to rounding): the truncated
+        response's small sum is removed (in proportion to the window), so gravity on the z
+        axis, up to 1 g, does not leak into the filtered signal.
+
+    Examples
+    --------
+    >>> taps = fir_taps(2.0)
+    >>> len(taps), bool(np.allclose(taps, taps[::-1])), abs(float(taps.sum())) < 1e-15
+    (201, True, True)
+    """
+    half = half_width_seconds * sample_rate
+    if not (half > 0 and float(half).is_integer()):
+        raise ValueError(
+            f"half_width_seconds * sample_rate must be a whole positive number of samples, got "
+            f"{half_width_seconds!r} s * {sample_rate!r} Hz = {half!r}"
+        )
+    m = int(half)
+    # The Butterworth impulse response has decayed far below double precision after 20 s.
+    length = m + int(20 * sample_rate)
+    impulse = np.zeros(length)
+    impulse[0] = 1.0
+    forward = signal.sosfilt(bandpass_sos(sample_rate), impulse)
+    zero_phase = np.correlate(forward, forward, mode="full")  # lag 0 at index length - 1
+    taper = np.asarray(signal.get_window(window, 2 * m + 1, fftbins=False), dtype=np.float64)
+    taps = zero_phase[length - 1 - m : length + m] * taper
+    taps -= taper * (taps.sum() / taper.sum())
+    return np.asarray((taps + taps[::-1]) / 2, dtype=np.float64)
 
 
 def quantise(magnitude: NDArray[np.float64]) -> NDArray[np.float64]:

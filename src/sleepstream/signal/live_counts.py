@@ -1,37 +1,53 @@
-"""Causal activity counts from a live stream of wrist acceleration.
+"""Activity counts with a look-ahead of a few seconds, live and on recordings: one implementation.
 
-:class:`StreamingCounts` computes the counts of :mod:`sleepstream.signal.counts` from samples as
-they arrive, using nothing after the newest sample. It differs from the published pipeline
-(:func:`~sleepstream.signal.counts.counts_offline`) in two places only:
+:class:`StreamingCounts` computes activity counts from wrist z acceleration as it arrives, in
+chunks of any size. It follows the published pipeline of :mod:`sleepstream.signal.counts` except
+for the filter:
 
-- **Filter.** The same 3-11 Hz Butterworth band-pass runs ``passes`` times *forward* (``sosfilt``
-  with carried state) instead of forward and backward. Two forward passes have exactly the
-  magnitude response of the zero-phase filter, so steady movement gives the same counts; the phase
-  differs: the output lags the input (by 0.2-0.4 s between 8 and 4 Hz), so part of a movement
-  that ends near a window boundary is counted in the next window. ``docs/counts-agreement.md``
-  measures the difference.
+- **Filter.** The published forward-backward band-pass needs the whole recording. It is replaced
+  by a linear-phase FIR with the same (zero-phase) magnitude response, truncated to
+  +-``delay_seconds`` (:func:`~sleepstream.signal.counts.fir_taps`; default
+  :data:`DELAY_SECONDS`). Its output at grid point ``n`` is the zero-phase output there, up to
+  the truncation, and it is known ``delay_seconds`` after ``n``: the counts are causal with a
+  fixed delay. ``docs/counts-agreement.md`` measures their agreement with
+  :func:`~sleepstream.signal.counts.counts_offline`, and the choice of the delay.
 - **Grid and windows.** Samples are resampled onto the fixed grid ``origin + n / sample_rate`` by
   linear interpolation between consecutive samples (a grid point is produced once a sample at or
   after it has arrived), and 15 s windows start at ``origin + 15 k``. A live stream and a replay
   of the same samples therefore give the same windows, whatever the chunking.
 
+:func:`counts_fir` replays a whole recording through the class in one call. It is what training
+uses on raw ``motion/`` files (:mod:`sleepstream.data.folder`), so the model is trained on
+exactly the counts the live detector computes.
+
+Delay
+-----
+The count of window ``[t, t + 15 s)`` is returned by the :meth:`StreamingCounts.update` call whose
+samples reach ``t + 15 s - 1 / sample_rate + delay_seconds``: the window's last grid point plus
+the filter's look-ahead. With the defaults that is ``t + 16.98 s``. ``count_times`` are always the
+true window starts ``t``.
+
 Missing data
 ------------
-Two consecutive samples more than ``max_gap`` seconds apart make a *gap*: no grid point inside it
-is produced, the filter restarts at rest on the first sample after it, and every window the gap
-touches (the window it begins in, those inside it, the one where the stream resumes) has **no
-count**: it is missing, not zero, and is simply absent from the output. The first window of the
-stream is missing in the same way unless the first sample falls on its start. Gaps up to
-``max_gap`` are bridged by the linear interpolation, as in the published pipeline.
+Two consecutive samples more than ``max_gap`` seconds apart make a *gap*. No grid point inside it
+is produced, and the filter treats each side as a separate run: before the first sample of a run
+it sees that sample's value held since forever, after the last sample of a run that sample's
+value held for the look-ahead. So the windows that lie wholly inside a run keep their count (those
+ending within ``delay_seconds`` before a gap are returned when the first sample after the gap
+arrives), and every window the gap touches (the window it begins in, those inside it, the one
+where the stream resumes) has **no count**: it is missing, not zero, and is simply absent from the
+output. The first window of the stream is missing in the same way unless the first sample falls
+on its start. Gaps up to ``max_gap`` are bridged by the linear interpolation, as in the published
+pipeline.
 
-Latency and memory
-------------------
-The count of window ``[t, t + 15 s)`` is returned by the :meth:`StreamingCounts.update` call whose
-samples reach the window's last grid point, ``t + 15 s - 1 / sample_rate``. The state is the
-filter's, the last sample, and the interpolated values of the pending window (at most
-``15 * sample_rate`` numbers): it does not grow with the length of the stream. The filter runs
-once per closed window on the whole pending window, so small chunks cost little more than large
-ones.
+Memory and cost
+---------------
+The state is the FIR's (``2 * delay_seconds * sample_rate`` partial sums of its last inputs),
+the last sample, and the interpolated values not filtered yet (fewer than one window's): it does
+not grow with the length of the stream. :meth:`StreamingCounts.get_state` gives it as plain
+numbers and arrays for a portable snapshot. The filter runs once
+per closed window on that window's values, so small chunks cost little more than large ones, and
+the result does not depend on the chunking, to the last bit.
 """
 
 from __future__ import annotations
@@ -39,6 +55,8 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -48,8 +66,8 @@ from sleepstream.records import COUNT_SECONDS
 from sleepstream.signal.counts import (
     BAND_HZ,
     SAMPLE_RATE,
-    bandpass_sos,
     counts_from_second_maxima,
+    fir_taps,
     quantise,
 )
 
@@ -58,8 +76,8 @@ logger = logging.getLogger(__name__)
 MAX_GAP_SECONDS = 1.0
 """Default longest interval between two samples that is bridged by interpolation, in seconds."""
 
-PASSES = 2
-"""Default number of forward passes of the band-pass: two match the offline magnitude response."""
+DELAY_SECONDS = 2.0
+"""Default look-ahead (half length) of the FIR, in seconds: chosen in ``docs/counts-agreement.md``."""
 
 _SECONDS_PER_WINDOW = int(COUNT_SECONDS)
 
@@ -98,85 +116,135 @@ def _empty() -> NDArray[np.float64]:
     return np.zeros(0)
 
 
+def _state_int(numbers: Mapping[str, Any], key: str) -> int:
+    value = numbers.get(key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"counts state {key!r} is {value!r}, expected an integer")
+    return value
+
+
+def _state_float(numbers: Mapping[str, Any], key: str) -> float:
+    value = numbers.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"counts state {key!r} is {value!r}, expected a finite number")
+    return float(value)
+
+
+def _state_array(
+    arrays: Mapping[str, NDArray[Any]], name: str, length: int | None
+) -> NDArray[np.float64]:
+    """One array of a state: 1-D, real, finite, of the given length (``None``: any)."""
+    if name not in arrays:
+        raise ValueError(f"counts state has no {name!r} array")
+    value = np.asarray(arrays[name])
+    if (
+        value.dtype.kind not in "fi"
+        or value.ndim != 1
+        or (length is not None and len(value) != length)
+    ):
+        raise ValueError(
+            f"counts state array {name!r} is {value.dtype}{list(value.shape)}, expected "
+            f"float64[{'any' if length is None else length}]"
+        )
+    if not np.isfinite(value).all():
+        raise ValueError(f"counts state array {name!r} holds non-finite values")
+    return value.astype(np.float64, copy=True)
+
+
 class StreamingCounts:
-    """Causal activity counts of a stream of wrist z acceleration, fed in chunks of any size.
+    """Activity counts of a stream of wrist z acceleration, fed in chunks of any size.
+
+    Causal with a fixed delay: the count of window ``[t, t + 15 s)`` is returned once the stream
+    reaches ``t + 15 s - 1 / sample_rate + delay_seconds`` (module docstring), never earlier.
 
     Parameters
     ----------
     sample_rate
         Rate of the uniform grid the samples are interpolated onto, in whole Hz (50 in the
         published pipeline). Input may come at any rate and spacing.
-    passes
-        Number of forward passes of the band-pass; 2 matches the magnitude response of the
-        published forward-backward filter.
+    delay_seconds
+        Look-ahead of the linear-phase FIR, in seconds (a whole number of grid steps): the FIR
+        keeps +-``delay_seconds`` of the zero-phase filter's response, and each count is that
+        much later than the end of its window.
     origin
         Time, in seconds, of grid point 0 and of the start of window 0. Windows start at
         ``origin + 15 k`` for integer ``k`` (also negative).
     max_gap
         Longest interval between two consecutive samples that is interpolated over, in seconds;
         a longer one is a gap (module docstring). ``math.inf`` never resets.
+    window
+        Taper of the truncated response (:func:`~sleepstream.signal.counts.fir_taps`).
+
+    Attributes
+    ----------
+    taps
+        The FIR, ``2 * delay_seconds * sample_rate + 1`` taps.
 
     Examples
     --------
     >>> stream = StreamingCounts(origin=0.0)
+    >>> stream.delay_seconds
+    2.0
     >>> times = np.arange(0.0, 40.0, 0.02)
     >>> z = -1.0 + 0.5 * np.sin(2 * np.pi * 5.0 * times)
-    >>> count_times, counts = stream.update(times[:1000], z[:1000])  # 0-20 s: window 0 closes
-    >>> count_times.tolist()
+    >>> stream.update(times[:850], z[:850])[0].tolist()  # up to 16.98 s: window 0 is ready
     [0.0]
-    >>> stream.update(times[1000:], z[1000:])[0].tolist()  # 20-40 s: window 1 (15-30 s) closes
+    >>> stream.update(times[850:], z[850:])[0].tolist()  # up to 39.98 s: window 1 (15-30 s)
     [15.0]
     """
 
     def __init__(
         self,
         sample_rate: float = SAMPLE_RATE,
-        passes: int = PASSES,
+        delay_seconds: float = DELAY_SECONDS,
         origin: float = 0.0,
         max_gap: float = MAX_GAP_SECONDS,
+        window: str = "boxcar",
     ) -> None:
         if not (float(sample_rate).is_integer() and sample_rate > 2 * BAND_HZ[1]):
             raise ValueError(
                 f"sample_rate must be a whole number of Hz above {2 * BAND_HZ[1]:g} "
                 f"(the band-pass reaches {BAND_HZ[1]:g} Hz), got {sample_rate!r}"
             )
-        if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
-            raise ValueError(f"passes must be a positive integer, got {passes!r}")
         if not math.isfinite(origin):
             raise ValueError(f"origin must be a finite time in seconds, got {origin!r}")
         if not max_gap > 0:
             raise ValueError(f"max_gap must be a positive number of seconds, got {max_gap!r}")
+        self.taps = fir_taps(delay_seconds, float(sample_rate), window)  # checks delay_seconds
         self.sample_rate = sample_rate
-        self.passes = passes
+        self.delay_seconds = delay_seconds
         self.origin = origin
         self.max_gap = max_gap
+        self.window = window
 
         self._per_second = int(sample_rate)
         self._per_window = _SECONDS_PER_WINDOW * self._per_second
-        self._sos = np.tile(bandpass_sos(float(sample_rate)), (passes, 1))
-        self._zi_at_rest = signal.sosfilt_zi(self._sos)  # times the input level: steady state
+        self._half = len(self.taps) // 2  # look-ahead in grid steps
+        self._zi_at_rest = signal.lfilter_zi(self.taps, 1.0)  # times the input level
         # Stream state: everything below changes with update() and nothing grows with the stream.
         self._last_time: float | None = None
         self._last_value = 0.0
         self._zi = np.zeros_like(self._zi_at_rest)
         self._next_index = 0  # first grid index not produced yet
         self._run_start = 0  # first grid index after the start of the stream or the last gap
-        self._pending_start = 0  # grid index of _pending[0]
-        self._pending = _empty()  # interpolated values of the window not closed yet
+        self._pending_start = 0  # grid index of _pending[0]; its filtered value is _half earlier
+        self._pending = _empty()  # interpolated values not filtered yet
 
     def __repr__(self) -> str:
         return (
-            f"{type(self).__name__}(sample_rate={self.sample_rate!r}, passes={self.passes!r}, "
-            f"origin={self.origin!r}, max_gap={self.max_gap!r})"
+            f"{type(self).__name__}(sample_rate={self.sample_rate!r}, "
+            f"delay_seconds={self.delay_seconds!r}, origin={self.origin!r}, "
+            f"max_gap={self.max_gap!r}, window={self.window!r})"
         )
 
     def clone(self) -> StreamingCounts:
         """A fresh stream with the same parameters and no samples seen."""
         return type(self)(
             sample_rate=self.sample_rate,
-            passes=self.passes,
+            delay_seconds=self.delay_seconds,
             origin=self.origin,
             max_gap=self.max_gap,
+            window=self.window,
         )
 
     @property
@@ -184,10 +252,84 @@ class StreamingCounts:
         """Time of the newest sample accepted so far (``None`` before the first)."""
         return self._last_time
 
+    # --- state as data ---------------------------------------------------------------------------
+
+    def _parameters(self) -> dict[str, float | str]:
+        return {
+            "sample_rate": self.sample_rate,
+            "delay_seconds": self.delay_seconds,
+            "origin": self.origin,
+            "max_gap": self.max_gap,
+            "window": self.window,
+        }
+
+    def get_state(self) -> tuple[dict[str, Any], dict[str, NDArray[np.float64]]]:
+        """The state as JSON-ready values and arrays, for a portable snapshot (never a pickle).
+
+        Returns
+        -------
+        numbers
+            The parameters (checked on restore), the last sample (``last_time`` is ``None``
+            before the first) and the grid indices of the stream.
+        arrays
+            ``zi``: the FIR's state, ``2 * delay_seconds * sample_rate`` values; ``pending``:
+            the interpolated values not filtered yet (fewer than one window's).
+        """
+        numbers: dict[str, Any] = {
+            **self._parameters(),
+            "last_time": self._last_time,
+            "last_value": self._last_value,
+            "next_index": self._next_index,
+            "run_start": self._run_start,
+            "pending_start": self._pending_start,
+        }
+        return numbers, {"zi": self._zi.copy(), "pending": self._pending.copy()}
+
+    def set_state(self, numbers: object, arrays: Mapping[str, NDArray[Any]]) -> None:
+        """Continue from :meth:`get_state` (after a JSON round trip of ``numbers``).
+
+        Raises
+        ------
+        ValueError
+            The state was taken with other parameters, or is malformed: a missing or non-finite
+            value, arrays of the wrong shape, or indices that do not fit together. The stream
+            is then unchanged.
+        """
+        if not isinstance(numbers, Mapping):
+            raise ValueError(f"counts state must be a mapping, got {type(numbers).__name__}")
+        mine = self._parameters()
+        differing = sorted(k for k, v in mine.items() if numbers.get(k) != v)
+        if differing:
+            theirs = ", ".join(f"{k} = {numbers.get(k)!r} (here {mine[k]!r})" for k in differing)
+            raise ValueError(f"counts state was taken with other parameters: {theirs}")
+        fresh = self.clone()
+        if numbers.get("last_time") is None:  # no sample seen: nothing else to restore
+            self.__dict__.update(fresh.__dict__)
+            return
+        next_index, run_start, pending_start = (
+            _state_int(numbers, key) for key in ("next_index", "run_start", "pending_start")
+        )
+        pending = _state_array(arrays, "pending", None)
+        if not (
+            run_start <= pending_start
+            and pending_start + len(pending) == next_index
+            and len(pending) < fresh._per_window
+        ):
+            raise ValueError(
+                f"counts state indices do not fit together: next_index {next_index}, run_start "
+                f"{run_start}, pending_start {pending_start}, {len(pending)} pending values"
+            )
+        fresh._zi = _state_array(arrays, "zi", len(fresh._zi_at_rest))
+        fresh._last_time = _state_float(numbers, "last_time")
+        fresh._last_value = _state_float(numbers, "last_value")
+        fresh._next_index, fresh._run_start = next_index, run_start
+        fresh._pending_start, fresh._pending = pending_start, pending
+        self.__dict__.update(fresh.__dict__)
+
     def update(
         self, times: ArrayLike, z: ArrayLike
     ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-        """Take the next samples; return the counts of the windows they close.
+        """Take the next samples; return the counts of the windows that became ready.
 
         Parameters
         ----------
@@ -199,9 +341,10 @@ class StreamingCounts:
         Returns
         -------
         count_times, counts
-            Start time of each window that closed with this chunk and has a count (possibly
-            none), in increasing order, and its count. Each count summarises
-            ``[t, t + 15 s)``.
+            Start time of each window whose count became ready with this chunk (possibly none),
+            in increasing order, and its count. Each count summarises ``[t, t + 15 s)`` and is
+            ready once the samples reach ``t + 15 s - 1 / sample_rate + delay_seconds``, or
+            when a gap after the window ends its run.
 
         Raises
         ------
@@ -264,7 +407,7 @@ class StreamingCounts:
     def _advance_over_gaps(
         self, known_t: NDArray[np.float64], known_z: NDArray[np.float64], gaps: NDArray[np.intp]
     ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-        """Advance run by run; each gap (index of the first sample after it) restarts the filter."""
+        """Advance run by run; at each gap (index of the first sample after it) end the run."""
         bounds = [0, *gaps.tolist(), len(known_t)]
         pieces = []
         for start, stop in itertools.pairwise(bounds):
@@ -274,21 +417,27 @@ class StreamingCounts:
                     known_t[start - 1],
                     known_t[start],
                 )
+                pieces.append(self._end_run(float(known_z[start - 1])))
                 self._start_run(float(known_t[start]), float(known_z[start]))
             pieces.append(self._advance(known_t[start:stop], known_z[start:stop]))
         return np.concatenate([p[0] for p in pieces]), np.concatenate([p[1] for p in pieces])
 
     def _start_run(self, time: float, value: float) -> None:
-        """Begin a gap-free run at a sample: filter at rest on its value, pending window dropped."""
+        """Begin a gap-free run at a sample: its value held before it, pending values dropped."""
         index = self._first_index_at_or_after(time)
         self._next_index = self._run_start = self._pending_start = index
         self._pending = _empty()
         self._zi = self._zi_at_rest * value
 
+    def _end_run(self, value: float) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """Close the windows of a run that a gap ends, its last value held for the look-ahead."""
+        self._pending = np.concatenate((self._pending, np.full(self._half, value)))
+        return self._close_windows()
+
     def _advance(
         self, known_t: NDArray[np.float64], known_z: NDArray[np.float64]
     ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-        """Produce the grid points up to the last known sample of one run; close full windows."""
+        """Produce the grid points up to the last known sample of one run; close ready windows."""
         last = self._last_index_at_or_before(float(known_t[-1]))
         if last >= self._next_index:
             grid = self.origin + np.arange(self._next_index, last + 1) / self.sample_rate
@@ -297,19 +446,33 @@ class StreamingCounts:
         return self._close_windows()
 
     def _close_windows(self) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-        """Filter, quantise and sum the pending values of every window that is now complete."""
-        first_window = self._pending_start // self._per_window
-        lead = self._pending_start - first_window * self._per_window  # run began mid-window
+        """Filter, quantise and sum every window whose filtered values can all be computed.
+
+        The FIR's output for the input at grid index ``j`` is the filtered value at ``j - half``,
+        so the pending inputs give the filtered values from ``_pending_start - half`` on, one
+        per input. The filter runs window by window, whatever the chunking, so the arithmetic,
+        and with it every count, is the same for any chunking.
+        """
+        filtered_start = self._pending_start - self._half
+        first_window = filtered_start // self._per_window
+        lead = filtered_start - first_window * self._per_window  # only where a run began
         n_windows = (lead + len(self._pending)) // self._per_window
         if n_windows == 0:  # the usual case for small chunks
             return _empty(), _empty()
-        n_values = n_windows * self._per_window - lead
-        filtered, self._zi = signal.sosfilt(self._sos, self._pending[:n_values], zi=self._zi)
-        levels = np.concatenate((np.zeros(lead), quantise(np.abs(filtered))))
-        seconds = levels.reshape(n_windows, _SECONDS_PER_WINDOW, self._per_second).max(axis=2)
-        sums = seconds.sum(axis=1)
-        self._pending = self._pending[n_values:].copy()
-        self._pending_start += n_values
+        sums = np.empty(n_windows)
+        used = 0
+        for k in range(n_windows):
+            size = self._per_window - (lead if k == 0 else 0)
+            filtered, self._zi = signal.lfilter(
+                self.taps, 1.0, self._pending[used : used + size], zi=self._zi
+            )
+            used += size
+            levels = quantise(np.abs(filtered))
+            if size < self._per_window:  # part of a window before the run: missing anyway
+                levels = np.concatenate((np.ones(self._per_window - size), levels))
+            sums[k] = levels.reshape(_SECONDS_PER_WINDOW, self._per_second).max(axis=1).sum()
+        self._pending = self._pending[used:].copy()
+        self._pending_start += used
         windows = first_window + np.arange(n_windows)
         full = windows * self._per_window >= self._run_start
         count_times = np.asarray(self.origin + COUNT_SECONDS * windows[full], dtype=np.float64)
@@ -337,50 +500,57 @@ class StreamingCounts:
         return index
 
 
-def counts_streaming(
+def counts_fir(
     times: ArrayLike,
     z: ArrayLike,
-    chunk: int = 1500,
     *,
-    passes: int = PASSES,
     origin: float | None = None,
+    chunk: int | None = None,
+    delay_seconds: float = DELAY_SECONDS,
     max_gap: float = MAX_GAP_SECONDS,
     sample_rate: float = SAMPLE_RATE,
+    window: str = "boxcar",
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """Causal counts of a recording, replayed through :class:`StreamingCounts` in chunks.
+    """Activity counts of a recording, exactly as :class:`StreamingCounts` computes them live.
+
+    The recording is replayed through the streaming class, so these are the counts a live
+    detector would have seen; use them to train on raw acceleration. Windows whose count would
+    only be ready after the last sample (those ending within ``delay_seconds`` of it) have none.
 
     Parameters
     ----------
     times, z
         Sample times in seconds (strictly increasing) and z acceleration in g.
-    chunk
-        Samples per :meth:`StreamingCounts.update` call; the result does not depend on it.
     origin
         Start of window 0; by default the first sample's time, so the windows are those of
         :func:`~sleepstream.signal.counts.counts_offline`.
-    passes, max_gap, sample_rate
+    chunk
+        Samples per :meth:`StreamingCounts.update` call; ``None``: all at once. The result does
+        not depend on it.
+    delay_seconds, max_gap, sample_rate, window
         As in :class:`StreamingCounts`.
 
     Returns
     -------
     count_times, counts
-        Start time of every window with a count, and the count.
+        Start time of every window with a count (the true start, not shifted by the delay),
+        and the count.
     """
     t = np.asarray(times, dtype=np.float64)
     values = np.asarray(z, dtype=np.float64)
-    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
-        raise ValueError(f"chunk must be a positive number of samples, got {chunk!r}")
+    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
+        raise ValueError(f"chunk must be a positive number of samples or None, got {chunk!r}")
     if t.shape != values.shape:
         raise ValueError(f"times and z differ in shape: {t.shape} and {values.shape}")
     if t.size == 0:
         return _empty(), _empty()
     stream = StreamingCounts(
         sample_rate=sample_rate,
-        passes=passes,
+        delay_seconds=delay_seconds,
         origin=float(t[0]) if origin is None else origin,
         max_gap=max_gap,
+        window=window,
     )
-    pieces = [
-        stream.update(t[i : i + chunk], values[i : i + chunk]) for i in range(0, t.size, chunk)
-    ]
+    step = t.size if chunk is None else chunk
+    pieces = [stream.update(t[i : i + step], values[i : i + step]) for i in range(0, t.size, step)]
     return np.concatenate([p[0] for p in pieces]), np.concatenate([p[1] for p in pieces])
