@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from sleepstream.cli import DOCS_MARKER, main, update_docs
+from sleepstream.cli import main
+from sleepstream.evaluation.report import DOCS_MARKER, update_docs
 
 
 def test_update_docs_keeps_the_hand_written_part_and_copies_figures(tmp_path: Path) -> None:
@@ -29,3 +30,19 @@ def test_missing_data_folder_is_a_clear_error(
 ) -> None:
     assert main(["data", "check", str(tmp_path)]) == 1
     assert "is not a sleep-accel data folder" in caplog.text
+
+
+def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for command in ("fit", "validate", "test", "predict", "cv", "report", "ship", "replay"):
+        assert command in text
+
+
+def test_report_without_predictions_says_what_to_run(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert main(["report", "--out", str(tmp_path)]) == 1
+    assert "run `sleepstream cv" in caplog.text

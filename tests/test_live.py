@@ -314,7 +314,7 @@ def test_restore_refuses_other_settings_models_and_bad_values(step_model: TorchS
 
     detector, _ = _mid_stream_detector(step_model)
     blob = detector.snapshot()
-    with pytest.raises(ValueError, match="other detector settings .*close_lag"):
+    with pytest.raises(ValueError, match=r"other detector settings .*close_lag"):
         SleepDetector(step_model, close_lag=0.0).restore(blob)
     other = TorchStep(SleepGRU(hidden_size=16), {"wasa93": 0.6})
     with pytest.raises(ValueError, match="taken with model"):
@@ -322,7 +322,7 @@ def test_restore_refuses_other_settings_models_and_bad_values(step_model: TorchS
 
     header, arrays = state.unpack(blob)
     arrays["model_state"] = np.full_like(arrays["model_state"], np.nan)
-    with pytest.raises(ValueError, match="model_state.*non-finite"):
+    with pytest.raises(ValueError, match=r"model_state.*non-finite"):
         SleepDetector(step_model, close_lag=10.0).restore(state.pack(header, arrays))
     header, arrays = state.unpack(blob)
     bumped = {**header, "version": 99}

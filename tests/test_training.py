@@ -133,3 +133,43 @@ def test_cv_command_writes_the_report(tmp_path: Path, data_dir: Path) -> None:
     (out / "results.md").unlink()
     assert main(["-q", "report", "--out", str(out)]) == 0
     assert (out / "results.md").exists()
+
+
+@pytest.mark.slow
+def test_fit_runs_on_two_processes_with_ddp(tmp_path: Path, data_dir: Path) -> None:
+    """``sleepstream fit`` with DDP: Lightning starts the second process from the same command."""
+    import os
+    import subprocess
+    import sys
+
+    command = [
+        str(Path(sys.executable).parent / "sleepstream"),
+        "fit",
+        "-c",
+        str(CONFIG),
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.devices",
+        "2",
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.logger",
+        "false",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--data.held_out",
+        "46343",
+        "--data.crops_per_night",
+        "1",
+        "--data.missing_counts_copies",
+        "0",
+    ]
+    env = {**os.environ, "SLEEPSTREAM_DATA": str(data_dir)}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "MEMBER: 2/2" in done.stdout + done.stderr
+    assert list(tmp_path.rglob("last.ckpt"))

@@ -6,9 +6,10 @@
     sleepstream data check [DIR]                          per subject: files, time spans, gaps
     sleepstream baselines --out DIR [--docs FILE]         LOSO report of the baselines
     sleepstream fit|validate|test|predict -c CONFIG       LightningCLI (training and checks)
-    sleepstream cv -c CONFIG --out DIR                    LOSO of a model beside the baselines
+    sleepstream cv -c CONFIG --out DIR [--seeds 0 1 2]    LOSO of a model beside the baselines
+    sleepstream report --out DIR                          rebuild a cv report from its predictions
     sleepstream ship -c CONFIG --loso DIR                 train on all nights, save with LOSO card
-    sleepstream replay --subject ID [--speed X]           a night through the live detector
+    sleepstream replay --subject ID [--history H]         a night through the live detector
     sleepstream export [--ckpt PATH] --out DIR            ONNX + Core ML of the one-epoch step
 """
 
@@ -16,19 +17,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
-import shutil
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.table import Table
-
-from sleepstream.records import Recording
 
 log = logging.getLogger("sleepstream")
 console = Console(stderr=True)
@@ -56,69 +51,13 @@ def _data_fetch(args: argparse.Namespace) -> int:
 
 
 def _data_check(args: argparse.Namespace) -> int:
-    from sleepstream.data.check import check_folder
+    from sleepstream.data.check import check_folder, check_table
     from sleepstream.data.folder import data_folder
 
     folder = data_folder(args.folder)
     rows = check_folder(folder)
-    table = Table(title=f"{folder} ({len(rows)} subjects)")
-    for column in (
-        "subject",
-        "files",
-        "night h",
-        "scored",
-        "wake %",
-        "HR history h",
-        "HR night cov.",
-        "HR longest gap min",
-        "HR gaps>1min",
-        "counts from",
-        "counts span h",
-        "counts cov.",
-    ):
-        table.add_column(column, justify="right")
-    failed = 0
-    for r in rows:
-        if r.error:
-            failed += 1
-            table.add_row(r.subject_id, ",".join(r.present), f"[red]{r.error}")
-            continue
-        table.add_row(
-            r.subject_id,
-            ",".join(r.present),
-            f"{r.night_hours:.2f}",
-            str(r.scored_epochs),
-            f"{100 * r.wake_fraction:.1f}",
-            f"{r.hr_history_hours:.1f}",
-            f"{r.hr_night_coverage:.2f}",
-            f"{r.hr_longest_gap_min:.1f}",
-            str(r.hr_gaps),
-            r.counts_source,
-            f"{r.counts_span_hours[0]:.2f}-{r.counts_span_hours[1]:.2f}",
-            f"{r.counts_night_coverage:.2f}",
-        )
-    Console().print(table)
-    return 1 if failed else 0
-
-
-DOCS_MARKER = "<!-- Written by hand below this line: kept when the report above is regenerated. -->"
-
-
-def update_docs(report: Path, docs: Path) -> None:
-    """Replace the generated part of ``docs`` by ``report``, keeping what follows the marker.
-
-    The report's figures are copied to ``figures/`` beside ``docs`` and the links rewritten.
-    """
-    kept = ""
-    if docs.exists() and DOCS_MARKER in docs.read_text():
-        kept = docs.read_text().split(DOCS_MARKER, 1)[1]
-    figures = docs.parent / "figures"
-    figures.mkdir(parents=True, exist_ok=True)
-    text = report.read_text()
-    for name in re.findall(r"\]\(([\w.-]+\.png)\)", text):
-        shutil.copyfile(report.parent / name, figures / name)
-        text = text.replace(f"]({name})", f"](figures/{name})")
-    docs.write_text(text.rstrip() + "\n\n" + DOCS_MARKER + kept)
+    Console().print(check_table(folder, rows))
+    return 1 if any(r.error for r in rows) else 0
 
 
 def _baselines(args: argparse.Namespace) -> int:
@@ -163,7 +102,7 @@ def _cv(args: argparse.Namespace) -> int:
 
 def _write_report(out: Path, docs: str | None) -> int:
     from sleepstream.evaluation.cv import load_predictions
-    from sleepstream.evaluation.report import write_report
+    from sleepstream.evaluation.report import update_docs, write_report
 
     write_report(load_predictions(out), out)
     if docs:
@@ -196,78 +135,23 @@ def _ship(args: argparse.Namespace) -> int:
     return 0
 
 
-def _user_recording(args: argparse.Namespace) -> Recording:
-    from sleepstream.data import parse
-
-    if not args.heart_rate:
-        raise ValueError("--heart-rate FILE is needed with a user's recording")
-    hr_t, hr = parse.read_heart_rate(Path(args.heart_rate))
-    accel_t = accel = None
-    count_t, counts = np.zeros(0), np.zeros(0)
-    if args.motion:
-        accel_t, accel = parse.read_acceleration(Path(args.motion))
-    elif args.counts:
-        count_t, counts = parse.read_counts(Path(args.counts))
-    else:
-        raise ValueError("give --motion FILE (seconds x y z, in g) or --counts FILE")
-    if args.labels:
-        epoch_t, stages = parse.read_labels(Path(args.labels))
-    else:
-        end = max(hr_t[-1], accel_t[-1] if accel_t is not None else count_t[-1])
-        epoch_t = np.arange(0.0, float(end), 30.0)
-        stages = np.full(len(epoch_t), -1, dtype=np.int8)
-    return Recording(
-        Path(args.heart_rate).stem, epoch_t, stages, hr_t, hr, count_t, counts, accel_t, accel
-    )
-
-
 def _replay(args: argparse.Namespace) -> int:
-    from rich.live import Live
-
     from sleepstream.data.folder import data_folder, load_recording
-    from sleepstream.live.backends import NumpyStep
-    from sleepstream.live.detector import EpochResult, SleepDetector
-    from sleepstream.live.replay import plot_replay, replay
+    from sleepstream.data.parse import read_user_recording
+    from sleepstream.live.detector import SleepDetector
+    from sleepstream.live.replay import load_step_model, plot_replay, replay_live
 
     if args.subject:
         night = load_recording(data_folder(args.data), args.subject, with_accel=True)
         recording = night.switched_on_before(args.history * 3600.0)
     else:
-        recording = _user_recording(args)
-    if args.model and args.model.endswith(".onnx"):
-        from sleepstream.live.backends import OnnxBackend
-
-        model: object = OnnxBackend(args.model)
-    elif args.model:
-        model = NumpyStep.from_checkpoint(args.model)
-    else:
-        model = NumpyStep.shipped()
-    threshold = args.threshold if args.threshold is not None else "wasa93"
-    detector = SleepDetector(model, threshold=threshold)  # type: ignore[arg-type]
-    labels = dict(zip(recording.epoch_times.tolist(), recording.stages.tolist(), strict=True))
-
-    def render(result: EpochResult) -> Table:
-        table = Table(title=f"sleepstream live, subject {recording.subject_id}")
-        for column in ("time", "p(sleep)", "state", "events", "PSG"):
-            table.add_column(column)
-        stage = labels.get(result.start, -1)
-        table.add_row(
-            f"{result.end / 3600:6.2f} h",
-            f"{result.p_sleep:.2f}" + (f" (vetoed: {result.vetoed})" if result.vetoed else ""),
-            "[green]asleep" if result.asleep else "[yellow]awake",
-            ", ".join(result.events),
-            {-1: "-", 0: "wake", 5: "REM"}.get(stage, f"N{min(stage, 3)}"),
+        optional = {k: Path(v) if v else None for k, v in vars(args).items()}
+        recording = read_user_recording(
+            Path(args.heart_rate), optional["motion"], optional["counts"], optional["labels"]
         )
-        return table
-
-    with Live(console=console, transient=args.quiet, auto_refresh=False) as live:
-
-        def show(result: EpochResult) -> None:
-            live.update(render(result), refresh=True)
-            if result.events:
-                console.log(f"{result.end / 3600:.2f} h: {', '.join(result.events)}")
-
-        results = replay(recording, detector, speed=args.speed, on_result=show)
+    threshold = args.threshold if args.threshold is not None else "wasa93"
+    detector = SleepDetector(load_step_model(args.model), threshold=threshold)
+    results = replay_live(recording, detector, console, speed=args.speed, transient=args.quiet)
     out = Path(args.out or f"replay_{recording.subject_id}.png")
     plot_replay(recording, results, detector.threshold, out)
     events = sum(len(r.events) for r in results)
@@ -304,11 +188,15 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sleepstream", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="sleepstream", description="Real-time sleep detection from Apple Watch sensors."
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     commands = parser.add_subparsers(dest="command", required=True)
 
+    for name in LIGHTNING_COMMANDS:  # dispatched to LightningCLI by main(); listed for --help
+        commands.add_parser(name, help=f"LightningCLI {name} (sleepstream {name} -c CONFIG)")
     data = commands.add_parser("data", help="download or inspect the sleep-accel data")
     data_commands = data.add_subparsers(dest="data_command", required=True)
     fetch = data_commands.add_parser("fetch", help="download the PhysioNet record, verified")
@@ -397,7 +285,11 @@ LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``sleepstream`` command."""
+    """Entry point of the ``sleepstream`` command.
+
+    Exit codes: 0 done, 1 bad input or a failed check, 2 a file or folder that cannot be read or
+    written, 130 interrupted (Ctrl-C).
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in LIGHTNING_COMMANDS:
         from sleepstream.models.training import build_cli
@@ -408,9 +300,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(args.verbose)
     try:
         return int(args.run(args))
+    except KeyboardInterrupt:
+        log.error("Interrupted")
+        return 130
     except (FileNotFoundError, ValueError, RuntimeError) as error:
         log.error("%s", error)
         return 1
+    except OSError as error:
+        log.error("%s", error)
+        return 2
 
 
 if __name__ == "__main__":

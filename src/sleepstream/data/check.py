@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
+from rich.table import Table
 
 from sleepstream.data.folder import load_recording, subject_files, subject_ids
 from sleepstream.data.parse import DataFormatError
@@ -84,3 +86,45 @@ def check_subject(folder: Path, subject_id: str) -> SubjectCheck:
 def check_folder(folder: Path) -> list[SubjectCheck]:
     """One :class:`SubjectCheck` per subject with a label file."""
     return [check_subject(folder, sid) for sid in subject_ids(folder)]
+
+
+CHECK_COLUMNS = (
+    "subject",
+    "files",
+    "night h",
+    "scored",
+    "wake %",
+    "HR history h",
+    "HR night cov.",
+    "HR longest gap min",
+    "HR gaps>1min",
+    "counts from",
+    "counts span h",
+    "counts cov.",
+)
+
+
+def check_table(folder: Path, rows: Sequence[SubjectCheck]) -> Table:
+    """The rows of :func:`check_folder` as a rich table, failures in red."""
+    table = Table(title=f"{folder} ({len(rows)} subjects)")
+    for column in CHECK_COLUMNS:
+        table.add_column(column, justify="right")
+    for r in rows:
+        if r.error:
+            table.add_row(r.subject_id, ",".join(r.present), f"[red]{r.error}")
+            continue
+        table.add_row(
+            r.subject_id,
+            ",".join(r.present),
+            f"{r.night_hours:.2f}",
+            str(r.scored_epochs),
+            f"{100 * r.wake_fraction:.1f}",
+            f"{r.hr_history_hours:.1f}",
+            f"{r.hr_night_coverage:.2f}",
+            f"{r.hr_longest_gap_min:.1f}",
+            str(r.hr_gaps),
+            r.counts_source,
+            f"{r.counts_span_hours[0]:.2f}-{r.counts_span_hours[1]:.2f}",
+            f"{r.counts_night_coverage:.2f}",
+        )
+    return table

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
-from sleepstream.records import EPOCH_SECONDS, Stage
+from sleepstream.records import EPOCH_SECONDS, Recording, Stage
 
 log = logging.getLogger(__name__)
 
@@ -186,3 +186,31 @@ def read_acceleration(path: Path) -> tuple[NDArray[np.float64], NDArray[np.float
     table = read_table(path, None, 4)
     _, times, (xyz,) = sort_by_time(path, table[:, 0], table[:, 1:])
     return times, xyz
+
+
+def read_user_recording(
+    heart_rate: Path,
+    motion: Path | None = None,
+    counts: Path | None = None,
+    labels: Path | None = None,
+) -> Recording:
+    """A user's own night: heart rate with raw motion (seconds x y z, g) or counts, and labels.
+
+    Without labels, every epoch from t = 0 to the last sample is unscored.
+    """
+    hr_t, hr = read_heart_rate(heart_rate)
+    accel_t = accel = None
+    count_t, count_v = np.zeros(0), np.zeros(0)
+    if motion is not None:
+        accel_t, accel = read_acceleration(motion)
+    elif counts is not None:
+        count_t, count_v = read_counts(counts)
+    else:
+        raise ValueError("give --motion FILE (seconds x y z, in g) or --counts FILE")
+    if labels is not None:
+        epoch_t, stages = read_labels(labels)
+    else:
+        end = max(hr_t[-1], accel_t[-1] if accel_t is not None else count_t[-1])
+        epoch_t = np.arange(0.0, float(end), EPOCH_SECONDS)
+        stages = np.full(len(epoch_t), -1, dtype=np.int8)
+    return Recording(heart_rate.stem, epoch_t, stages, hr_t, hr, count_t, count_v, accel_t, accel)

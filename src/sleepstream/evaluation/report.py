@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -412,3 +414,23 @@ def write_report(
     (out_dir / "results.md").write_text(text, encoding="utf-8")
     logger.info("Wrote report of %d runs to %s", len(results), out_dir)
     return dict(metrics)
+
+
+DOCS_MARKER = "<!-- Written by hand below this line: kept when the report above is regenerated. -->"
+
+
+def update_docs(report: Path, docs: Path) -> None:
+    """Replace the generated part of ``docs`` by ``report``, keeping what follows the marker.
+
+    The report's figures are copied to ``figures/`` beside ``docs`` and the links rewritten.
+    """
+    kept = ""
+    if docs.exists() and DOCS_MARKER in docs.read_text():
+        kept = docs.read_text().split(DOCS_MARKER, 1)[1]
+    figures = docs.parent / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    text = report.read_text()
+    for name in re.findall(r"\]\(([\w.-]+\.png)\)", text):
+        shutil.copyfile(report.parent / name, figures / name)
+        text = text.replace(f"]({name})", f"](figures/{name})")
+    docs.write_text(text.rstrip() + "\n\n" + DOCS_MARKER + kept)

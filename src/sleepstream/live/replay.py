@@ -15,8 +15,11 @@ from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
 
-from sleepstream.live.detector import EpochResult, SleepDetector
+from sleepstream.live.detector import EpochResult, SleepDetector, StepModel
 from sleepstream.records import EPOCH_SECONDS, Recording, Stage
 
 
@@ -137,3 +140,50 @@ def plot_replay(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def load_step_model(path: str | None) -> StepModel:
+    """An ONNX file (``.onnx``), a training checkpoint, or (``None``) the shipped model."""
+    from sleepstream.live.backends import NumpyStep, OnnxBackend
+
+    if path and path.endswith(".onnx"):
+        return OnnxBackend(path)
+    if path:
+        return NumpyStep.from_checkpoint(path)
+    return NumpyStep.shipped()
+
+
+def live_table(result: EpochResult, subject: str, stage: int) -> Table:
+    """One epoch's result (and the PSG stage, -1 if none) as the terminal's live table."""
+    table = Table(title=f"sleepstream live, subject {subject}")
+    for column in ("time", "p(sleep)", "state", "events", "PSG"):
+        table.add_column(column)
+    table.add_row(
+        f"{result.end / 3600:6.2f} h",
+        f"{result.p_sleep:.2f}" + (f" (vetoed: {result.vetoed})" if result.vetoed else ""),
+        "[green]asleep" if result.asleep else "[yellow]awake",
+        ", ".join(result.events),
+        {-1: "-", 0: "wake", 5: "REM"}.get(stage, f"N{min(stage, 3)}"),
+    )
+    return table
+
+
+def replay_live(
+    recording: Recording,
+    detector: SleepDetector,
+    console: Console,
+    *,
+    speed: float = 0.0,
+    transient: bool = False,
+) -> list[EpochResult]:
+    """:func:`replay` with the live state shown in the terminal and events logged."""
+    labels = dict(zip(recording.epoch_times.tolist(), recording.stages.tolist(), strict=True))
+    with Live(console=console, transient=transient, auto_refresh=False) as live:
+
+        def show(result: EpochResult) -> None:
+            stage = int(labels.get(result.start, -1))
+            live.update(live_table(result, recording.subject_id, stage), refresh=True)
+            if result.events:
+                console.log(f"{result.end / 3600:.2f} h: {', '.join(result.events)}")
+
+        return replay(recording, detector, speed=speed, on_result=show)
