@@ -1,11 +1,14 @@
 """Tests of the sleep-accel downloader against a real HTTP server on 127.0.0.1.
 
-The server serves a small generated mirror of the PhysioNet record layout and can misbehave on
-request: drop a connection half-way, serve corrupted bytes, or ignore ``Range`` headers.
+The server serves a small generated mirror of the PhysioNet record layout (or the real labels
+and heart-rate files of the data folder) and can misbehave on request: drop a connection
+half-way, serve corrupted bytes, answer with an error status, or ignore or mistake ``Range``
+headers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import re
@@ -29,6 +32,10 @@ from sleepstream.data.download import (
 
 URL_PREFIX = "/files/sleep-accel/1.0.0/"
 TIMEOUT = 5.0
+CHUNK = 256
+"""Bytes per read in these tests, so a connection dropped half-way through a small file has
+written whole chunks first. The chunk being read when it drops is lost (``requests`` discards
+it), so a resume starts at the last whole chunk."""
 
 
 def _labels(subject: int) -> bytes:
@@ -64,6 +71,12 @@ class MirrorState:
     """Path -> how many more responses to cut off half-way (Content-Length stays full)."""
     corrupt_once: set[str] = field(default_factory=set)
     ignore_range: bool = False
+    status_once: dict[str, int] = field(default_factory=dict)
+    """Path -> an error status to answer the next request with (e.g. 503)."""
+    wrong_range_once: set[str] = field(default_factory=set)
+    """Paths whose next Range request gets a 206 for the whole file instead."""
+    encodings: list[str | None] = field(default_factory=list)
+    """The Accept-Encoding header of each request."""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def ranges(self, relative: str) -> list[str | None]:
@@ -114,6 +127,13 @@ class _MirrorHandler(BaseHTTPRequestHandler):
         range_header = self.headers.get("Range")
         with state.lock:
             state.requests.append((relative, range_header))
+            state.encodings.append(self.headers.get("Accept-Encoding"))
+            status = state.status_once.pop(relative, None)
+            wrong_range = range_header is not None and relative in state.wrong_range_once
+            state.wrong_range_once.discard(relative)
+        if status is not None:
+            self.send_error(status)
+            return
         file = state.root / relative
         if not file.is_file():
             self.send_error(404)
@@ -132,7 +152,7 @@ class _MirrorHandler(BaseHTTPRequestHandler):
             if match is None:
                 self.send_error(400, f"unsupported Range {range_header!r}")
                 return
-            start = int(match.group(1))
+            start = 0 if wrong_range else int(match.group(1))
             if start >= len(body):
                 self.send_response(416)
                 self.send_header("Content-Range", f"bytes */{len(body)}")
@@ -159,25 +179,35 @@ def _no_retry_delay(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(download, "RETRY_DELAY_SECONDS", 0.0)
 
 
+@pytest.fixture(autouse=True)
+def _small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(download, "_CHUNK_BYTES", CHUNK)
+
+
+@contextlib.contextmanager
+def _serve(root: Path) -> Iterator[Mirror]:
+    state = MirrorState(root)
+    server = _MirrorServer(state)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    host, port = server.server_address[:2]
+    try:
+        yield Mirror(f"http://{host!s}:{port}{URL_PREFIX}", state)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=TIMEOUT)
+
+
 @pytest.fixture
 def mirror(tmp_path: Path) -> Iterator[Mirror]:
     root = tmp_path / "mirror"
     for path, data in FILES.items():
         (root / path).parent.mkdir(parents=True, exist_ok=True)
         (root / path).write_bytes(data)
-    state = MirrorState(root)
-    server = _MirrorServer(state)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    host, port = server.server_address[:2]
-    site = Mirror(f"http://{host!s}:{port}{URL_PREFIX}", state)
-    site.write_sums()
-    try:
+    with _serve(root) as site:
+        site.write_sums()
         yield site
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=TIMEOUT)
 
 
 @pytest.fixture
@@ -270,7 +300,9 @@ def test_dropped_connection_is_resumed_with_range(
         summary = _fetch(mirror, dest)
 
     assert (dest / LABELS).read_bytes() == FILES[LABELS]
-    assert mirror.state.ranges(LABELS) == [None, f"bytes={len(FILES[LABELS]) // 2}-"]
+    kept = len(FILES[LABELS]) // 2 // CHUNK * CHUNK  # the whole chunks before the drop
+    assert kept > 0
+    assert mirror.state.ranges(LABELS) == [None, f"bytes={kept}-"]
     assert summary.bytes == sum(len(data) for data in FILES.values())
     assert f"{LABELS} failed" in caplog.text
     assert _leftover_parts(dest) == []
@@ -393,6 +425,13 @@ def test_missing_file_on_server_fails_without_retrying(mirror: Mirror, dest: Pat
     assert mirror.state.ranges(LABELS) == [None]
 
 
+@pytest.mark.parametrize("base_url", ["file:///srv/sleep-accel/", "/srv/sleep-accel", "ftp://x/"])
+def test_base_url_other_than_http_is_rejected(dest: Path, base_url: str) -> None:
+    with pytest.raises(ValueError, match=rf"Base URL {re.escape(repr(base_url))} .* http://"):
+        fetch(dest, base_url, progress=False)
+    assert not dest.exists()
+
+
 @pytest.mark.parametrize(("retries", "timeout"), [(-1, 60.0), (3, 0.0)])
 def test_invalid_retry_settings_are_rejected(dest: Path, retries: int, timeout: float) -> None:
     with pytest.raises(ValueError, match="must be"):
@@ -425,3 +464,106 @@ def test_default_data_dir_uses_xdg_cache_home(
     monkeypatch.delenv("SLEEPSTREAM_DATA", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert default_data_dir() == tmp_path / "xdg" / "sleepstream" / "sleep-accel"
+
+
+# ---------------------------------------------------------------------------------------------
+# Further server behaviour, and the real PhysioNet files
+# ---------------------------------------------------------------------------------------------
+
+
+def test_files_are_requested_uncompressed(mirror: Mirror, dest: Path) -> None:
+    """A byte range counts bytes of the encoded body, so resuming needs it unencoded."""
+    (dest / "labels").mkdir(parents=True)
+    (dest / (LABELS + ".part")).write_bytes(FILES[LABELS][:100])
+
+    _fetch(mirror, dest)
+
+    requested = mirror.state.requested()
+    encodings = mirror.state.encodings
+    assert {encodings[requested.index(path)] for path in FILES} == {"identity"}
+
+
+def test_transient_http_error_is_retried(mirror: Mirror, dest: Path) -> None:
+    mirror.state.status_once[LABELS] = 503
+
+    summary = _fetch(mirror, dest)
+
+    assert (dest / LABELS).read_bytes() == FILES[LABELS]
+    assert mirror.state.ranges(LABELS) == [None, None]
+    assert summary.downloaded == list(FILES)
+
+
+def test_transient_http_error_on_the_last_try_raises_connection_error(
+    mirror: Mirror, dest: Path
+) -> None:
+    mirror.state.status_once[SHA256SUMS] = 503
+
+    with pytest.raises(ConnectionError, match=rf"{re.escape(SHA256SUMS)} after 1 attempts.*503"):
+        _fetch(mirror, dest, retries=0)
+
+
+def test_dropped_connection_on_sha256sums_is_retried(mirror: Mirror, dest: Path) -> None:
+    mirror.state.drops[SHA256SUMS] = 1
+
+    summary = _fetch(mirror, dest)
+
+    assert summary.downloaded == list(FILES)
+    assert mirror.state.ranges(SHA256SUMS) == [None, None]
+
+
+def test_resume_answered_with_another_range_restarts(mirror: Mirror, dest: Path) -> None:
+    (dest / "labels").mkdir(parents=True)
+    (dest / (LABELS + ".part")).write_bytes(FILES[LABELS][:100])
+    mirror.state.wrong_range_once.add(LABELS)
+
+    summary = _fetch(mirror, dest)
+
+    assert (dest / LABELS).read_bytes() == FILES[LABELS]
+    # The 206 for bytes 0- is refused, the .part deleted, and the retry starts from byte 0.
+    assert mirror.state.ranges(LABELS) == ["bytes=100-", None]
+    assert summary.bytes == sum(len(data) for data in FILES.values())
+    assert _leftover_parts(dest) == []
+
+
+PRODUCTION_CHUNK = download._CHUNK_BYTES
+"""The chunk size of real downloads (the autouse fixture shrinks it for the small files)."""
+
+
+@pytest.fixture
+def real_mirror(tmp_path: Path, data_dir: Path) -> Iterator[tuple[Mirror, dict[str, str]]]:
+    """The real, unchanged PhysioNet folders (labels, heart rate) served with their checksums.
+
+    The checksums come from the data folder's ``MANIFEST.tsv``, hashed when it was made.
+    """
+    root = tmp_path / "real-mirror"
+    root.mkdir()
+    folders = ("labels", "heart_rate")
+    for folder in folders:
+        (root / folder).symlink_to(data_dir / folder, target_is_directory=True)
+    rows = [line.split("\t") for line in (data_dir / "MANIFEST.tsv").read_text().splitlines()[1:]]
+    digests = {path: digest for path, _, digest in rows if path.startswith(tuple(folders))}
+    assert len(digests) == 2 * 31
+    with _serve(root) as site:
+        site.write_sums([f"{digest}  {path}" for path, digest in digests.items()])
+        yield site, digests
+
+
+def test_real_files_download_verified_and_resume_after_a_drop(
+    real_mirror: tuple[Mirror, dict[str, str]], dest: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mirror, digests = real_mirror
+    monkeypatch.setattr(download, "_CHUNK_BYTES", PRODUCTION_CHUNK)
+    largest = max(digests, key=lambda path: (mirror.root / path).stat().st_size)
+    size = (mirror.root / largest).stat().st_size
+    mirror.state.drops[largest] = 1
+
+    summary = _fetch(mirror, dest)
+
+    assert summary.downloaded == list(digests)
+    assert summary.bytes == sum((mirror.root / path).stat().st_size for path in digests)
+    for path, digest in digests.items():
+        assert _sha256((dest / path).read_bytes()) == digest
+    kept = size // 2 // PRODUCTION_CHUNK * PRODUCTION_CHUNK
+    assert kept > 0
+    assert mirror.state.ranges(largest) == [None, f"bytes={kept}-"]
+    assert _leftover_parts(dest) == []

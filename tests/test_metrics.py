@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import cohen_kappa_score
 
+from sleepstream.baselines import ColeKripke, LogisticPaperNonCausal
 from sleepstream.evaluation.metrics import (
     EPOCH_METRICS,
     epoch_metrics,
@@ -27,6 +28,7 @@ from sleepstream.evaluation.nightly import (
     tracker_events,
 )
 from sleepstream.evaluation.predictions import LosoResult, NightPrediction
+from sleepstream.records import SLEEP_WAKE, Recording
 
 # Ten scored epochs and one unscored (last), called sleep at threshold 0.5:
 #   labels  1   1   1   1   1   1   1   0   0   0   -1
@@ -338,3 +340,160 @@ def test_summarize_turns_nan_into_none_and_names_missing_threshold() -> None:
     assert summary["scored"]["subjects"]["auroc"]["n"] == 1
     with pytest.raises(ValueError, match="'wasa95'"):
         summarize(LosoResult("bad", True, [_night("E", 4, {"operating": 0.5, "wasa93": 0.5})]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Library implementations against the hand-written ones they replaced (kept here as oracles)
+# ---------------------------------------------------------------------------------------------
+
+
+def _oracle_ece(labels: np.ndarray, p: np.ndarray, n_bins: int = 10) -> float:
+    """The former numpy ECE: bin ``floor(n_bins * p)``, p = 1 in the last bin."""
+    keep = labels >= 0
+    y, p = labels[keep], p[keep]
+    bins = np.minimum((p * n_bins).astype(np.int64), n_bins - 1)
+    sum_p = np.bincount(bins, weights=p, minlength=n_bins)
+    sum_y = np.bincount(bins, weights=(y == 1).astype(np.float64), minlength=n_bins)
+    return float(np.abs(sum_y - sum_p).sum() / y.size)
+
+
+def _oracle_threshold(labels: np.ndarray, p: np.ndarray, target: float) -> float:
+    """The former threshold search: the k-th largest sleep score, k / n >= target minimal."""
+    sleep_scores = np.sort(p[labels == 1])[::-1]
+    n = sleep_scores.size
+    k = min(max(math.ceil(target * n), 1), n)
+    while k > 1 and (k - 1) / n >= target:
+        k -= 1
+    while k < n and k / n < target:
+        k += 1
+    return float(sleep_scores[k - 1])
+
+
+def _oracle_correct(labels: np.ndarray, called_sleep: np.ndarray) -> tuple[float, float]:
+    """The former sleep- and wake-correct: means of boolean masks, NaN for an absent class."""
+    sleep, wake = labels == 1, labels == 0
+    sleep_correct = float(called_sleep[sleep].mean()) if sleep.any() else math.nan
+    wake_correct = float((~called_sleep[wake]).mean()) if wake.any() else math.nan
+    return sleep_correct, wake_correct
+
+
+@pytest.fixture(scope="module")
+def real_predictions(recordings: list[Recording]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(labels, p_sleep) of every real night from two baselines fitted on all nights.
+
+    Cole-Kripke gives p = 1 exactly wherever the activity window is still (about 18 000 epochs),
+    the logistic regression continuous probabilities and a prior outside the paper's epochs.
+    """
+    out = []
+    for model in (ColeKripke(causal=True), LogisticPaperNonCausal()):
+        model.fit(recordings)
+        out += [(r.labels(SLEEP_WAKE), model.predict(r)) for r in recordings]
+    assert sum(int(np.sum(p == 1.0)) for _, p in out) > 1000
+    return out
+
+
+def _generated() -> list[tuple[np.ndarray, np.ndarray]]:
+    """Small and large cases: ties, p of exactly 0 and 1, one class only, unscored epochs."""
+    rng = np.random.default_rng(11)
+    cases = []
+    for n, rounding in ((7, 1), (60, 2), (3000, 2), (5000, None)):
+        labels = (rng.random(n) < 0.85).astype(np.int8)
+        labels[rng.random(n) < 0.05] = -1
+        p = np.clip(rng.beta(4, 1.5, n) + 0.1 * (labels == 1), 0, 1)
+        if rounding is not None:
+            p = np.round(p, rounding)
+        p[p == 0.3] = 0.31  # see test_ece_float_0_3_lies_in_the_bin_below_3_tenths
+        cases.append((labels, p))
+    cases.append((np.ones(50, dtype=np.int8), np.linspace(0.0, 1.0, 50)))
+    cases.append((np.array([1, 0, 0, 0, -1], dtype=np.int8), np.array([1.0, 1.0, 0.0, 0.95, 0.5])))
+    return cases
+
+
+def test_ece_equals_former_implementation_on_real_nights(
+    real_predictions: list[tuple[np.ndarray, np.ndarray]],
+) -> None:
+    for labels, p in real_predictions:
+        assert expected_calibration_error(labels, p) == pytest.approx(
+            _oracle_ece(labels, p), rel=0, abs=1e-12
+        )
+    pooled_labels = np.concatenate([labels for labels, _ in real_predictions])
+    pooled_p = np.concatenate([p for _, p in real_predictions])
+    assert expected_calibration_error(pooled_labels, pooled_p) == pytest.approx(
+        _oracle_ece(pooled_labels, pooled_p), rel=0, abs=1e-12
+    )
+
+
+@pytest.mark.parametrize("n_bins", [1, 5, 10])
+def test_ece_equals_former_implementation_on_generated_data(n_bins: int) -> None:
+    for labels, p in _generated():
+        assert expected_calibration_error(labels, p, n_bins) == pytest.approx(
+            _oracle_ece(labels, p, n_bins), rel=0, abs=1e-12
+        )
+
+
+def test_ece_counts_p_of_one_in_the_last_bin() -> None:
+    # torchmetrics alone would give p = 1 a bin of its own: (|1 - .9| + |0 - 1|) / 2 = 0.55.
+    # In the last bin [0.9, 1] together: |0.5 - 0.95| = 0.45.
+    assert expected_calibration_error([1, 0], [0.9, 1.0]) == pytest.approx(0.45, abs=1e-15)
+
+
+@pytest.mark.parametrize(
+    ("same_bin", "p_pair", "expected"),
+    [
+        (True, (0.3, 0.25), 0.225),  # |0.5 - 0.275|
+        (False, (np.nextafter(0.3, 1.0), 0.25), (0.7 + 0.25) / 2),
+        (True, (np.nextafter(0.9, 0.0), 0.85), 0.375),  # |0.5 - 0.875|
+        (False, (0.9, 0.85), (0.1 + 0.85) / 2),
+    ],
+)
+def test_ece_float_0_3_lies_in_the_bin_below_3_tenths(
+    same_bin: bool, p_pair: tuple[float, float], expected: float
+) -> None:
+    """Bins are ``[i/10, (i+1)/10)`` compared in floating point: the float 0.3 is just below
+    3/10 and shares the bin of 0.25, as 0.8999999999999999 shares that of 0.85. The former
+    ``floor(10 * p)`` rounded both up a bin. No other float within 2000 ulps of a bin edge is
+    binned differently (enumerated when torchmetrics replaced it), so other inputs agree."""
+    labels = np.array([1, 0])
+    p = np.array(p_pair)
+    assert expected_calibration_error(labels, p) == pytest.approx(expected, abs=1e-12)
+    assert (_oracle_ece(labels, p) == pytest.approx(expected, abs=1e-12)) is not same_bin
+
+
+TARGETS = (0.01, 0.5, 0.9, 0.93, 0.95, 0.999, 1.0)
+
+
+def test_threshold_for_sleep_correct_equals_former_search_on_real_nights(
+    real_predictions: list[tuple[np.ndarray, np.ndarray]],
+) -> None:
+    for labels, p in real_predictions:
+        scored = labels >= 0
+        for target in TARGETS:
+            expected = _oracle_threshold(labels[scored], p[scored], target)
+            assert threshold_for_sleep_correct(labels, p, target) == expected
+
+
+def test_threshold_for_sleep_correct_equals_former_search_on_generated_data() -> None:
+    for labels, p in _generated():
+        scored = labels >= 0
+        for target in (*TARGETS, 0.333, 0.6):
+            expected = _oracle_threshold(labels[scored], p[scored], target)
+            assert threshold_for_sleep_correct(labels, p, target) == expected
+    # n = 100: 0.93 * 100 is 93.00000000000001, yet 93 epochs must suffice.
+    assert threshold_for_sleep_correct(np.ones(100), np.arange(100.0), 0.93) == 7.0
+
+
+def test_sleep_and_wake_correct_equal_former_fractions(
+    real_predictions: list[tuple[np.ndarray, np.ndarray]],
+) -> None:
+    cases = [*real_predictions, *_generated(), (np.zeros(4, np.int8), np.full(4, 0.2))]
+    for labels, p in cases:
+        scored = labels >= 0
+        for threshold in (0.0, 0.2, 0.5, 0.93, 1.0):
+            expected = _oracle_correct(labels[scored], p[scored] >= threshold)
+            metrics = epoch_metrics(labels, p, threshold)
+            point = wasa(labels, p, threshold)
+            for got in (
+                (metrics["sleep_correct"], metrics["wake_correct"]),
+                (point.sleep_correct, point.wake_correct),
+            ):
+                np.testing.assert_array_equal(got, expected)  # exact, NaN where NaN

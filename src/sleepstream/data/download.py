@@ -6,26 +6,32 @@ local folder and guarantees that every file under its final name matches its che
 written to ``<name>.part`` first and renamed only once verified. Interrupted downloads resume from
 the ``.part`` file with an HTTP ``Range`` request, within one call or in a later one.
 
-Only the standard library is used for HTTP, so ``file://`` mirrors work too.
+HTTP(S) goes through :class:`pooch.HTTPDownloader` (``requests``) and hashing through
+:func:`pooch.file_hash`. Pooch alone cannot resume: its downloader truncates the file it is given
+and :meth:`pooch.Pooch.fetch` downloads into a fresh temporary file that it deletes on failure.
+Resuming is added here through the arguments the downloader passes on to ``requests``: a
+``Range`` header, and a response hook that checks the server's answer before any byte is written.
+Pooch's registry format (``<path> <hash>``) is not PhysioNet's, so :func:`parse_sha256sums`
+reads ``SHA256SUMS.txt``.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
-import http.client
+import io
 import logging
 import os
 import re
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import TypeVar
+from types import TracebackType
+from typing import IO, Any, TypeVar
 
+import pooch
+import requests
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -60,13 +66,18 @@ RETRY_DELAY_SECONDS = 1.0
 """Wait before the first retry; doubles with each further retry, capped at 30 s."""
 
 _CHUNK_BYTES = 1 << 16
+"""Bytes per read. A dropped connection loses the partial chunk being read, so a resume starts
+at a multiple of this (or wherever the ``.part`` file ended before)."""
 _RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _TRANSIENT_ERRORS = (
-    http.client.IncompleteRead,
-    ConnectionError,  # includes ConnectionResetError and http.client.RemoteDisconnected
-    TimeoutError,  # socket.timeout is an alias since Python 3.10
-    urllib.error.URLError,
+    requests.exceptions.ConnectionError,  # refused, reset, remote end closed without a response
+    requests.exceptions.ChunkedEncodingError,  # body shorter than its Content-Length
+    requests.exceptions.Timeout,
+    ConnectionError,
+    TimeoutError,
 )
+_IDENTITY = {"Accept-Encoding": "identity"}
+"""Byte ranges count bytes of the encoded body, so resuming needs it uncompressed."""
 _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 
 T = TypeVar("T")
@@ -91,8 +102,9 @@ class FetchSummary:
     skipped : list of str
         Relative paths already present with the right checksum, left untouched.
     bytes : int
-        Payload bytes received over the network in this call, including attempts that were
-        later retried; bytes of a ``.part`` file left by an earlier call are not counted.
+        Payload bytes received and written in this call, including attempts that were later
+        retried; bytes of a ``.part`` file left by an earlier call are not counted, nor the
+        partial chunk in flight when a connection dropped.
     """
 
     downloaded: list[str] = field(default_factory=list)
@@ -205,8 +217,8 @@ def fetch(
     dest : pathlib.Path
         Destination folder; created if missing.
     base_url : str, optional
-        URL of the record's folder. Defaults to ``$SLEEPSTREAM_BASE_URL`` if set, else
-        :data:`DEFAULT_BASE_URL`.
+        ``http(s)://`` URL of the record's folder. Defaults to ``$SLEEPSTREAM_BASE_URL`` if set,
+        else :data:`DEFAULT_BASE_URL`.
     include : sequence of str, optional
         Folder prefixes (or exact paths) to download, e.g. ``["labels/", "heart_rate/"]``;
         ``"labels"`` and ``"labels/"`` are the same. Default: every listed file.
@@ -228,7 +240,8 @@ def fetch(
     ------
     ValueError
         If ``SHA256SUMS.txt`` is malformed or lists an unsafe path, if an ``include`` prefix
-        matches no listed file, or if ``retries`` or ``timeout`` is out of range.
+        matches no listed file, if ``retries`` or ``timeout`` is out of range, or if the base
+        URL is not ``http://`` or ``https://``.
     ChecksumMismatchError
         (a ``RuntimeError``) if a file still mismatches after the last retry; neither the file
         nor its ``.part`` is left behind.
@@ -237,6 +250,19 @@ def fetch(
         later call resumes from it.
     OSError
         If the server answers with a non-transient HTTP error such as 404.
+
+    Examples
+    --------
+    >>> summary = fetch(default_data_dir(), include=["labels/"])  # doctest: +SKIP
+    >>> summary.downloaded[:1]  # doctest: +SKIP
+    ['labels/1066528_labeled_sleep.txt']
+
+    Arguments are checked before anything is downloaded or created:
+
+    >>> fetch(Path("sleep-accel"), retries=-1)
+    Traceback (most recent call last):
+    ...
+    ValueError: retries must be >= 0, got -1
     """
     if retries < 0:
         raise ValueError(f"retries must be >= 0, got {retries}")
@@ -287,6 +313,8 @@ def fetch(
 def _resolve_base_url(base_url: str | None) -> str:
     """Argument, else ``$SLEEPSTREAM_BASE_URL``, else the PhysioNet URL; ends with ``/``."""
     base = base_url or os.environ.get("SLEEPSTREAM_BASE_URL") or DEFAULT_BASE_URL
+    if urllib.parse.urlsplit(base).scheme not in ("http", "https"):
+        raise ValueError(f"Base URL {base!r} is not supported: expected an http:// or https:// URL")
     return base.rstrip("/") + "/"
 
 
@@ -343,8 +371,8 @@ def _progress_bar(enabled: bool) -> Progress:
 
 
 def _sha256(path: Path) -> str:
-    with path.open("rb") as file:
-        return hashlib.file_digest(file, "sha256").hexdigest()
+    digest: str = pooch.file_hash(str(path), alg="sha256")
+    return digest
 
 
 def _is_verified(target: Path, digest: str, relative: str) -> bool:
@@ -370,10 +398,10 @@ def _with_retries(attempt: Callable[[], T], what: str, retries: int, *, final_ur
             time.sleep(min(RETRY_DELAY_SECONDS * 2 ** (number - 1), 30.0))
         try:
             return attempt()
-        except urllib.error.HTTPError as exc:
-            exc.close()
-            if exc.code not in _RETRY_STATUS:
-                raise OSError(f"Cannot download {final_url}: HTTP {exc.code} {exc.reason}") from exc
+        except requests.HTTPError as exc:
+            status, reason = _close(exc.response)
+            if status not in _RETRY_STATUS:
+                raise OSError(f"Cannot download {final_url}: HTTP {status} {reason}") from exc
             error = exc
         except (ChecksumMismatchError, _ResumeRejectedError, *_TRANSIENT_ERRORS) as exc:
             error = exc
@@ -386,11 +414,24 @@ def _with_retries(attempt: Callable[[], T], what: str, retries: int, *, final_ur
     ) from error
 
 
+def _close(response: requests.Response | None) -> tuple[int | None, str | None]:
+    """Release the connection of an error response; its status code and reason."""
+    if response is None:
+        return None, None
+    response.close()
+    return response.status_code, response.reason
+
+
+def _downloader(timeout: float, **requests_options: Any) -> pooch.HTTPDownloader:
+    """Pooch's HTTP downloader; ``timeout`` applies to connecting and to each read."""
+    return pooch.HTTPDownloader(chunk_size=_CHUNK_BYTES, timeout=timeout, **requests_options)
+
+
 def _read_url(url: str, timeout: float) -> bytes:
-    """Whole body of ``url``; ``IncompleteRead`` if the connection drops early."""
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        body: bytes = response.read()
-    return body
+    """Whole body of ``url``; ``ChunkedEncodingError`` if the connection drops early."""
+    body = io.BytesIO()
+    _downloader(timeout)(url, body, None)
+    return body.getvalue()
 
 
 def _download_verified(
@@ -406,12 +447,14 @@ def _download_verified(
     part = target.with_name(target.name + ".part")
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
-        _download_to_part(url, part, relative, timeout, meter)
-    except urllib.error.HTTPError as exc:
-        if exc.code != 416 or not part.exists():
+        with _PartFile(part, relative, meter) as sink:
+            hooks = {"response": sink.check_response}
+            _downloader(timeout, headers=sink.headers(), hooks=hooks)(url, sink, None)
+    except requests.HTTPError as exc:
+        status, _ = _close(exc.response)
+        if status != 416 or not part.exists():
             raise
         # Range not satisfiable: the .part file already holds the whole file (or more).
-        exc.close()
         logger.debug("%s: server has nothing past byte %d", relative, part.stat().st_size)
     actual = _sha256(part)
     if actual != digest:
@@ -422,50 +465,74 @@ def _download_verified(
     os.replace(part, target)
 
 
-def _download_to_part(url: str, part: Path, relative: str, timeout: float, meter: _Meter) -> None:
-    """Append the rest of ``url`` to ``part`` (or rewrite it if the server ignores ``Range``).
+class _PartFile:
+    """The ``.part`` file as the file-like output of :class:`pooch.HTTPDownloader`.
 
-    Raises ``ConnectionError`` if the body ends before its ``Content-Length``; what did arrive
-    stays in ``part`` for the next attempt to resume from.
+    :meth:`headers` asks for the bytes after those already in the file. :meth:`check_response`,
+    a ``requests`` response hook, sees the answer before its body: a ``206`` at the right offset
+    appends, a ``200`` (the server ignored ``Range``) rewrites from byte 0, and a ``206`` for
+    another range deletes the file and fails the attempt. What did arrive before a dropped
+    connection stays in the file for the next attempt to resume from.
     """
-    offset = part.stat().st_size if part.exists() else 0
-    headers = {"Range": f"bytes={offset}-"} if offset else {}
-    request = urllib.request.Request(url, headers=headers)
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        if offset and not _resumes_at(response, offset, part):
-            logger.info("%s: server sent the whole file; restarting from byte 0", relative)
-            offset = 0
-        elif offset:
-            logger.info("%s: resuming from byte %d", relative, offset)
-        length_header = response.headers.get("Content-Length")
-        length = int(length_header) if length_header is not None else None
-        meter.start(completed=offset, total=None if length is None else offset + length)
-        received = 0
-        with part.open("ab" if offset else "wb") as out:
-            while chunk := response.read(_CHUNK_BYTES):
-                out.write(chunk)
-                received += len(chunk)
-                meter.advance(len(chunk))
-    # HTTPResponse.read(n) returns b"" at an early EOF instead of raising, so check here.
-    if length is not None and received < length:
-        raise ConnectionError(f"connection closed after {received} of {length} bytes")
 
+    def __init__(self, part: Path, relative: str, meter: _Meter) -> None:
+        self.part = part
+        self.relative = relative
+        self.meter = meter
+        self.offset = part.stat().st_size if part.exists() else 0
+        self._file: IO[bytes] | None = None
 
-def _resumes_at(response: http.client.HTTPResponse, offset: int, part: Path) -> bool:
-    """Whether ``response`` is a 206 whose body starts at byte ``offset``.
+    def headers(self) -> dict[str, str]:
+        if not self.offset:
+            return dict(_IDENTITY)
+        return {**_IDENTITY, "Range": f"bytes={self.offset}-"}
 
-    A 206 for another range makes ``part`` useless: it is deleted and the attempt fails.
-    """
-    if response.status != 206:
-        return False
-    content_range = response.headers.get("Content-Range", "")
-    match = re.fullmatch(r"bytes (\d+)-\d+/(\d+|\*)", content_range.strip())
-    if match is None or int(match.group(1)) != offset:
-        part.unlink()
-        raise _ResumeRejectedError(
-            f"asked for bytes from {offset}, got Content-Range {content_range!r}"
-        )
-    return True
+    def check_response(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
+        if response.status_code not in (200, 206):
+            return  # redirects are followed; errors are raised by the downloader
+        if self.offset and response.status_code == 200:
+            logger.info("%s: server sent the whole file; restarting from byte 0", self.relative)
+            self.offset = 0
+        elif self.offset:
+            self._check_range(response)
+            logger.info("%s: resuming from byte %d", self.relative, self.offset)
+        length = response.headers.get("Content-Length")
+        total = None if length is None else self.offset + int(length)
+        self.meter.start(completed=self.offset, total=total)
+        self._file = self.part.open("ab" if self.offset else "wb")
+
+    def _check_range(self, response: requests.Response) -> None:
+        """Raise ``_ResumeRejectedError`` (deleting ``part``) unless the body starts at offset."""
+        content_range = response.headers.get("Content-Range", "")
+        match = re.fullmatch(r"bytes (\d+)-\d+/(\d+|\*)", content_range.strip())
+        if match is None or int(match.group(1)) != self.offset:
+            response.close()
+            self.part.unlink()
+            raise _ResumeRejectedError(
+                f"asked for bytes from {self.offset}, got Content-Range {content_range!r}"
+            )
+
+    def write(self, chunk: bytes) -> None:
+        if self._file is None:
+            raise RuntimeError(f"{self.relative}: body received before its response was checked")
+        self._file.write(chunk)
+        self.meter.advance(len(chunk))
+
+    def flush(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+
+    def __enter__(self) -> _PartFile:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._file is not None:
+            self._file.close()
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

@@ -24,20 +24,25 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
+import torch
 from numpy.typing import ArrayLike, NDArray
+from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import (
     accuracy_score,
     balanced_accuracy_score,
     brier_score_loss,
     cohen_kappa_score,
     f1_score,
+    recall_score,
     roc_auc_score,
     roc_curve,
 )
+from torchmetrics.functional.classification import binary_calibration_error
 
 from sleepstream.evaluation.nightly import night_level_summary
 from sleepstream.evaluation.predictions import SLEEP_CORRECT_TARGETS, LosoResult, NightPrediction
@@ -121,8 +126,14 @@ def _scored(
     return y[keep].astype(np.int8), p[keep], thr[keep]
 
 
-def _fraction(mask: NDArray[np.bool_]) -> float:
-    return float(mask.mean()) if mask.size else math.nan
+def _sleep_wake_correct(
+    y: NDArray[np.int8], called_sleep: NDArray[np.bool_]
+) -> tuple[float, float]:
+    """Sleep-correct and wake-correct: the recall of each class; NaN for a class not scored."""
+    wake, sleep = recall_score(
+        y, called_sleep.astype(np.int8), labels=[0, 1], average=None, zero_division=np.nan
+    )
+    return float(sleep), float(wake)
 
 
 # --------------------------------------------------------------------------------------------
@@ -152,22 +163,29 @@ def threshold_for_sleep_correct(labels: ArrayLike, p_sleep: ArrayLike, target: f
     ------
     ValueError
         If ``target`` is outside (0, 1] or there are no scored sleep epochs.
+
+    Examples
+    --------
+    Sleep scores .9 .8 .7 .6: sleep-correct is 1/4, 2/4, 3/4, 4/4 at these thresholds.
+
+    >>> labels = np.array([1, 1, 1, 1, 0, -1])
+    >>> p = np.array([0.9, 0.8, 0.7, 0.6, 0.85, 0.1])
+    >>> threshold_for_sleep_correct(labels, p, 0.5), threshold_for_sleep_correct(labels, p, 0.6)
+    (0.8, 0.7)
     """
     if not 0 < target <= 1:
         raise ValueError(f"Sleep-correct target must be in (0, 1], got {target!r}")
     y, p, _ = _scored(labels, p_sleep)
-    sleep_scores = np.sort(p[y == 1])[::-1]
-    n = sleep_scores.size
-    if n == 0:
+    if not np.any(y == 1):
         raise ValueError(f"No sleep epochs among {y.size} scored epochs: sleep-correct undefined")
-    # Smallest k with k / n >= target, computed the way sleep-correct itself is (k / n), so that
-    # floating point (0.93 * 100 = 93.00000000000001) cannot push k one too high.
-    k = min(max(math.ceil(target * n), 1), n)
-    while k > 1 and (k - 1) / n >= target:
-        k -= 1
-    while k < n and k / n < target:
-        k += 1
-    return float(sleep_scores[k - 1])
+    with warnings.catch_warnings():
+        # Without wake epochs the false-positive rate is undefined; only the TPR is used here.
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        _, sleep_correct, thresholds = roc_curve(y, p, pos_label=1, drop_intermediate=False)
+    # The TPR at each distinct score, from the largest down, is the sleep-correct fraction k / n
+    # computed exactly as sleep-correct itself is, so 0.93 * 100 = 93.00000000000001 cannot
+    # make 93 of 100 fall short. It rises to 1, so some threshold always reaches the target.
+    return float(thresholds[np.argmax(sleep_correct >= target)])
 
 
 def threshold_max_kappa(labels: ArrayLike, p_sleep: ArrayLike) -> float:
@@ -209,22 +227,39 @@ def expected_calibration_error(labels: ArrayLike, p_sleep: ArrayLike, n_bins: in
     """Expected calibration error of p(sleep), in equal-width bins weighted by epoch count.
 
     ``sum_b (n_b / n) * |mean(sleep in b) - mean(p_sleep in b)|`` over bins ``[i/n_bins,
-    (i+1)/n_bins)``, the last bin closed at 1.
+    (i+1)/n_bins)``, the last bin closed at 1: torchmetrics' ``binary_calibration_error``
+    (L1 norm), whose bin edges are ``torch.linspace(0, 1, n_bins + 1)`` in float64.
 
     Raises
     ------
     ValueError
-        If ``n_bins < 1`` or a probability lies outside [0, 1].
+        If ``n_bins`` is not a positive integer or a probability lies outside [0, 1].
+
+    Examples
+    --------
+    Bin [0.2, 0.3): mean p 0.2, one of its two epochs asleep. Bin [0.9, 1], which holds p = 1:
+    mean p 0.95, one of its two epochs asleep.
+
+    >>> labels = np.array([0, 1, 1, 0])
+    >>> p = np.array([0.2, 0.2, 0.9, 1.0])
+    >>> round(expected_calibration_error(labels, p), 12)  # (2 * 0.3 + 2 * 0.45) / 4
+    0.375
     """
     if n_bins < 1:
         raise ValueError(f"n_bins must be a positive integer, got {n_bins!r}")
     y, p, _ = _scored(labels, p_sleep)
     if p.min() < 0 or p.max() > 1:
         raise ValueError(f"p_sleep must lie in [0, 1], got range [{p.min()}, {p.max()}]")
-    bins = np.minimum((p * n_bins).astype(np.int64), n_bins - 1)
-    sum_p = np.bincount(bins, weights=p, minlength=n_bins)
-    sum_y = np.bincount(bins, weights=(y == 1).astype(np.float64), minlength=n_bins)
-    return float(np.abs(sum_y - sum_p).sum() / y.size)
+    # torchmetrics gives p = 1 a bin of its own, [1, 1]; the largest float below 1 keeps it in
+    # the last bin (as documented), at a cost of 1.1e-16 to that bin's mean p.
+    p_binned = np.where(p == 1.0, np.nextafter(1.0, 0.0), p)
+    error = binary_calibration_error(
+        torch.from_numpy(p_binned),
+        torch.from_numpy((y == 1).astype(np.int64)),
+        n_bins=n_bins,
+        norm="l1",
+    )
+    return float(error)
 
 
 def _decision_metrics(
@@ -234,6 +269,7 @@ def _decision_metrics(
     sleep = y == 1
     both_classes = bool(sleep.any() and (~sleep).any())
     pred = called_sleep.astype(np.int8)
+    sleep_correct, wake_correct = _sleep_wake_correct(y, called_sleep)
     nan = math.nan
     if (~sleep).any() or (~called_sleep).any():
         wake_f1 = float(f1_score(y, pred, pos_label=0, zero_division=np.nan))
@@ -247,8 +283,8 @@ def _decision_metrics(
         "wake_f1": wake_f1,
         "brier": float(brier_score_loss(y, p, labels=[0, 1])),
         "ece": expected_calibration_error(y, p),
-        "sleep_correct": _fraction(called_sleep[sleep]),
-        "wake_correct": _fraction(~called_sleep[~sleep]),
+        "sleep_correct": sleep_correct,
+        "wake_correct": wake_correct,
     }
 
 
@@ -270,6 +306,12 @@ def epoch_metrics(labels: ArrayLike, p_sleep: ArrayLike, threshold: ArrayLike) -
         The keys of :data:`EPOCH_METRICS`. AUROC, kappa and balanced accuracy are NaN when the
         scored epochs hold only one class; sleep-/wake-correct are NaN without that class.
         AUROC, Brier and ECE use the probabilities, the rest the decisions.
+
+    Examples
+    --------
+    >>> m = epoch_metrics(np.array([1, 1, 1, 0, -1]), np.array([0.9, 0.7, 0.4, 0.2, 0.5]), 0.5)
+    >>> m["sleep_correct"], m["wake_correct"], m["accuracy"]
+    (0.6666666666666666, 1.0, 0.75)
     """
     y, p, thr = _scored(labels, p_sleep, threshold)
     return _decision_metrics(y, p, p >= thr)
@@ -278,15 +320,23 @@ def epoch_metrics(labels: ArrayLike, p_sleep: ArrayLike, threshold: ArrayLike) -
 def wasa(labels: ArrayLike, p_sleep: ArrayLike, threshold: ArrayLike) -> Wasa:
     """Wake-correct at ``threshold`` (scalar or per epoch) and the sleep-correct it achieved.
 
-    ``Wasa.threshold`` is the threshold if scalar, else NaN.
+    ``Wasa.threshold`` is the threshold if scalar, else NaN. Sleep- or wake-correct is NaN when
+    no scored epoch has that label.
+
+    Examples
+    --------
+    >>> labels, p = np.array([1, 1, 0, 0]), np.array([0.9, 0.4, 0.3, 0.6])
+    >>> wasa(labels, p, np.array([0.5, 0.3, 0.5, 0.7]))  # each epoch its own threshold
+    Wasa(wake_correct=1.0, sleep_correct=1.0, threshold=nan)
+    >>> wasa(labels, p, 0.5)
+    Wasa(wake_correct=0.5, sleep_correct=0.5, threshold=0.5)
     """
     y, p, thr = _scored(labels, p_sleep, threshold)
-    called_sleep = p >= thr
-    sleep = y == 1
+    sleep_correct, wake_correct = _sleep_wake_correct(y, p >= thr)
     scalar = np.ndim(threshold) == 0
     return Wasa(
-        wake_correct=_fraction(~called_sleep[~sleep]),
-        sleep_correct=_fraction(called_sleep[sleep]),
+        wake_correct=wake_correct,
+        sleep_correct=sleep_correct,
         threshold=float(np.asarray(threshold)) if scalar else math.nan,
     )
 
