@@ -1,13 +1,26 @@
-"""Command-line plumbing that is not covered with the commands themselves."""
+"""Command-line plumbing that is not covered with the commands themselves: output paths checked
+before any work, one-line errors and exit codes, and files written whole or not at all."""
 
 from __future__ import annotations
 
+import io
+import logging
+import os
+import re
+import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
+import numpy as np
 import pytest
+from rich.console import Console
+from rich.progress import Progress
 
+from sleepstream import paths
 from sleepstream.cli import main
 from sleepstream.evaluation.report import DOCS_MARKER, update_docs
+from sleepstream.paths import atomic_file, check_output_dir, check_output_file, write_atomic
 
 
 def test_update_docs_keeps_the_hand_written_part_and_copies_figures(tmp_path: Path) -> None:
@@ -46,3 +59,354 @@ def test_report_without_predictions_says_what_to_run(
 ) -> None:
     assert main(["report", "--out", str(tmp_path)]) == 1
     assert "run `sleepstream cv" in caplog.text
+
+
+# --- output paths are checked before any work --------------------------------------------------
+
+
+def _no_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every command fail loudly if it reaches data loading, training or reporting."""
+
+    def forbidden(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the command started working before checking its output path")
+
+    from sleepstream.data import folder
+    from sleepstream.evaluation import cv
+
+    monkeypatch.setattr(folder, "load_all", forbidden)
+    monkeypatch.setattr(folder, "load_recording", forbidden)
+    monkeypatch.setattr(cv, "load_predictions", forbidden)
+    monkeypatch.setattr(cv, "run_baselines", forbidden)
+
+
+def _one_error(caplog: pytest.LogCaptureFixture) -> str:
+    """The single error logged by ``main``: one line, no traceback."""
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1, [r.getMessage() for r in errors]
+    message = errors[0].getMessage()
+    assert "\n" not in message and errors[0].exc_info is None
+    return message
+
+
+# argv, the path the message must name, and what it must say; {file} is an existing file,
+# {dir} an existing folder holding a file named "figures".
+BAD_OUTPUTS = {
+    "cv_out_is_file": (["cv", "-c", "m.yaml", "--out", "{file}"], "{file}", "is a file"),
+    "baselines_out_is_file": (["baselines", "--out", "{file}"], "{file}", "is a file"),
+    "report_out_is_file": (["report", "--out", "{file}"], "{file}", "is a file"),
+    "ship_out_is_file": (
+        ["ship", "-c", "m.yaml", "--loso", "{dir}", "--out", "{file}"],
+        "{file}",
+        "is a file",
+    ),
+    "export_out_is_file": (["export", "--out", "{file}"], "{file}", "is a file"),
+    "fetch_dest_is_file": (["data", "fetch", "--dest", "{file}"], "{file}", "is a file"),
+    "replay_out_is_folder": (
+        ["replay", "--subject", "46343", "--out", "{dir}"],
+        "{dir}",
+        "is a folder: a file name is needed here",
+    ),
+    "replay_out_not_a_figure": (
+        ["replay", "--subject", "46343", "--out", "{dir}/night.txt"],
+        "{dir}/night.txt",
+        "expected a name ending in .png or .pdf or .svg",
+    ),
+    "docs_is_folder": (
+        ["report", "--out", "{dir}", "--docs", "{dir}"],
+        "{dir}",
+        "is a folder: a file name is needed here",
+    ),
+    "docs_figures_is_file": (
+        ["baselines", "--out", "{dir}/new", "--docs", "{dir}/docs.md"],
+        "{dir}/figures",
+        "is a file: a folder is needed here",
+    ),
+    "cv_out_under_a_file": (
+        ["cv", "-c", "m.yaml", "--out", "{file}/report"],
+        "{file}/report",
+        "cannot be created: {file} is a file, not a folder",
+    ),
+    "replay_out_under_a_file": (
+        ["replay", "--subject", "46343", "--out", "{file}/night.png"],
+        "{file}/night.png",
+        "cannot be created: {file} is a file, not a folder",
+    ),
+    "docs_under_a_file": (
+        ["cv", "-c", "m.yaml", "--out", "{dir}/r", "--docs", "{file}/results.md"],
+        "{file}/results.md",
+        "cannot be created: {file} is a file, not a folder",
+    ),
+}
+
+
+@pytest.mark.parametrize(("argv", "named", "fragment"), BAD_OUTPUTS.values(), ids=BAD_OUTPUTS)
+def test_bad_output_path_fails_at_once_in_one_line(
+    argv: list[str],
+    named: str,
+    fragment: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    _no_work(monkeypatch)
+    paths = {"file": tmp_path / "taken", "dir": tmp_path / "folder"}
+    paths["file"].write_text("not a folder\n")
+    paths["dir"].mkdir()
+    (paths["dir"] / "figures").write_text("a file where the figures folder goes\n")
+    assert main([arg.format(**paths) for arg in argv]) == 2
+    message = _one_error(caplog)
+    assert re.search(re.escape(named.format(**paths)) + "[ :]", message), message
+    assert fragment.format(**paths) in message, message
+    assert _files(tmp_path) == ["folder/figures", "taken"]  # nothing created
+
+
+def test_output_path_message_names_what_is_wrong(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    _no_work(monkeypatch)
+    a_file = tmp_path / "results"
+    a_file.write_text("x")
+    assert main(["report", "--out", str(a_file)]) == 2
+    assert _one_error(caplog) == f"Output folder {a_file} is a file: a folder is needed here"
+
+
+@pytest.mark.skipif(
+    hasattr(os, "geteuid") and os.geteuid() == 0,
+    reason="root writes into read-only folders; "
+    "test_folder_that_refuses_new_files_fails_at_once simulates one",
+)
+def test_unwritable_output_folder_fails_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    _no_work(monkeypatch)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        assert main(["report", "--out", str(locked)]) == 2
+        assert f"Output folder {locked} is not writable" in _one_error(caplog)
+        assert main(["baselines", "--out", str(locked / "new" / "report")]) == 2
+        assert main(["replay", "--subject", "1", "--out", str(locked / "night.png")]) == 2
+    finally:
+        locked.chmod(0o700)
+
+
+def test_folder_that_refuses_new_files_fails_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Runs as root too: the folder's refusal is simulated where the check tries it.
+    _no_work(monkeypatch)
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(paths.tempfile, "NamedTemporaryFile", refuse)
+    assert main(["cv", "-c", "m.yaml", "--out", str(tmp_path / "new" / "report")]) == 2
+    expected = (
+        f"Output folder {tmp_path / 'new' / 'report'} is not writable: cannot create a file in "
+        f"{tmp_path} (Permission denied)"
+    )
+    assert _one_error(caplog) == expected
+
+
+def test_checked_paths_accept_new_and_existing_outputs(tmp_path: Path) -> None:
+    (tmp_path / "old.png").write_bytes(b"png")
+    assert check_output_dir(tmp_path / "a" / "b") == tmp_path / "a" / "b"
+    assert check_output_dir(tmp_path) == tmp_path
+    assert check_output_file(tmp_path / "old.png", suffixes=(".png",)) == tmp_path / "old.png"
+    assert check_output_file(tmp_path / "new" / "x.PNG", suffixes=(".png",))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.png"]  # nothing left behind
+
+
+# --- errors inside a command: one line; Ctrl-C: 130 ---------------------------------------------
+
+
+def _inside_progress(error: BaseException) -> Callable[[Path], None]:
+    """A stand-in for ``load_predictions`` that raises ``error`` inside a rich progress bar."""
+
+    def load_predictions(out: Path) -> None:
+        with Progress(console=Console(file=io.StringIO())) as bar:
+            task = bar.add_task("working", total=2)
+            bar.advance(task)
+            raise error
+
+    return load_predictions
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "expected"),
+    [
+        (KeyboardInterrupt(), 130, "Interrupted"),
+        (PermissionError(13, "Permission denied", "/no/access.npz"), 2, "/no/access.npz"),
+        (OSError(28, "No space left on device"), 2, "No space left on device"),
+        (FileNotFoundError("predictions/ not found"), 1, "predictions/ not found"),
+        (ValueError("first line\n  second line\n"), 1, "first line; second line"),
+    ],
+    ids=["ctrl_c", "permission", "disk_full", "not_found", "multi_line"],
+)
+def test_errors_raised_inside_a_progress_bar_are_one_line(
+    error: BaseException,
+    code: int,
+    expected: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from sleepstream.evaluation import cv
+
+    monkeypatch.setattr(cv, "load_predictions", _inside_progress(error))
+    assert main(["report", "--out", str(tmp_path)]) == code
+    assert expected in _one_error(caplog)
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_binary_input_file_is_one_line_naming_the_byte(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    heart_rate = tmp_path / "night_heartrate.txt"
+    heart_rate.write_bytes(b"0,60\n5,61\n\x00\x9c\xffbinary")
+    counts = tmp_path / "counts.txt"
+    counts.write_text("0,1\n15,2\n")
+    argv = ["replay", "--heart-rate", str(heart_rate), "--counts", str(counts)]
+    assert main([*argv, "--out", str(tmp_path / "night.png")]) == 1
+    message = _one_error(caplog)
+    assert message.startswith(f"{heart_rate}, line 3: not UTF-8 text: byte 0x9c at byte offset 11")
+
+
+# --- files are written whole or not at all -----------------------------------------------------
+
+
+def _half_then_interrupt(file: str | Path | BinaryIO) -> None:
+    """What an interrupted writer does: half a file to a name or an open file, then Ctrl-C."""
+    if isinstance(file, str | Path):
+        with open(file, "wb") as handle:
+            handle.write(b"half a file")
+    else:
+        file.write(b"half a file")
+    raise KeyboardInterrupt
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def test_atomic_file_interrupted_leaves_the_old_file_or_none(tmp_path: Path) -> None:
+    target = tmp_path / "out" / "metrics.json"
+    with pytest.raises(KeyboardInterrupt), atomic_file(target) as handle:
+        handle.write(b'{"half": ')
+        raise KeyboardInterrupt
+    assert _files(tmp_path) == []
+    write_atomic(target, '{"complete": true}\n')
+    with pytest.raises(KeyboardInterrupt), atomic_file(target) as handle:
+        handle.write(b'{"half": ')
+        raise KeyboardInterrupt
+    assert target.read_text() == '{"complete": true}\n'
+    assert _files(tmp_path) == ["out/metrics.json"]
+
+
+def test_atomic_file_names_the_target_of_a_nameless_os_error(tmp_path: Path) -> None:
+    target = tmp_path / "model.pt"
+    disk_full = OSError(28, "No space left on device")
+    expected = re.escape(f"No space left on device: '{target}'")
+    with pytest.raises(OSError, match=expected), atomic_file(target):
+        raise disk_full
+    assert _files(tmp_path) == []
+
+
+def test_atomic_files_keep_the_usual_permissions(tmp_path: Path) -> None:
+    umask = os.umask(0o022)
+    try:
+        write_atomic(tmp_path / "a.txt", "x")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
+
+
+def test_interrupted_save_result_leaves_no_partial_npz(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sleepstream.evaluation.predictions import LosoResult, NightPrediction, save_result
+
+    night = NightPrediction(
+        "1", np.zeros(3), np.ones(3, np.int8), np.full(3, 0.7), np.ones(3, bool), {}
+    )
+    monkeypatch.setattr(np, "savez_compressed", lambda file, **arrays: _half_then_interrupt(file))
+    with pytest.raises(KeyboardInterrupt):
+        save_result(LosoResult("model", True, [night]), tmp_path / "predictions" / "m.npz")
+    assert _files(tmp_path) == []
+
+
+def test_interrupted_figure_leaves_no_partial_png(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from matplotlib.figure import Figure
+
+    from sleepstream.evaluation.plots import _save
+
+    monkeypatch.setattr(Figure, "savefig", lambda self, file, **kw: _half_then_interrupt(file))
+    with pytest.raises(KeyboardInterrupt):
+        _save(Figure(), tmp_path / "roc.png")
+    assert _files(tmp_path) == []
+
+
+def test_interrupted_save_model_leaves_no_partial_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    from sleepstream.models import shipped
+
+    card = shipped.ModelCard("m", "SleepNet", {}, [], {}, "", [], 0)
+    monkeypatch.setattr(torch, "save", lambda obj, file, **kw: _half_then_interrupt(file))
+    with pytest.raises(KeyboardInterrupt):
+        shipped.save_model(torch.nn.Linear(1, 1), card, tmp_path)  # type: ignore[arg-type]
+    assert _files(tmp_path) == []
+
+
+def test_interrupted_docs_update_keeps_the_old_docs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "roc.png").write_bytes(b"png")
+    (report / "results.md").write_text("# Results\n\n![roc](roc.png)\n")
+    docs = tmp_path / "docs" / "results.md"
+    docs.parent.mkdir()
+    docs.write_text("old report\n")
+
+    def interrupted_copy(source: BinaryIO, target: BinaryIO) -> None:
+        target.write(source.read(1))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shutil, "copyfileobj", interrupted_copy)
+    with pytest.raises(KeyboardInterrupt):
+        update_docs(report / "results.md", docs)
+    assert docs.read_text() == "old report\n"
+    assert _files(docs.parent) == ["results.md"]
+
+
+def test_interrupted_report_leaves_metrics_and_results_together_or_not_at_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sleepstream.evaluation import report
+    from sleepstream.evaluation.predictions import LosoResult, NightPrediction
+
+    labels = np.array([0, 0, 1, 1, 1, 1, 0, 1], np.int8)
+    thresholds = {"operating": 0.5, "wasa93": 0.5, "wasa95": 0.5}
+    times, valid = 30.0 * np.arange(8), np.ones(8, bool)
+    p_sleep = [np.clip(labels * 0.6 + 0.1 * k, 0, 1) for k in range(3)]
+    nights = [
+        NightPrediction(f"S{k}", times, labels, p, valid, thresholds) for k, p in enumerate(p_sleep)
+    ]
+
+    def interrupted_plot(*args: object, **kwargs: object) -> Path:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report, "plot_nights", interrupted_plot)
+    out = tmp_path / "report"
+    with pytest.raises(KeyboardInterrupt):
+        report.write_report([(LosoResult("model", True, nights), None)], out, n_resamples=5)
+    written = _files(out)
+    assert "metrics.json" not in written and "results.md" not in written
+    assert all(name.endswith(".png") and not name.startswith(".") for name in written)

@@ -3,6 +3,7 @@ the per-subject check and the ``sleepstream data check`` command."""
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 from collections.abc import Callable
@@ -12,10 +13,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pytest
 from numpy.typing import NDArray
+from rich.console import Console
 
 from sleepstream import cli
 from sleepstream.data import folder as data_folder_module
-from sleepstream.data.check import check_folder
+from sleepstream.data import parse
+from sleepstream.data.check import check_folder, check_table
 from sleepstream.data.folder import (
     cache_folder,
     data_folder,
@@ -176,6 +179,71 @@ def test_bad_motion_row_names_file_and_line(night: SyntheticNight) -> None:
     night.motion[1234] = "24.680000 0.01 -0.02"
     message = _expect_error(night, "motion", line=1235)
     assert "expected 4 values" in message
+
+
+@pytest.mark.parametrize(("kind", "row", "bad", "fragment"), BAD_ROWS.values(), ids=BAD_ROWS)
+def test_blank_lines_before_a_bad_row_keep_its_line_number(
+    night: SyntheticNight, kind: str, row: int, bad: str, fragment: str
+) -> None:
+    # Lines count blank lines too: three blank lines before the bad row move it down three.
+    lines = getattr(night, kind)
+    lines[row] = bad
+    lines[row:row] = ["", "   "]
+    lines.insert(0, "")
+    message = _expect_error(night, kind, line=row + 4)
+    assert fragment in message
+
+
+def test_out_of_order_warning_counts_blank_lines(
+    night: SyntheticNight, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert night.heart_rate is not None
+    night.heart_rate[9], night.heart_rate[10] = night.heart_rate[10], night.heart_rate[9]
+    night.heart_rate[5:5] = ["", ""]
+    with caplog.at_level(logging.WARNING, logger="sleepstream.data.parse"):
+        load_recording(night.write(), night.subject_id, use_cache=False)
+    (message,) = _parse_warnings(caplog)
+    assert "1 rows out of time order (first at line 13)" in message
+
+
+@pytest.mark.parametrize("kind", ["labels", "heart_rate", "counts"])
+def test_undecodable_file_names_file_line_and_byte_offset(night: SyntheticNight, kind: str) -> None:
+    folder = night.write()
+    path = night.path(kind)
+    text = path.read_bytes()
+    lines = text.split(b"\n")
+    before = b"\n".join(lines[:3]) + b"\n" + lines[3][:2]  # two bytes into line 4
+    path.write_bytes(before + b"\xff\xfe" + text[len(before) :])
+    with pytest.raises(DataFormatError) as error:
+        load_recording(folder, night.subject_id, use_cache=False)
+    expected = f"{path}, line 4: not UTF-8 text: byte 0xff at byte offset {len(before)} "
+    assert str(error.value).startswith(expected), str(error.value)
+
+
+def test_binary_file_names_the_first_byte(night: SyntheticNight) -> None:
+    folder = night.write()
+    path = night.path("heart_rate")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    with pytest.raises(
+        DataFormatError,
+        match=re.escape(f"{path}, line 1: not UTF-8 text: byte 0x89 at byte offset 0"),
+    ):
+        load_recording(folder, night.subject_id, use_cache=False)
+
+
+def test_undecodable_byte_offset_counts_from_the_start_of_a_large_file(tmp_path: Path) -> None:
+    # Decoding goes 1 MiB at a time: the offset must not be relative to the failing chunk,
+    # also when a valid two-byte character straddles the chunk boundary.
+    rows = b"30 1\n" * (2**20 // 5)
+    filler = b" " * (2**20 - 1 - len(rows))
+    head = rows + filler + "\u00e9".encode() + b"\n60 1\n90 "
+    path = tmp_path / "labels.txt"
+    path.write_bytes(head + b"\xc3\x28 1\n")
+    line = head.count(b"\n") + 1
+    expected = f"{path}, line {line}: not UTF-8 text: byte 0xc3 at byte offset {len(head)} "
+    with pytest.raises(DataFormatError) as error:
+        parse.read_table(path, None, 2)
+    assert str(error.value).startswith(expected), str(error.value)
 
 
 def test_blank_lines_hold_no_data_and_are_skipped(night: SyntheticNight) -> None:
@@ -420,7 +488,7 @@ def test_check_folder_summarises_each_subject(
 ) -> None:
     folder = make_night("1001").write()
     make_night("20", labels=[f"{30 * i} {i % 2}" for i in range(10)]).write()
-    rows = check_folder(folder)
+    rows = check_folder(folder).subjects
     assert [r.subject_id for r in rows] == ["20", "1001"]
     short, full = rows
     assert not short.error and not full.error
@@ -442,7 +510,7 @@ def test_check_folder_reports_broken_subjects(
     make_night: Callable[..., SyntheticNight],
 ) -> None:
     folder = _two_good_one_broken(make_night)
-    rows = {r.subject_id: r for r in check_folder(folder)}
+    rows = {r.subject_id: r for r in check_folder(folder).subjects}
     assert set(rows) == {"1001", "1002", "1003"}
     assert rows["1001"].error == ""
     assert "neither motion/1002_acceleration.txt nor counts/1002_counts.txt" in rows["1002"].error
@@ -463,3 +531,134 @@ def test_cli_data_check_broken_folder(make_night: Callable[..., SyntheticNight])
 
 def test_cli_data_check_not_a_data_folder(tmp_path: Path) -> None:
     assert cli.main(["data", "check", str(tmp_path)]) != 0
+
+
+# --- nothing disappears silently: orphans, stray files, missing modalities --------------------
+
+
+def _folder_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "sleepstream.data.folder" and r.levelno == logging.WARNING
+    ]
+
+
+def test_orphan_subjects_fail_the_check_and_load_all_names_them(
+    make_night: Callable[..., SyntheticNight], caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = make_night("1001").write()
+    make_night("1002", labels=None).write()  # heart rate and counts, no labels
+    (folder / "walch_features").mkdir()
+    (folder / "walch_features" / "1003_hr_feature.out").write_text("60\n")
+    with caplog.at_level(logging.WARNING, logger="sleepstream.data.folder"):
+        loaded = load_all(folder, use_cache=False)
+    assert [r.subject_id for r in loaded] == ["1001"]
+    (message,) = _folder_warnings(caplog)
+    assert "subjects 1002, 1003 have data files but no labels/<id>_labeled_sleep.txt" in message
+
+    result = check_folder(folder)
+    rows = {r.subject_id: r for r in result.subjects}
+    assert list(rows) == ["1001", "1002", "1003"]
+    assert rows["1001"].error == "" and rows["1001"].missing == ()
+    assert rows["1002"].missing == ("labels",)
+    assert rows["1002"].present == ("counts", "heart_rate")
+    assert "no label file labels/1002_labeled_sleep.txt" in rows["1002"].error
+    assert rows["1003"].missing == ("labels", "heart rate", "motion or counts")
+    assert not result.ok and len(result.problems) == 2
+    assert cli.main(["data", "check", str(folder)]) == 1
+
+
+STRAYS = {
+    "backup": ("heart_rate/1001_heartrate.txt.bak", "matches no file name of heart_rate/"),
+    "other_format": ("counts/1001_counts.csv", "expected <id>_counts.txt"),
+    "bad_feature": ("walch_features/1001_hr.out", "matches no file name of walch_features/"),
+    "underscore_in_id": ("labels/10_01_labeled_sleep.txt", "matches no file name of labels/"),
+    "download": ("labels/1002_labeled_sleep.txt.part", "interrupted download"),
+    "folder": ("motion/old", "a folder inside motion/"),
+}
+
+
+@pytest.mark.parametrize(("name", "reason"), STRAYS.values(), ids=STRAYS)
+def test_stray_files_fail_the_check_and_load_all_names_them(
+    night: SyntheticNight, name: str, reason: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = night.write()
+    stray = folder / name
+    stray.parent.mkdir(parents=True, exist_ok=True)
+    stray.mkdir() if name == "motion/old" else stray.write_text("0 0\n")
+    result = check_folder(folder)
+    assert [r.subject_id for r in result.subjects] == ["1001"]
+    assert not result.ok
+    (problem,) = result.problems
+    assert problem.startswith(f"{stray}: ") and reason in problem, problem
+    with caplog.at_level(logging.WARNING, logger="sleepstream.data.folder"):
+        assert [r.subject_id for r in load_all(folder, use_cache=False)] == ["1001"]
+    (message,) = _folder_warnings(caplog)
+    assert f"1 files match no name of the sleep-accel layout and are ignored: {name}" in message
+    assert cli.main(["data", "check", str(folder)]) == 1
+
+
+def test_hidden_files_are_not_strays(
+    night: SyntheticNight, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = night.write()
+    (folder / "labels" / ".DS_Store").write_bytes(b"\x00\x01")
+    assert check_folder(folder).ok
+    with caplog.at_level(logging.WARNING, logger="sleepstream.data.folder"):
+        load_all(folder, use_cache=False)
+    assert _folder_warnings(caplog) == []
+
+
+def test_every_missing_modality_is_named(make_night: Callable[..., SyntheticNight]) -> None:
+    folder = make_night("1001", heart_rate=None, counts=None).write()
+    (row,) = check_folder(folder).subjects
+    assert row.missing == ("heart rate", "motion or counts")
+    assert "no heart-rate file heart_rate/1001_heartrate.txt and neither " in row.error
+    assert "neither motion/1001_acceleration.txt nor counts/1001_counts.txt" in row.error
+    assert cli.main(["data", "check", str(folder)]) == 1
+
+
+def test_cli_data_check_prints_every_problem_on_one_line(
+    make_night: Callable[..., SyntheticNight], capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = _two_good_one_broken(make_night)
+    make_night("1004", labels=None).write()
+    assert cli.main(["data", "check", str(folder)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    for subject, fragment in [
+        ("1002", "neither motion/1002_acceleration.txt nor counts/1002_counts.txt"),
+        ("1003", "1003_heartrate.txt, line 5: heart rate 300 bpm"),
+        ("1004", "no label file labels/1004_labeled_sleep.txt"),
+    ]:
+        assert any(line.startswith(f"{subject}: ") and fragment in line for line in lines)
+
+
+def _render(result: object, width: int = 80) -> str:
+    console = Console(width=width, record=True, file=io.StringIO())
+    console.print(result)
+    return console.export_text()
+
+
+def test_check_table_of_the_real_folder_fits_80_columns(data_dir: Path) -> None:
+    result = check_folder(data_dir)
+    assert result.ok, result.problems
+    text = _render(check_table(result))
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert "\u2026" not in text  # no cell cut short with an ellipsis
+    for row in result.subjects:
+        (line,) = [line for line in lines if line.startswith(f"{row.subject_id} ")]
+        assert f" {row.night_hours:.2f} " in line and f" {row.scored_epochs} " in line, line
+
+
+def test_check_table_with_failures_fits_80_columns(
+    make_night: Callable[..., SyntheticNight],
+) -> None:
+    folder = _two_good_one_broken(make_night)
+    make_night("1004", labels=None).write()
+    text = _render(check_table(check_folder(folder)))
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "\u2026" not in text
+    assert "4 subjects, 3 failing, 0 stray files" in " ".join(text.split())
+    assert re.search(r"^1004 +-H-C- +error", text, re.MULTILINE), text

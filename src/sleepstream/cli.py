@@ -11,6 +11,9 @@
     sleepstream ship -c CONFIG --loso DIR                 train on all nights, save with LOSO card
     sleepstream replay --subject ID [--history H]         a night through the live detector
     sleepstream export [--ckpt PATH] --out DIR            ONNX + Core ML of the one-epoch step
+
+Every output path (``--out``, ``--docs``, ``--dest``) is checked before any work starts
+(:mod:`sleepstream.paths`), and every file is written whole or not at all.
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
+
+from sleepstream.paths import atomic_path, check_output_dir, check_output_file, write_atomic
 
 log = logging.getLogger("sleepstream")
 console = Console(stderr=True)
@@ -37,10 +43,24 @@ def _setup_logging(verbose: bool) -> None:
     )
 
 
+PATH_ARGS = ("motion", "counts", "labels")
+"""The optional input files of ``replay --heart-rate``."""
+
+FIGURE_SUFFIXES = (".png", ".pdf", ".svg")
+"""File endings ``replay --out`` accepts (matplotlib picks the format from it)."""
+
+
+def _check_docs(docs: str | None) -> None:
+    """``--docs FILE`` is written along with ``figures/`` beside it: check both."""
+    if docs:
+        path = check_output_file(docs, "--docs file")
+        check_output_dir(path.parent / "figures", "--docs figures folder")
+
+
 def _data_fetch(args: argparse.Namespace) -> int:
     from sleepstream.data.download import default_data_dir, fetch
 
-    dest = Path(args.dest) if args.dest else default_data_dir()
+    dest = check_output_dir(args.dest if args.dest else default_data_dir(), "--dest folder")
     include = [f"{name.rstrip('/')}/" for name in args.only] if args.only else None
     summary = fetch(dest, args.base_url, include=include, progress=not args.quiet)
     console.print(
@@ -55,24 +75,32 @@ def _data_check(args: argparse.Namespace) -> int:
     from sleepstream.data.folder import data_folder
 
     folder = data_folder(args.folder)
-    rows = check_folder(folder)
-    Console().print(check_table(folder, rows))
-    return 1 if any(r.error for r in rows) else 0
+    result = check_folder(folder)
+    out = Console()
+    out.print(check_table(result))
+    for problem in result.problems:
+        out.print(f"[red]{escape(problem)}", highlight=False, soft_wrap=True)
+    return 0 if result.ok else 1
 
 
 def _baselines(args: argparse.Namespace) -> int:
+    out = check_output_dir(args.out)
+    _check_docs(args.docs)
+
     from sleepstream.data.folder import load_all
     from sleepstream.evaluation.cv import run_baselines, save_predictions
 
     start = time.perf_counter()
     recordings = load_all(args.data)
-    out = Path(args.out)
     save_predictions(run_baselines(recordings, progress=not args.quiet), out)
     log.info("%d nights in %.0f s", len(recordings), time.perf_counter() - start)
     return _write_report(out, args.docs)
 
 
 def _cv(args: argparse.Namespace) -> int:
+    out = check_output_dir(args.out)
+    _check_docs(args.docs)
+
     import torch
 
     from sleepstream.data.folder import load_all
@@ -83,7 +111,6 @@ def _cv(args: argparse.Namespace) -> int:
     recordings = load_all(args.data)
     folds = args.folds.split(",") if args.folds else None
     configs = [args.config, *(args.compare or [])]
-    out = Path(args.out)
     results = run_models(
         configs,
         recordings,
@@ -112,10 +139,14 @@ def _write_report(out: Path, docs: str | None) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    return _write_report(Path(args.out), args.docs)
+    out = check_output_dir(args.out)
+    _check_docs(args.docs)
+    return _write_report(out, args.docs)
 
 
 def _ship(args: argparse.Namespace) -> int:
+    out = check_output_dir(args.out)
+
     import json
 
     from sleepstream.data.folder import load_all
@@ -129,13 +160,16 @@ def _ship(args: argparse.Namespace) -> int:
         )
     metrics = json.loads(metrics_path.read_text())
     weights, meta = ship_model(
-        Path(args.config), load_all(args.data), loso, metrics, Path(args.out), args.overrides
+        Path(args.config), load_all(args.data), loso, metrics, out, args.overrides
     )
     console.print(f"Saved {weights} and {meta}")
     return 0
 
 
 def _replay(args: argparse.Namespace) -> int:
+    name = args.subject or Path(args.heart_rate).stem
+    out = check_output_file(args.out or f"replay_{name}.png", "--out file", FIGURE_SUFFIXES)
+
     from sleepstream.data.folder import data_folder, load_recording
     from sleepstream.data.parse import read_user_recording
     from sleepstream.live.detector import SleepDetector
@@ -145,21 +179,23 @@ def _replay(args: argparse.Namespace) -> int:
         night = load_recording(data_folder(args.data), args.subject, with_accel=True)
         recording = night.switched_on_before(args.history * 3600.0)
     else:
-        optional = {k: Path(v) if v else None for k, v in vars(args).items()}
+        optional = {k: Path(getattr(args, k)) if getattr(args, k) else None for k in PATH_ARGS}
         recording = read_user_recording(
             Path(args.heart_rate), optional["motion"], optional["counts"], optional["labels"]
         )
     threshold = args.threshold if args.threshold is not None else "wasa93"
     detector = SleepDetector(load_step_model(args.model), threshold=threshold)
     results = replay_live(recording, detector, console, speed=args.speed, transient=args.quiet)
-    out = Path(args.out or f"replay_{recording.subject_id}.png")
-    plot_replay(recording, results, detector.threshold, out)
+    with atomic_path(out) as partial:
+        plot_replay(recording, results, detector.threshold, partial)
     events = sum(len(r.events) for r in results)
     console.print(f"{len(results)} epochs, {events} events; plot in {out}")
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
+    out = check_output_dir(args.out)
+
     import json
 
     from sleepstream.data.folder import data_folder, load_recording
@@ -177,12 +213,12 @@ def _export(args: argparse.Namespace) -> int:
     summary = export_all(
         net,
         thresholds,
-        Path(args.out),
+        out,
         recording,
         precision=args.precision,
         metadata_extra={},
     )
-    (Path(args.out) / "export_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_atomic(out / "export_summary.json", json.dumps(summary, indent=2) + "\n")
     console.print_json(json.dumps(summary))
     return 0
 
@@ -264,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--speed", type=float, default=0.0, help="x real time; 0 = at once")
     rep.add_argument("--model", help="a checkpoint (.ckpt) or ONNX model (default: shipped)")
     rep.add_argument("--threshold", type=float, help="p(sleep) threshold (default: WASA93)")
-    rep.add_argument("--out", help="PNG path (default: replay_<subject>.png)")
+    rep.add_argument("--out", help="PNG, PDF or SVG path (default: replay_<subject>.png)")
     rep.add_argument("--data", help="data folder (default: $SLEEPSTREAM_DATA)")
     rep.set_defaults(run=_replay)
 
@@ -304,11 +340,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("Interrupted")
         return 130
     except (FileNotFoundError, ValueError, RuntimeError) as error:
-        log.error("%s", error)
+        log.error("%s", _one_line(error))
         return 1
     except OSError as error:
-        log.error("%s", error)
+        log.error("%s", _one_line(error))
         return 2
+
+
+def _one_line(error: BaseException) -> str:
+    """The message of ``error`` on one line (its type name when it has no message)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return "; ".join(lines) or type(error).__name__
 
 
 if __name__ == "__main__":

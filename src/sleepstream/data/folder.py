@@ -12,6 +12,11 @@ Counts from ``motion/`` are the live detector's counts
 (:func:`~sleepstream.signal.live_counts.counts_fir`), so a model trained on them sees exactly
 what it sees live.
 
+Subjects are the ones with a label file. Nothing else in the folder disappears silently:
+:func:`folder_contents` finds the files of subjects without a label file (orphans) and the files
+whose names match no pattern of the layout (strays); :func:`load_all` logs a warning naming them,
+and ``sleepstream data check`` reports them as failures.
+
 Parsed nights are cached as ``.npz`` files named by a hash of the input files' contents, so a
 changed file is always parsed again and all 31 nights load in a fraction of a second afterwards.
 """
@@ -22,7 +27,9 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +38,7 @@ from numpy.typing import NDArray
 from sleepstream.cache import cache_root
 from sleepstream.data import parse
 from sleepstream.data.parse import DataFormatError
+from sleepstream.paths import atomic_file, write_atomic
 from sleepstream.records import PAPER_FEATURE_NAMES, Recording
 from sleepstream.signal.live_counts import counts_fir
 
@@ -68,10 +76,131 @@ def cache_folder() -> Path:
     return cache_root() / "parsed"
 
 
+FILE_PATTERNS: dict[str, re.Pattern[str]] = {
+    "labels": re.compile(r"(?P<id>[^_]+)_labeled_sleep\.txt"),
+    "heart_rate": re.compile(r"(?P<id>[^_]+)_heartrate\.txt"),
+    "motion": re.compile(r"(?P<id>[^_]+)_acceleration\.txt"),
+    "counts": re.compile(r"(?P<id>[^_]+)_counts\.txt"),
+    "walch_features": re.compile(
+        rf"(?P<id>[^_]+)_(?:psg_labels|(?:{'|'.join(PAPER_FEATURE_NAMES)})_feature)\.out"
+    ),
+}
+"""The sub-folders of the layout and the file names each may hold (whole-name match)."""
+
+_EXPECTED_NAMES = {
+    "labels": "<id>_labeled_sleep.txt",
+    "heart_rate": "<id>_heartrate.txt",
+    "motion": "<id>_acceleration.txt",
+    "counts": "<id>_counts.txt",
+    "walch_features": "<id>_psg_labels.out or <id>_<feature>_feature.out",
+}
+
+
+def _by_number(ids: Iterable[str]) -> list[str]:
+    return sorted(ids, key=lambda s: (len(s), s))
+
+
 def subject_ids(folder: Path) -> list[str]:
     """Subjects that have a label file, sorted numerically."""
-    ids = [p.name.split("_")[0] for p in (folder / "labels").glob("*_labeled_sleep.txt")]
-    return sorted(ids, key=lambda s: (len(s), s))
+    pattern = FILE_PATTERNS["labels"]
+    names = (p.name for p in (folder / "labels").iterdir()) if (folder / "labels").is_dir() else ()
+    return _by_number(m["id"] for m in map(pattern.fullmatch, names) if m)
+
+
+@dataclass(frozen=True)
+class StrayFile:
+    """A file (or folder) in a sub-folder of the layout that is not read as anyone's data."""
+
+    path: Path
+    reason: str
+
+
+@dataclass(frozen=True)
+class FolderContents:
+    """What the sub-folders of a data folder hold, sorted into subjects and leftovers.
+
+    Attributes
+    ----------
+    subjects
+        Subjects with a label file, sorted numerically: the ones that are read.
+    orphans
+        Subjects with files (heart rate, counts, motion, walch_features) but no label file,
+        with those files; they are never read.
+    strays
+        Entries whose names match no pattern of :data:`FILE_PATTERNS`, and folders. Names
+        starting with ``.`` (``.DS_Store``) are skipped.
+    """
+
+    subjects: tuple[str, ...]
+    orphans: Mapping[str, tuple[Path, ...]]
+    strays: tuple[StrayFile, ...]
+
+
+def _stray_reason(entry: Path, kind: str) -> str:
+    if entry.name.endswith(".part"):
+        return "an interrupted download: run `sleepstream data fetch` again to finish it"
+    if entry.is_dir():
+        return f"a folder inside {kind}/, where only files are read"
+    return f"matches no file name of {kind}/ (expected {_EXPECTED_NAMES[kind]})"
+
+
+def folder_contents(folder: Path) -> FolderContents:
+    """Sort every entry of the layout's sub-folders into subjects, orphans and strays."""
+    files: dict[str, list[Path]] = {}
+    strays: list[StrayFile] = []
+    for kind, pattern in FILE_PATTERNS.items():
+        sub = folder / kind
+        if not sub.is_dir():
+            continue
+        for entry in sorted(sub.iterdir()):
+            if entry.name.startswith("."):
+                log.debug("Skipped hidden %s", entry)
+                continue
+            match = pattern.fullmatch(entry.name)
+            if match is None or entry.is_dir():
+                strays.append(StrayFile(entry, _stray_reason(entry, kind)))
+            else:
+                files.setdefault(match["id"], []).append(entry)
+    subjects = subject_ids(folder)
+    labelled = set(subjects)
+    orphans = {sid: tuple(files[sid]) for sid in _by_number(files) if sid not in labelled}
+    return FolderContents(tuple(subjects), orphans, tuple(strays))
+
+
+def _warn_leftovers(folder: Path, contents: FolderContents) -> None:
+    """Log a warning naming the orphan subjects and stray files of ``folder``, if any."""
+    if contents.orphans:
+        log.warning(
+            "%s: subjects %s have data files but no labels/<id>_labeled_sleep.txt; "
+            "they are left out (run `sleepstream data check` for details)",
+            folder,
+            ", ".join(contents.orphans),
+        )
+    if contents.strays:
+        shown = ", ".join(str(s.path.relative_to(folder)) for s in contents.strays[:3])
+        more = f" and {len(contents.strays) - 3} more" if len(contents.strays) > 3 else ""
+        log.warning(
+            "%s: %d files match no name of the sleep-accel layout and are ignored: %s%s",
+            folder,
+            len(contents.strays),
+            shown,
+            more,
+        )
+
+
+def missing_modalities(subject_id: str, files: Mapping[str, Path]) -> dict[str, str]:
+    """What a subject lacks to be read, e.g. ``{"heart rate": "no heart-rate file ..."}``.
+
+    Keys are ``"heart rate"`` and ``"motion or counts"``; values name the files looked for.
+    """
+    missing = {}
+    if "heart_rate" not in files:
+        missing["heart rate"] = f"no heart-rate file heart_rate/{subject_id}_heartrate.txt"
+    if "motion" not in files and "counts" not in files:
+        missing["motion or counts"] = (
+            f"neither motion/{subject_id}_acceleration.txt nor counts/{subject_id}_counts.txt"
+        )
+    return missing
 
 
 def subject_files(folder: Path, subject_id: str) -> dict[str, Path]:
@@ -103,12 +232,16 @@ def _file_digest(path: Path, memo: dict[str, str]) -> str:
 
 def _cache_key(files: dict[str, Path], cache: Path) -> str:
     memo_path = cache / "large-file-hashes.json"
-    memo: dict[str, str] = json.loads(memo_path.read_text()) if memo_path.exists() else {}
+    memo: dict[str, str] = {}
+    if memo_path.exists():
+        try:
+            memo = json.loads(memo_path.read_text())
+        except ValueError:
+            log.debug("%s is not valid JSON; hashing every file again", memo_path)
     before = len(memo)
     parts = [CACHE_VERSION] + [f"{k}={_file_digest(p, memo)}" for k, p in sorted(files.items())]
     if len(memo) != before and any(p.stat().st_size > _STAT_HASH_LIMIT for p in files.values()):
-        cache.mkdir(parents=True, exist_ok=True)
-        memo_path.write_text(json.dumps(memo))
+        write_atomic(memo_path, json.dumps(memo))
     return hashlib.blake2b("|".join(parts).encode(), digest_size=16).hexdigest()
 
 
@@ -157,11 +290,10 @@ def paper_epochs(
 
 
 def _parse_recording(subject_id: str, files: dict[str, Path]) -> dict[str, NDArray[np.generic]]:
-    if "heart_rate" not in files:
-        raise DataFormatError(
-            f"Subject {subject_id}: labels in {files['labels']} but no heart-rate file "
-            f"heart_rate/{subject_id}_heartrate.txt"
-        )
+    missing = missing_modalities(subject_id, files)
+    if missing:
+        lacking = " and ".join(missing.values())
+        raise DataFormatError(f"Subject {subject_id}: labels in {files['labels']} but {lacking}")
     epoch_times, stages = parse.read_labels(files["labels"])
     hr_times, hr_bpm = parse.read_heart_rate(files["heart_rate"])
     arrays: dict[str, NDArray[np.generic]] = {
@@ -174,14 +306,9 @@ def _parse_recording(subject_id: str, files: dict[str, Path]) -> dict[str, NDArr
         accel_times, accel = parse.read_acceleration(files["motion"])
         arrays["count_times"], arrays["counts"] = counts_fir(accel_times, accel[:, 2])
         arrays["count_source"] = np.array("motion")
-    elif "counts" in files:
+    else:
         arrays["count_times"], arrays["counts"] = parse.read_counts(files["counts"])
         arrays["count_source"] = np.array("counts")
-    else:
-        raise DataFormatError(
-            f"Subject {subject_id}: labels in {files['labels']} but neither "
-            f"motion/{subject_id}_acceleration.txt nor counts/{subject_id}_counts.txt"
-        )
     paper = paper_epochs(files, stages)
     if paper is not None:
         arrays["paper_valid"], arrays["paper_features"] = paper
@@ -203,10 +330,8 @@ def load_recording(
     else:
         arrays = _parse_recording(subject_id, files)
         if cached is not None:
-            cache.mkdir(parents=True, exist_ok=True)
-            partial = cached.with_suffix(".tmp.npz")
-            np.savez(partial, **arrays)  # type: ignore[arg-type]
-            os.replace(partial, cached)
+            with atomic_file(cached) as handle:
+                np.savez(handle, **arrays)  # type: ignore[arg-type]
     accel_times = accel = None
     if with_accel and "motion" in files:
         accel_times, accel = parse.read_acceleration(files["motion"])
@@ -234,9 +359,19 @@ def load_all(
     *,
     use_cache: bool = True,
 ) -> list[Recording]:
-    """Read every night (or the given subjects) of a data folder, ``$SLEEPSTREAM_DATA`` by default."""
+    """Read every night (or the given subjects) of a data folder, ``$SLEEPSTREAM_DATA`` by default.
+
+    Without ``subjects``, every subject with a label file is read, and a warning names the
+    subjects whose other files have no label file and the files that match no name of the
+    layout (:func:`folder_contents`).
+    """
     folder = data_folder(folder)
-    ids: Sequence[str] = list(subjects) if subjects is not None else subject_ids(folder)
+    if subjects is None:
+        contents = folder_contents(folder)
+        _warn_leftovers(folder, contents)
+        ids: Sequence[str] = contents.subjects
+    else:
+        ids = list(subjects)
     if not ids:
         raise FileNotFoundError(f"{folder}/labels holds no *_labeled_sleep.txt files")
     return [load_recording(folder, sid, use_cache=use_cache) for sid in ids]

@@ -1,12 +1,16 @@
 """Parsing and validating the text files of the sleep-accel layout.
 
-Every problem is reported with the file and line it was found on. Rows are never dropped
+Every problem is reported with the file and line it was found on; line numbers count every
+line of the file, blank ones included. A file that is not UTF-8 text (e.g. a binary file) is
+reported with the line and byte offset of its first undecodable byte. Rows are never dropped
 silently: out-of-order rows are sorted and duplicate timestamps removed, each with a logged
-warning that counts them.
+warning that counts them. Blank lines hold no data and are skipped.
 """
 
 from __future__ import annotations
 
+import codecs
+import itertools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,9 +42,43 @@ class CleanupReport:
     duplicates: int = 0
 
 
+def _not_text_error(path: Path) -> DataFormatError:
+    """The error for a file that is not UTF-8 text, naming its first undecodable byte.
+
+    The file is decoded again incrementally (1 MiB at a time), so the byte offset is counted
+    from the start of the file whatever chunk the first decoder failed in.
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = newlines = 0
+    with path.open("rb") as handle:
+        for block in itertools.chain(iter(lambda: handle.read(2**20), b""), [b""]):
+            pending = len(decoder.getstate()[0])
+            try:
+                decoder.decode(block, final=not block)
+            except UnicodeDecodeError as error:
+                start = offset - pending + error.start
+                line = newlines + error.object[: error.start].count(b"\n") + 1
+                bad = error.object[error.start : error.start + 1].hex()
+                return DataFormatError(
+                    f"{path}, line {line}: not UTF-8 text: byte 0x{bad} at byte offset {start} "
+                    f"({error.reason}); expected a text table (is this a binary file?)"
+                )
+            offset += len(block)
+            newlines += block.count(b"\n")
+    # Decoding failed elsewhere but not here (the file changed meanwhile): name the file only.
+    return DataFormatError(f"{path}: not UTF-8 text; expected a text table")
+
+
 def _scan_for_error(path: Path, sep: str | None, n_cols: int) -> None:
     """Slow path: find and raise the first malformed line (1-based line numbers)."""
-    with path.open() as lines:
+    try:
+        _scan_lines(path, sep, n_cols)
+    except UnicodeDecodeError:
+        raise _not_text_error(path) from None
+
+
+def _scan_lines(path: Path, sep: str | None, n_cols: int) -> None:
+    with path.open(encoding="utf-8") as lines:
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue  # blank lines hold no data
@@ -62,11 +100,27 @@ def _scan_for_error(path: Path, sep: str | None, n_cols: int) -> None:
                 )
 
 
+def line_of_row(path: Path, row: int) -> int:
+    """The 1-based line of ``path`` that holds data row ``row`` (0-based; blank lines skipped).
+
+    Only called to report a problem, so re-reading the file costs nothing in the normal case.
+    """
+    seen = -1
+    with path.open(encoding="utf-8", errors="replace") as lines:
+        for number, line in enumerate(lines, start=1):
+            if line.strip():
+                seen += 1
+                if seen == row:
+                    return number
+    return row + 1  # the file changed since it was read: the best guess left
+
+
 def read_table(path: Path, sep: str | None, n_cols: int) -> NDArray[np.float64]:
     """Read a headerless numeric text table, shape ``(rows, n_cols)``.
 
-    ``sep=None`` means whitespace. Raises :class:`DataFormatError` for an empty file, a row with
-    the wrong number of fields, an unparsable value, NaN or infinity, naming the line.
+    ``sep=None`` means whitespace. Raises :class:`DataFormatError` for an empty file, a file
+    that is not UTF-8 text, a row with the wrong number of fields, an unparsable value, NaN or
+    infinity, naming the line (counting blank lines, which are skipped).
     """
     if not path.exists():
         raise FileNotFoundError(f"{path}: file not found")
@@ -81,7 +135,10 @@ def read_table(path: Path, sep: str | None, n_cols: int) -> NDArray[np.float64]:
             dtype=np.float64,
             skip_blank_lines=True,
             engine="c",
+            encoding="utf-8",
         )
+    except UnicodeDecodeError:
+        raise _not_text_error(path) from None
     except (ValueError, pd.errors.ParserError):
         _scan_for_error(path, sep, n_cols)
         raise DataFormatError(f"{path}: cannot be parsed as a numeric table") from None
@@ -102,7 +159,7 @@ def sort_by_time(
     diffs = np.diff(times)
     reordered = int((diffs < 0).sum())
     if reordered:
-        line = int(np.argmax(diffs < 0)) + 2
+        line = line_of_row(path, int(np.argmax(diffs < 0)) + 1)
         log.warning(
             "%s: %d rows out of time order (first at line %d); sorted by time",
             path,
@@ -127,8 +184,8 @@ def sort_by_time(
     return report, times, list(values)
 
 
-def _line_of(mask: NDArray[np.bool_]) -> int:
-    return int(np.argmax(mask)) + 1
+def _first_row(mask: NDArray[np.bool_]) -> int:
+    return int(np.argmax(mask))
 
 
 def read_labels(path: Path) -> tuple[NDArray[np.float64], NDArray[np.int8]]:
@@ -137,16 +194,16 @@ def read_labels(path: Path) -> tuple[NDArray[np.float64], NDArray[np.int8]]:
     times, stages = table[:, 0], table[:, 1]
     off_grid = np.abs(times / EPOCH_SECONDS - np.round(times / EPOCH_SECONDS)) > GRID_TOLERANCE
     if off_grid.any():
-        line = _line_of(off_grid)
+        row = _first_row(off_grid)
         raise DataFormatError(
-            f"{path}, line {line}: label time {float(times[line - 1])!r} is not on the "
-            f"{EPOCH_SECONDS:g} s epoch grid"
+            f"{path}, line {line_of_row(path, row)}: label time {float(times[row])!r} is not on "
+            f"the {EPOCH_SECONDS:g} s epoch grid"
         )
     valid_codes = np.isin(stages, [s.value for s in Stage])
     if not valid_codes.all():
-        line = _line_of(~valid_codes)
+        row = _first_row(~valid_codes)
         raise DataFormatError(
-            f"{path}, line {line}: stage {float(stages[line - 1])!r} is not one of "
+            f"{path}, line {line_of_row(path, row)}: stage {float(stages[row])!r} is not one of "
             f"{[s.value for s in Stage]}"
         )
     _, times, (stages,) = sort_by_time(path, times, stages)
@@ -159,10 +216,10 @@ def read_heart_rate(path: Path) -> tuple[NDArray[np.float64], NDArray[np.float64
     bpm = table[:, 1]
     impossible = (bpm < MIN_BPM) | (bpm > MAX_BPM)
     if impossible.any():
-        line = _line_of(impossible)
+        row = _first_row(impossible)
         raise DataFormatError(
-            f"{path}, line {line}: heart rate {bpm[line - 1]:g} bpm is outside the possible "
-            f"range {MIN_BPM:g}-{MAX_BPM:g}"
+            f"{path}, line {line_of_row(path, row)}: heart rate {bpm[row]:g} bpm is outside the "
+            f"possible range {MIN_BPM:g}-{MAX_BPM:g}"
         )
     _, times, (bpm,) = sort_by_time(path, table[:, 0], bpm)
     return times, bpm
@@ -173,9 +230,9 @@ def read_counts(path: Path) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     table = read_table(path, ",", 2)
     negative = table[:, 1] < 0
     if negative.any():
-        line = _line_of(negative)
+        row = _first_row(negative)
         raise DataFormatError(
-            f"{path}, line {line}: activity count {table[line - 1, 1]:g} is negative"
+            f"{path}, line {line_of_row(path, row)}: activity count {table[row, 1]:g} is negative"
         )
     _, times, (counts,) = sort_by_time(path, table[:, 0], table[:, 1])
     return times, counts

@@ -31,6 +31,7 @@ from sleepstream.evaluation.metrics import (
 )
 from sleepstream.evaluation.nightly import night_values
 from sleepstream.evaluation.predictions import LosoResult, NightPrediction
+from sleepstream.paths import atomic_file
 
 logger = logging.getLogger(__name__)
 
@@ -43,9 +44,12 @@ def safe_filename(name: str) -> str:
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    """Write ``fig`` as PNG to ``path`` whole or not at all, and close it."""
+    try:
+        with atomic_file(path) as handle:
+            fig.savefig(handle, dpi=DPI, format="png")
+    finally:
+        plt.close(fig)
     logger.info("Wrote %s", path)
     return path
 
@@ -172,7 +176,7 @@ def plot_scenarios(metrics: Mapping[str, Any], path: Path) -> Path:
     """
     scenarios = list(metrics["scenarios"])
     names = list(dict.fromkeys(p for s in scenarios for p in metrics["scenarios"][s]))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), layout="constrained")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5), layout="constrained")
     width = 0.8 / max(1, len(names))
     for ax, key, title in (
         (axes[0], "wasa93_deployable", "WASA93, deployable threshold"),
@@ -199,6 +203,7 @@ def plot_scenarios(metrics: Mapping[str, Any], path: Path) -> Path:
         ax.set_title(title)
         ax.grid(axis="y", alpha=0.3)
     axes[1].set_ylim(0.5, 1.0)
-    axes[0].legend(fontsize=7, loc="upper left")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(names), 6), fontsize=8)
     fig.suptitle("Start scenarios: seed mean, subject-bootstrap 95 % interval")
     return _save(fig, path)

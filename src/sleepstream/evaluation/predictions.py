@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from sleepstream.paths import atomic_file
 from sleepstream.records import SLEEP_WAKE, Recording
 
 SLEEP_CORRECT_TARGETS = (0.93, 0.95)
@@ -100,7 +101,8 @@ def save_result(result: LosoResult, path: Path, seed: int | None = None) -> Path
     Plain arrays only (read back with ``allow_pickle=False``): per epoch ``subject_id``,
     ``epoch_times``, ``labels``, ``p_sleep``, ``valid``; per night ``night_subject`` and
     ``threshold_<key>``; and ``meta``, a JSON string (name, causal, description, scenario,
-    threshold source, seed). Anyone can recompute every figure from these files.
+    threshold source, seed). Anyone can recompute every figure from these files. The file is
+    written whole or not at all (:func:`~sleepstream.paths.atomic_file`).
     """
     nights = result.nights
     meta = {
@@ -111,7 +113,6 @@ def save_result(result: LosoResult, path: Path, seed: int | None = None) -> Path
         "threshold_source": result.threshold_source,
         "seed": seed,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
     arrays: dict[str, Any] = {
         "subject_id": np.array([n.subject_id for n in nights for _ in n.labels], dtype=str),
         "epoch_times": np.concatenate([n.epoch_times for n in nights]),
@@ -123,7 +124,8 @@ def save_result(result: LosoResult, path: Path, seed: int | None = None) -> Path
     }
     for key in THRESHOLD_KEYS:
         arrays[f"threshold_{key}"] = np.array([n.thresholds.get(key, np.nan) for n in nights])
-    np.savez_compressed(path, **arrays)
+    with atomic_file(path) as handle:
+        np.savez_compressed(handle, **arrays)
     return path
 
 

@@ -10,7 +10,6 @@ import json
 import logging
 import math
 import re
-import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from sleepstream.evaluation.predictions import LosoResult
 from sleepstream.evaluation.scenarios import HEADLINE, SCENARIO_NAMES, scenario
 from sleepstream.evaluation.seeds import seed_spread, subject_bootstrap, threshold_spread
 from sleepstream.events import OnsetTracker
+from sleepstream.paths import copy_atomic, write_atomic
 
 Seeded = tuple[LosoResult, int | None]
 """One predictor's result in one scenario, and the seed it was trained with."""
@@ -371,7 +371,9 @@ def write_report(
     results
         (result, seed) pairs: one per predictor, scenario and seed (seed ``None``: deterministic).
     out_dir
-        Created if missing; existing files of the same names are overwritten.
+        Created if missing; existing files of the same names are overwritten. Each file is
+        written whole or not at all, and ``metrics.json`` and ``results.md`` last, so an
+        interrupted run leaves the previous pair (or none) beside possibly newer figures.
     n_resamples
         Subject-bootstrap resamples per predictor and scenario.
 
@@ -398,8 +400,6 @@ def write_report(
     )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with (out_dir / "metrics.json").open("w", encoding="utf-8") as f:
-        json.dump(metrics, f, indent=1, allow_nan=False)
     first = [runs[0][0] for runs in grouped[headline].values()]
     figures = [plot_roc(first, out_dir / "roc.png")]
     figures.append(plot_scenarios(metrics, out_dir / "scenarios.png"))
@@ -411,7 +411,8 @@ def write_report(
         used.add(stem)
         figures.append(plot_nights(result, out_dir / f"{stem}.png"))
     text = _results_markdown(metrics, headline, figures)
-    (out_dir / "results.md").write_text(text, encoding="utf-8")
+    write_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=1, allow_nan=False))
+    write_atomic(out_dir / "results.md", text)
     logger.info("Wrote report of %d runs to %s", len(results), out_dir)
     return dict(metrics)
 
@@ -422,7 +423,8 @@ DOCS_MARKER = "<!-- Written by hand below this line: kept when the report above 
 def update_docs(report: Path, docs: Path) -> None:
     """Replace the generated part of ``docs`` by ``report``, keeping what follows the marker.
 
-    The report's figures are copied to ``figures/`` beside ``docs`` and the links rewritten.
+    The report's figures are copied to ``figures/`` beside ``docs`` and the links rewritten;
+    every file is written whole or not at all.
     """
     kept = ""
     if docs.exists() and DOCS_MARKER in docs.read_text():
@@ -431,6 +433,6 @@ def update_docs(report: Path, docs: Path) -> None:
     figures.mkdir(parents=True, exist_ok=True)
     text = report.read_text()
     for name in re.findall(r"\]\(([\w.-]+\.png)\)", text):
-        shutil.copyfile(report.parent / name, figures / name)
+        copy_atomic(report.parent / name, figures / name)
         text = text.replace(f"]({name})", f"](figures/{name})")
-    docs.write_text(text.rstrip() + "\n\n" + DOCS_MARKER + kept)
+    write_atomic(docs, text.rstrip() + "\n\n" + DOCS_MARKER + kept)

@@ -24,6 +24,7 @@ from sleepstream import __version__
 from sleepstream.evaluation.loso import choose_thresholds
 from sleepstream.models.net import SleepNet, build_net
 from sleepstream.models.training import predict_night
+from sleepstream.paths import atomic_file
 from sleepstream.records import Recording
 
 log = logging.getLogger(__name__)
@@ -90,11 +91,16 @@ def shipped_folder() -> Path:
 
 
 def save_model(net: SleepNet, card: ModelCard, folder: Path) -> tuple[Path, Path]:
-    """Write ``<name>.pt`` and ``<name>.json`` into ``folder``."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """Write ``<name>.pt`` and ``<name>.json`` into ``folder``, each whole or not at all.
+
+    Both are written to temporary files first and renamed one after the other only when both
+    are complete, so an interruption never leaves a partial file, nor (short of a crash between
+    the two renames) new weights beside an old card.
+    """
     weights, meta = folder / f"{card.name}.pt", folder / f"{card.name}.json"
-    torch.save(net.state_dict(), weights)
-    meta.write_text(card.to_json() + "\n")
+    with atomic_file(weights) as weights_file, atomic_file(meta) as meta_file:
+        torch.save(net.state_dict(), weights_file)
+        meta_file.write((card.to_json() + "\n").encode("utf-8"))
     return weights, meta
 
 
