@@ -168,16 +168,40 @@ class Recording:
         Used to prove causality: predictions for the kept epochs must not change.
         """
         end = self.epoch_times[0] + n_epochs * EPOCH_SECONDS if n_epochs else -np.inf
-        hr = self.hr_times < end
-        ct = self.count_times < end
+        keep = slice(0, n_epochs)
+        return self._with_epochs(
+            self.epoch_times[keep],
+            self.stages[keep],
+            None if self.paper_valid is None else self.paper_valid[keep],
+            None if self.paper_features is None else self.paper_features[keep],
+            samples_from=-np.inf,
+            samples_until=end,
+        )
+
+    def _with_epochs(
+        self,
+        epoch_times: NDArray[np.float64],
+        stages: NDArray[np.int8],
+        paper_valid: NDArray[np.bool_] | None,
+        paper_features: NDArray[np.float64] | None,
+        *,
+        samples_from: float,
+        samples_until: float,
+    ) -> Recording:
+        """This night on another epoch grid, keeping the samples in ``[from, until)``."""
+
+        def inside(times: NDArray[np.float64]) -> NDArray[np.bool_]:
+            return (times >= samples_from) & (times < samples_until)
+
+        hr, ct = inside(self.hr_times), inside(self.count_times)
         accel_times, accel = self.accel_times, self.accel
         if accel_times is not None and accel is not None:
-            keep = accel_times < end
+            keep = inside(accel_times)
             accel_times, accel = accel_times[keep], accel[keep]
         return Recording(
             self.subject_id,
-            self.epoch_times[:n_epochs],
-            self.stages[:n_epochs],
+            epoch_times,
+            stages,
             self.hr_times[hr],
             self.hr_bpm[hr],
             self.count_times[ct],
@@ -185,8 +209,8 @@ class Recording:
             accel_times,
             accel,
             self.count_source,
-            None if self.paper_valid is None else self.paper_valid[:n_epochs],
-            None if self.paper_features is None else self.paper_features[:n_epochs],
+            paper_valid,
+            paper_features,
         )
 
     def started_at(self, start: float) -> Recording:
@@ -223,27 +247,14 @@ class Recording:
             pad = np.full((n_before, *values.shape[1:]), fill, dtype=values.dtype)
             return np.concatenate([pad, values])
 
-        hr = self.hr_times >= begin
-        ct = self.count_times >= begin
-        accel_times, accel = self.accel_times, self.accel
-        if accel_times is not None and accel is not None:
-            keep = accel_times >= begin
-            accel_times, accel = accel_times[keep], accel[keep]
-        return Recording(
-            self.subject_id,
+        unscored = np.full(n_before, Stage.UNSCORED, dtype=self.stages.dtype)
+        return self._with_epochs(
             np.concatenate([before, self.epoch_times]),
-            np.concatenate(
-                [np.full(n_before, Stage.UNSCORED, dtype=self.stages.dtype), self.stages]
-            ),
-            self.hr_times[hr],
-            self.hr_bpm[hr],
-            self.count_times[ct],
-            self.counts[ct],
-            accel_times,
-            accel,
-            self.count_source,
+            np.concatenate([unscored, self.stages]),
             padded(self.paper_valid, False),
             padded(self.paper_features, np.nan),
+            samples_from=begin,
+            samples_until=np.inf,
         )
 
     def switched_on_before(self, seconds: float) -> Recording:
