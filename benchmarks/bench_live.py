@@ -7,7 +7,7 @@ Prints:
   for chunks of 1 s and 30 s of samples; heart rate every 5 s is fed alongside;
 - per-epoch latency: the time of the call that delivers the last sample of an epoch, from its
   start to the epoch's result (median, 99th percentile);
-- memory: the detector's pickled state after 24 h of stream, and the process's peak RSS.
+- memory: the size of the detector's snapshot (portable arrays, no pickle) after 24 h of stream, and the process's peak RSS.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def main() -> None:
     )
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(
-        f"after {args.hours:g} h: detector state {long['state_kib']:.0f} KiB pickled; "
+        f"after {args.hours:g} h: detector state {long['state_kib']:.0f} KiB snapshot; "
         f"process peak RSS {peak:.0f} MiB (includes the generated input)"
     )
 
