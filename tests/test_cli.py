@@ -358,7 +358,7 @@ def test_interrupted_save_model_leaves_no_partial_model(
     from sleepstream.models import shipped
 
     card = shipped.ModelCard("m", "SleepNet", {}, [], {}, "", [], 0)
-    monkeypatch.setattr(torch, "save", lambda obj, file, **kw: _half_then_interrupt(file))
+    monkeypatch.setattr(np, "savez", lambda file, **arrays: _half_then_interrupt(file))
     with pytest.raises(KeyboardInterrupt):
         shipped.save_model(torch.nn.Linear(1, 1), card, tmp_path)  # type: ignore[arg-type]
     assert _files(tmp_path) == []

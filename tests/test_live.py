@@ -332,3 +332,20 @@ def test_restore_refuses_other_settings_models_and_bad_values(step_model: TorchS
     with pytest.raises(ValueError, match="version 99 is not supported"):
         target.restore(buffer.getvalue())
     assert target.snapshot() == SleepDetector(step_model, close_lag=10.0).snapshot()  # unchanged
+
+
+def test_the_live_detector_imports_no_training_or_evaluation_code() -> None:
+    """An app process that only runs the detector pays for neither torch nor Lightning."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from sleepstream.live.detector import SleepDetector\n"
+        "SleepDetector()\n"
+        "heavy = ('torch', 'lightning', 'sklearn', 'sleepstream.evaluation')\n"
+        "print(','.join(m for m in heavy if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == ""

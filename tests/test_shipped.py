@@ -17,7 +17,7 @@ from sleepstream.records import SLEEP_WAKE, Recording
 
 def test_shipped_files_are_in_the_package() -> None:
     names = {p.name for p in shipped_folder().iterdir()}
-    assert {"sleep_wake.pt", "sleep_wake.json"} <= names
+    assert {"sleep_wake.npz", "sleep_wake.json"} <= names
 
 
 def test_shipped_model_loads_and_scores_a_night(recordings: list[Recording]) -> None:

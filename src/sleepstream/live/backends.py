@@ -9,35 +9,35 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from numpy.typing import NDArray
 from scipy import special
 
 from sleepstream.features import FEATURE_NAMES
-from sleepstream.models.net import SleepNet
+from sleepstream.models.card import DEFAULT_NAME, Weights, read_model, shipped_folder, weights_id
+
+if TYPE_CHECKING:
+    from sleepstream.models.net import SleepNet
 
 
-def net_id(net: SleepNet) -> str:
-    """Identity of a network's weights: equal for the same weights in every backend."""
-    digest = hashlib.blake2b(type(net).__name__.encode(), digest_size=12)
-    for name, tensor in sorted(net.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().float().numpy().tobytes())
-    return digest.hexdigest()
+def _arrays(net: SleepNet) -> Weights:
+    return {k: v.detach().cpu().float().numpy() for k, v in net.state_dict().items()}
 
 
 class TorchStep:
     """A :class:`~sleepstream.models.net.SleepNet` stepped one epoch at a time, on the CPU."""
 
     def __init__(self, net: SleepNet, thresholds: dict[str, float] | None = None):
+        import torch
+
         # One epoch is far too little work to share between threads; with several threads,
         # a busy machine makes each step wait for the others (milliseconds instead of
         # microseconds).
         torch.set_num_threads(1)
         self.net = net.cpu().eval()
-        self.model_id = net_id(self.net)
+        self.model_id = weights_id(type(net).__name__, _arrays(self.net))
         self.feature_names: Sequence[str] = net.feature_names
         self.thresholds = dict(thresholds or {})
         self._columns = np.array([FEATURE_NAMES.index(n) for n in net.feature_names])
@@ -63,6 +63,8 @@ class TorchStep:
     def step(
         self, features: NDArray[np.float64], state: NDArray[np.float32]
     ) -> tuple[float, NDArray[np.float32]]:
+        import torch
+
         x = torch.as_tensor(features[self._columns], dtype=torch.float32).unsqueeze(0)
         with torch.no_grad():
             logit, new_state = self.net.step(x, torch.as_tensor(state))
@@ -78,18 +80,39 @@ class NumpyStep:
     """
 
     def __init__(self, net: SleepNet, thresholds: dict[str, float] | None = None):
-        self.model_id = net_id(net)
-        self.feature_names: Sequence[str] = net.feature_names
+        self._setup(type(net).__name__, net.init_args, _arrays(net), thresholds)
+
+    @classmethod
+    def from_weights(
+        cls,
+        architecture: str,
+        init_args: dict[str, Any],
+        weights: Weights,
+        thresholds: dict[str, float] | None = None,
+    ) -> NumpyStep:
+        """A saved network (:func:`sleepstream.models.card.read_model`), without torch."""
+        step = cls.__new__(cls)
+        step._setup(architecture, init_args, weights, thresholds)
+        return step
+
+    def _setup(
+        self,
+        architecture: str,
+        init_args: dict[str, Any],
+        weights: Weights,
+        thresholds: dict[str, float] | None,
+    ) -> None:
+        if architecture not in ("SleepGRU", "SleepMLP"):
+            raise ValueError(f"NumpyStep does not know {architecture}; use TorchStep")
+        self.architecture = architecture
+        self.model_id = weights_id(architecture, weights)
+        self.feature_names: Sequence[str] = list(init_args["feature_names"])
         self.thresholds = dict(thresholds or {})
-        self.architecture = type(net).__name__
-        self._columns = np.array([FEATURE_NAMES.index(n) for n in net.feature_names])
-        self._w = {
-            k: v.detach().cpu().numpy().astype(np.float32) for k, v in net.state_dict().items()
-        }
-        self._state_size = net.state_size
-        self._layers = getattr(net, "num_layers", 0)
-        if self.architecture not in ("SleepGRU", "SleepMLP"):
-            raise ValueError(f"NumpyStep does not know {self.architecture}; use TorchStep")
+        self._columns = np.array([FEATURE_NAMES.index(n) for n in self.feature_names])
+        self._w = {k: np.asarray(v, dtype=np.float32) for k, v in weights.items()}
+        self._layers = int(init_args.get("num_layers", 1)) if architecture == "SleepGRU" else 0
+        hidden = int(init_args.get("hidden_size", 0))
+        self._state_size = hidden * self._layers if architecture == "SleepGRU" else 1
 
     @classmethod
     def from_checkpoint(cls, path: str | Path) -> NumpyStep:
@@ -99,12 +122,10 @@ class NumpyStep:
         return cls(net_from_checkpoint(path))
 
     @classmethod
-    def shipped(cls, name: str = "sleep_wake") -> NumpyStep:
-        """The model shipped inside the package, with its LOSO thresholds."""
-        from sleepstream.models.shipped import load_shipped
-
-        model = load_shipped(name)
-        return cls(model.net, model.card.thresholds)
+    def shipped(cls, name: str = DEFAULT_NAME) -> NumpyStep:
+        """The model shipped inside the package, with its LOSO thresholds (no torch needed)."""
+        card, weights = read_model(shipped_folder(), name)
+        return cls.from_weights(card.architecture, card.init_args, weights, card.thresholds)
 
     def initial_state(self) -> NDArray[np.float32]:
         return np.zeros((1, self._state_size), dtype=np.float32)

@@ -1,7 +1,24 @@
-"""Sleep/wake networks, their Lightning training module and the subject-split data module."""
+"""Sleep/wake networks, their Lightning training module and the subject-split data module.
 
-from sleepstream.models.datamodule import SleepDataModule
-from sleepstream.models.module import SleepWakeModule
-from sleepstream.models.net import SleepGRU, SleepMLP, SleepNet
+Everything is imported on first use, so code that only reads a saved model (the live detector's
+NumPy backend, :mod:`sleepstream.models.card`) pays for neither torch nor Lightning.
+"""
+
+from importlib import import_module
+from typing import Any
 
 __all__ = ["SleepDataModule", "SleepGRU", "SleepMLP", "SleepNet", "SleepWakeModule"]
+
+_HOMES = {
+    "SleepDataModule": "sleepstream.models.datamodule",
+    "SleepWakeModule": "sleepstream.models.module",
+    "SleepGRU": "sleepstream.models.net",
+    "SleepMLP": "sleepstream.models.net",
+    "SleepNet": "sleepstream.models.net",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'sleepstream.models' has no attribute {name!r}")
+    return getattr(import_module(_HOMES[name]), name)

@@ -22,7 +22,8 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor, nn
 
-from sleepstream.features import resolve_features
+from sleepstream.features import FEATURE_NAMES, night_features, resolve_features
+from sleepstream.records import Recording
 
 
 class Normalise(nn.Module):
@@ -175,3 +176,13 @@ def build_net(architecture: str, init_args: dict[str, Any]) -> SleepNet:
 def count_parameters(net: nn.Module) -> int:
     """Trainable parameters."""
     return sum(p.numel() for p in net.parameters() if p.requires_grad)
+
+
+def predict_night(net: SleepNet, recording: Recording) -> NDArray[np.float64]:
+    """p(sleep) per epoch of a night: the causal features replayed through ``net`` in one pass."""
+    columns = [FEATURE_NAMES.index(n) for n in net.feature_names]
+    x = torch.as_tensor(night_features(recording)[:, columns], dtype=torch.float32)
+    net.eval()
+    with torch.no_grad():
+        logits, _ = net(x.unsqueeze(0))
+    return torch.sigmoid(logits[0]).double().numpy()

@@ -1,18 +1,16 @@
 """The model that ships inside the package: weights plus everything needed to use them.
 
-Two files in ``sleepstream/shipped/``: ``<name>.pt`` (the network's ``state_dict``, loaded with
-``weights_only=True``) and ``<name>.json`` (architecture, feature names, normalisation,
+Two files in ``sleepstream/shipped/``: ``<name>.npz`` (the network's ``state_dict`` as float32
+arrays, read with ``allow_pickle=False``) and ``<name>.json`` (architecture, feature names, normalisation,
 thresholds chosen by leave-one-subject-out, the LOSO figures, version, data citation). A fresh
 install scores a night with :func:`load_shipped` and no training or download.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from importlib import resources
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,51 +18,12 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from sleepstream import __version__
-from sleepstream.evaluation.loso import choose_thresholds
-from sleepstream.models.net import SleepNet, build_net
-from sleepstream.models.training import predict_night
+from sleepstream.models.card import DEFAULT_NAME, ModelCard, read_model, shipped_folder
+from sleepstream.models.net import SleepNet, build_net, predict_night
 from sleepstream.paths import atomic_file
 from sleepstream.records import Recording
 
 log = logging.getLogger(__name__)
-
-DEFAULT_NAME = "sleep_wake"
-DATA_CITATION = (
-    "Walch O., Huang Y., Forger D., Goldstein C. Sleep stage prediction with raw acceleration "
-    "and photoplethysmography heart rate data derived from a consumer wearable device. SLEEP "
-    "42(12), 2019, doi:10.1093/sleep/zsz180. Data: Walch O. Motion and heart rate from a "
-    "wrist-worn wearable and labeled sleep from polysomnography (version 1.0.0), PhysioNet, "
-    "2019, doi:10.13026/hmhs-py35, ODC-By 1.0."
-)
-
-
-@dataclass
-class ModelCard:
-    """What is known about a saved network, stored beside its weights as JSON."""
-
-    name: str
-    architecture: str
-    init_args: dict[str, Any]
-    feature_names: list[str]
-    thresholds: dict[str, float]
-    threshold_source: str
-    trained_on: list[str]
-    n_parameters: int
-    version: str = __version__
-    epoch_seconds: float = 30.0
-    classes: tuple[str, str] = ("wake", "sleep")
-    loso: dict[str, Any] = field(default_factory=dict)
-    data_citation: str = DATA_CITATION
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
-
-    @classmethod
-    def from_json(cls, text: str) -> ModelCard:
-        values = json.loads(text)
-        values["classes"] = tuple(values["classes"])
-        return cls(**values)
 
 
 @dataclass
@@ -86,33 +45,26 @@ class ShippedModel:
         return p_sleep >= self.card.thresholds[target]
 
 
-def shipped_folder() -> Path:
-    return Path(str(resources.files("sleepstream") / "shipped"))
-
-
 def save_model(net: SleepNet, card: ModelCard, folder: Path) -> tuple[Path, Path]:
-    """Write ``<name>.pt`` and ``<name>.json`` into ``folder``, each whole or not at all.
+    """Write ``<name>.npz`` and ``<name>.json`` into ``folder``, each whole or not at all.
 
     Both are written to temporary files first and renamed one after the other only when both
     are complete, so an interruption never leaves a partial file, nor (short of a crash between
     the two renames) new weights beside an old card.
     """
-    weights, meta = folder / f"{card.name}.pt", folder / f"{card.name}.json"
+    weights, meta = folder / f"{card.name}.npz", folder / f"{card.name}.json"
+    arrays = {k: v.detach().cpu().float().numpy() for k, v in net.state_dict().items()}
     with atomic_file(weights) as weights_file, atomic_file(meta) as meta_file:
-        torch.save(net.state_dict(), weights_file)
+        np.savez(weights_file, **arrays)
         meta_file.write((card.to_json() + "\n").encode("utf-8"))
     return weights, meta
 
 
 def load_model(folder: Path, name: str = DEFAULT_NAME) -> ShippedModel:
-    """Load ``<name>.pt`` and ``<name>.json`` from ``folder``."""
-    meta = folder / f"{name}.json"
-    if not meta.exists():
-        raise FileNotFoundError(f"{meta} not found: no saved model named {name!r} in {folder}")
-    card = ModelCard.from_json(meta.read_text())
+    """Load ``<name>.npz`` and ``<name>.json`` from ``folder`` as a torch network."""
+    card, weights = read_model(folder, name)
     net = build_net(card.architecture, card.init_args)
-    state = torch.load(folder / f"{name}.pt", map_location="cpu", weights_only=True)
-    net.load_state_dict(state)
+    net.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
     return ShippedModel(net.eval(), card)
 
 
@@ -128,6 +80,8 @@ def thresholds_from_loso(predictions: Sequence[Path]) -> dict[str, float]:
     did not train on the night it scores. The shipped network itself trained on every night, so
     its thresholds are chosen on these scores, never on its own training scores.
     """
+    from sleepstream.evaluation.loso import choose_thresholds
+
     if not predictions:
         raise ValueError("No predictions files to choose thresholds on")
     scores = []

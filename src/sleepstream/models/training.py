@@ -11,14 +11,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 from lightning.pytorch.cli import LightningCLI
 from numpy.typing import NDArray
 
-from sleepstream.features import FEATURE_NAMES, night_features
 from sleepstream.models.datamodule import SleepDataModule
 from sleepstream.models.module import SleepWakeModule
-from sleepstream.models.net import SleepNet
+from sleepstream.models.net import SleepNet, predict_night
 from sleepstream.records import Recording
 
 log = logging.getLogger(__name__)
@@ -100,16 +98,6 @@ def train(
             cli.trainer.limit_val_batches = 0  # no validation nights: skip the loop, not warn
         cli.trainer.fit(module, datamodule=datamodule)
     return module, datamodule
-
-
-def predict_night(net: SleepNet, recording: Recording) -> NDArray[np.float64]:
-    """p(sleep) per epoch of a night: the causal features replayed through ``net`` in one pass."""
-    columns = [FEATURE_NAMES.index(n) for n in net.feature_names]
-    x = torch.as_tensor(night_features(recording)[:, columns], dtype=torch.float32)
-    net.eval()
-    with torch.no_grad():
-        logits, _ = net(x.unsqueeze(0))
-    return torch.sigmoid(logits[0]).double().numpy()
 
 
 class NetPredictor:
