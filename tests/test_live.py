@@ -335,7 +335,9 @@ def test_restore_refuses_other_settings_models_and_bad_values(step_model: TorchS
 
 
 def test_the_live_detector_imports_no_training_or_evaluation_code() -> None:
-    """An app process that only runs the detector pays for neither torch nor Lightning."""
+    """An app process that only runs the detector pays for neither torch nor Lightning (nor
+    scipy.signal until acceleration arrives); its start-up time is measured by
+    benchmarks/bench_live.py, not here."""
     import subprocess
     import sys
 
@@ -343,7 +345,7 @@ def test_the_live_detector_imports_no_training_or_evaluation_code() -> None:
         "import sys\n"
         "from sleepstream.live.detector import SleepDetector\n"
         "SleepDetector()\n"
-        "heavy = ('torch', 'lightning', 'sklearn', 'sleepstream.evaluation')\n"
+        "heavy = ('torch', 'lightning', 'sklearn', 'sleepstream.evaluation', 'scipy.signal')\n"
         "print(','.join(m for m in heavy if m in sys.modules))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy import signal
 
 from sleepstream.records import COUNT_SECONDS
 
@@ -36,9 +35,22 @@ SCALE = 3.07
 
 def bandpass_sos(sample_rate: float = SAMPLE_RATE) -> NDArray[np.float64]:
     """Second-order sections of the 3-11 Hz, 5th-order Butterworth band-pass."""
+    from scipy import signal
+
     return np.asarray(
         signal.butter(FILTER_ORDER, BAND_HZ, btype="bandpass", fs=sample_rate, output="sos")
     )
+
+
+def half_width_samples(half_width_seconds: float, sample_rate: float = SAMPLE_RATE) -> int:
+    """``half_width_seconds`` in grid steps; ``ValueError`` unless a whole positive number."""
+    half = half_width_seconds * sample_rate
+    if not (half > 0 and float(half).is_integer()):
+        raise ValueError(
+            f"half_width_seconds * sample_rate must be a whole positive number of samples, got "
+            f"{half_width_seconds!r} s * {sample_rate!r} Hz = {half!r}"
+        )
+    return int(half)
 
 
 def fir_taps(
@@ -78,13 +90,9 @@ def fir_taps(
     >>> len(taps), bool(np.allclose(taps, taps[::-1])), abs(float(taps.sum())) < 1e-15
     (201, True, True)
     """
-    half = half_width_seconds * sample_rate
-    if not (half > 0 and float(half).is_integer()):
-        raise ValueError(
-            f"half_width_seconds * sample_rate must be a whole positive number of samples, got "
-            f"{half_width_seconds!r} s * {sample_rate!r} Hz = {half!r}"
-        )
-    m = int(half)
+    from scipy import signal
+
+    m = half_width_samples(half_width_seconds, sample_rate)
     # The Butterworth impulse response has decayed far below double precision after 20 s.
     length = m + int(20 * sample_rate)
     impulse = np.zeros(length)
@@ -133,6 +141,8 @@ def counts_offline(
         return np.zeros(0), np.zeros(0)
     grid = np.arange(times[0], times[-1], 1.0 / SAMPLE_RATE)
     uniform = np.interp(grid, times, z)
+    from scipy import signal
+
     filtered = signal.sosfiltfilt(bandpass_sos(), uniform)
     levels = quantise(np.abs(filtered))
     per_window = int(SAMPLE_RATE * COUNT_SECONDS)

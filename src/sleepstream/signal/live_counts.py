@@ -52,6 +52,7 @@ the result does not depend on the chunking, to the last bit.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import math
@@ -60,7 +61,6 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from scipy import signal
 
 from sleepstream.records import COUNT_SECONDS
 from sleepstream.signal.counts import (
@@ -68,6 +68,7 @@ from sleepstream.signal.counts import (
     SAMPLE_RATE,
     counts_from_second_maxima,
     fir_taps,
+    half_width_samples,
     quantise,
 )
 
@@ -210,7 +211,7 @@ class StreamingCounts:
             raise ValueError(f"origin must be a finite time in seconds, got {origin!r}")
         if not max_gap > 0:
             raise ValueError(f"max_gap must be a positive number of seconds, got {max_gap!r}")
-        self.taps = fir_taps(delay_seconds, float(sample_rate), window)  # checks delay_seconds
+        half = half_width_samples(delay_seconds, float(sample_rate))  # checks delay_seconds
         self.sample_rate = sample_rate
         self.delay_seconds = delay_seconds
         self.origin = origin
@@ -219,16 +220,28 @@ class StreamingCounts:
 
         self._per_second = int(sample_rate)
         self._per_window = _SECONDS_PER_WINDOW * self._per_second
-        self._half = len(self.taps) // 2  # look-ahead in grid steps
-        self._zi_at_rest = signal.lfilter_zi(self.taps, 1.0)  # times the input level
+        self._half = half  # look-ahead in grid steps
+        if window != "boxcar":
+            _ = self.taps  # other tapers are built now, so a bad name fails here
         # Stream state: everything below changes with update() and nothing grows with the stream.
         self._last_time: float | None = None
         self._last_value = 0.0
-        self._zi = np.zeros_like(self._zi_at_rest)
+        self._zi = np.zeros(2 * half)  # the FIR's delay line
         self._next_index = 0  # first grid index not produced yet
         self._run_start = 0  # first grid index after the start of the stream or the last gap
         self._pending_start = 0  # grid index of _pending[0]; its filtered value is _half earlier
         self._pending = _empty()  # interpolated values not filtered yet
+
+    @functools.cached_property
+    def taps(self) -> NDArray[np.float64]:
+        """The FIR's taps (:func:`~sleepstream.signal.counts.fir_taps`), made on first use."""
+        return fir_taps(self.delay_seconds, float(self.sample_rate), self.window)
+
+    @functools.cached_property
+    def _zi_at_rest(self) -> NDArray[np.float64]:
+        from scipy import signal
+
+        return np.asarray(signal.lfilter_zi(self.taps, 1.0))  # times the input level
 
     def __repr__(self) -> str:
         return (
@@ -319,7 +332,7 @@ class StreamingCounts:
                 f"counts state indices do not fit together: next_index {next_index}, run_start "
                 f"{run_start}, pending_start {pending_start}, {len(pending)} pending values"
             )
-        fresh._zi = _state_array(arrays, "zi", len(fresh._zi_at_rest))
+        fresh._zi = _state_array(arrays, "zi", 2 * fresh._half)
         fresh._last_time = _state_float(numbers, "last_time")
         fresh._last_value = _state_float(numbers, "last_value")
         fresh._next_index, fresh._run_start = next_index, run_start
@@ -463,6 +476,8 @@ class StreamingCounts:
         used = 0
         for k in range(n_windows):
             size = self._per_window - (lead if k == 0 else 0)
+            from scipy import signal
+
             filtered, self._zi = signal.lfilter(
                 self.taps, 1.0, self._pending[used : used + size], zi=self._zi
             )
