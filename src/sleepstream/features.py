@@ -25,19 +25,22 @@ import bisect
 import hashlib
 import logging
 import math
-import os
-import tempfile
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from sleepstream import state_data
 from sleepstream.cache import cache_root
+from sleepstream.paths import atomic_file
 from sleepstream.records import EPOCH_SECONDS, Recording
 
 log = logging.getLogger(__name__)
+
+_WHAT = "feature state"
 
 COUNT_WINDOWS_MIN = (1, 2, 5, 10, 30)
 """Look-back windows (minutes) for summed activity counts, the current epoch included."""
@@ -171,35 +174,31 @@ class CausalFeatures:
         return CausalFeatures(self.hr_baseline_seconds, self.baseline_quantile)
 
     # -- state as data ---------------------------------------------------------------------
-    def get_state(self) -> tuple[dict[str, float], dict[str, NDArray[np.float64]]]:
-        """The state as plain numbers (``-inf``: never) and arrays, for a portable snapshot."""
-        hr_t, hr_v = self._hr.view()
-        ct_t, ct_v = self._counts.view()
-        numbers = {
-            "last_hr_time": self._last_hr_time,
-            "last_count_time": self._last_count_time,
-            "last_movement_time": self._last_movement_time,
-            "closed_until": self._closed_until,
-        }
+    _TIMES = ("last_hr_time", "last_count_time", "last_movement_time", "closed_until")
+    _SERIES = (("hr_times", "hr_bpm"), ("count_times", "counts"))
+
+    def get_state(self) -> tuple[dict[str, float | None], dict[str, NDArray[np.float64]]]:
+        """The state as JSON-ready times (``None``: never) and arrays, for a portable snapshot."""
+        numbers = {key: state_data.finite_or_none(getattr(self, f"_{key}")) for key in self._TIMES}
+        (hr_t, hr_v), (ct_t, ct_v) = self._hr.view(), self._counts.view()
         arrays = {"hr_times": hr_t, "hr_bpm": hr_v, "count_times": ct_t, "counts": ct_v}
         return numbers, {k: v.copy() for k, v in arrays.items()}
 
-    def set_state(self, numbers: dict[str, float], arrays: dict[str, NDArray[np.float64]]) -> None:
-        """Continue from :meth:`get_state`; ``ValueError`` if the arrays are not time series."""
-        for times, values in (("hr_times", "hr_bpm"), ("count_times", "counts")):
-            t, v = arrays[times], arrays[values]
-            if t.shape != v.shape or (len(t) > 1 and np.any(np.diff(t) < 0)):
-                raise ValueError(f"{times}/{values} must be equal-length series in time order")
+    def set_state(self, numbers: object, arrays: Mapping[str, NDArray[Any]]) -> None:
+        """Continue from :meth:`get_state`; ``ValueError`` (nothing changed) if malformed."""
+        if not isinstance(numbers, Mapping):
+            raise ValueError(f"feature state must be a mapping, got {type(numbers).__name__}")
         fresh = self.clone()
-        for t, v in zip(arrays["hr_times"].tolist(), arrays["hr_bpm"].tolist(), strict=True):
-            fresh._hr.append(t, v)
-        for t, v in zip(arrays["count_times"].tolist(), arrays["counts"].tolist(), strict=True):
-            fresh._counts.append(t, v)
-        fresh._hr_sorted = sorted(arrays["hr_bpm"].tolist())
-        fresh._last_hr_time = numbers["last_hr_time"]
-        fresh._last_count_time = numbers["last_count_time"]
-        fresh._last_movement_time = numbers["last_movement_time"]
-        fresh._closed_until = numbers["closed_until"]
+        for key in self._TIMES:
+            setattr(fresh, f"_{key}", state_data.time_or_never(numbers, key, what=_WHAT))
+        for (times, values), series in zip(self._SERIES, (fresh._hr, fresh._counts), strict=True):
+            t = state_data.array(arrays, times, np.float64, what=_WHAT)
+            v = state_data.array(arrays, values, np.float64, (len(t),), what=_WHAT)
+            if np.any(np.diff(t) < 0):
+                raise ValueError(f"feature state {times!r} is not in time order")
+            for ti, vi in zip(t.tolist(), v.tolist(), strict=True):
+                series.append(ti, vi)
+        fresh._hr_sorted = sorted(fresh._hr.view()[1].tolist())
         self.__dict__.update(fresh.__dict__)
 
     # -- input -------------------------------------------------------------------------------
@@ -363,12 +362,9 @@ def _from_disk(key: str) -> NDArray[np.float64]:
 
 
 def _to_disk(key: str, features: NDArray[np.float64]) -> None:
-    folder = cache_root() / "features"
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, suffix=".npy", delete=False) as f:
+        with atomic_file(cache_root() / "features" / f"{key}.npy") as f:
             np.save(f, features, allow_pickle=False)
-        os.replace(f.name, folder / f"{key}.npy")
     except OSError as error:
         log.debug("Feature cache not written (%s)", error)
 

@@ -105,12 +105,6 @@ def _run_fold_star(
     return run_fold(*args)
 
 
-def _scored_nights(
-    recordings: Mapping[str, Recording], scenario: StartScenario
-) -> dict[str, Recording]:
-    return {s: scenario.scored(r) for s, r in recordings.items()}
-
-
 def assemble(
     template: Predictor,
     recordings: Mapping[str, Recording],
@@ -128,7 +122,7 @@ def assemble(
         )
     results = {}
     for scenario in scenarios:
-        nights = _scored_nights({s: recordings[s] for s in scores}, scenario)
+        nights = {s: scenario.scored(recordings[s]) for s in scores}
         labelled = {s: (nights[s].labels(SLEEP_WAKE), scores[s][scenario.name]) for s in scores}
         predictions = []
         for subject, night in nights.items():

@@ -44,13 +44,14 @@ from sleepstream.events import OnsetTracker
 from sleepstream.features import CausalFeatures
 from sleepstream.live import state
 from sleepstream.live.context import ACTIVITIES, CONFIDENCES, ContextVeto, MotionContext
-from sleepstream.live.state import finite_or_none
 from sleepstream.live.units import check_acceleration_units
 from sleepstream.records import EPOCH_SECONDS
 from sleepstream.signal.live_counts import LateSampleError, StreamingCounts
+from sleepstream.state_data import array, finite_or_none, integer, number, time_or_never
 
 log = logging.getLogger(__name__)
 
+_WHAT = "snapshot"
 Stream = Literal["acceleration", "heart_rate", "counts", "context"]
 MIN_BPM, MAX_BPM = 25.0, 250.0
 
@@ -345,7 +346,7 @@ class SleepDetector:
             "late_samples": self.late_samples,
             "late_since_result": self._late_since_result,
             "tracker": self._tracker.get_state(),
-            "features": {k: finite_or_none(v) for k, v in features.items()},
+            "features": features,
             "counts": counts,
         }
         arrays: dict[str, NDArray[Any]] = {
@@ -388,22 +389,22 @@ class SleepDetector:
         self.__dict__.update(fresh.__dict__)
 
     def _load(self, header: dict[str, Any], arrays: dict[str, NDArray[Any]]) -> None:
-        model_state = state.array(arrays, "model_state", np.float32, (None, None))
+        model_state = array(arrays, "model_state", np.float32, (None, None), what=_WHAT)
         if model_state.shape != np.shape(self._state):
             raise ValueError(
                 f"snapshot model state has shape {model_state.shape}, expected {np.shape(self._state)}"
             )
         self._state = model_state
-        times = state.array(arrays, "queue_time", np.float64)
-        orders = state.array(arrays, "queue_order", np.int64)
-        streams = state.array(arrays, "queue_stream", np.int8)
-        values = state.array(arrays, "queue_value", np.float64, finite=False)
+        times = array(arrays, "queue_time", np.float64, what=_WHAT)
+        orders = array(arrays, "queue_order", np.int64, what=_WHAT)
+        streams = array(arrays, "queue_stream", np.int8, what=_WHAT)
+        values = array(arrays, "queue_value", np.float64, finite=False, what=_WHAT)
         if not len(times) == len(orders) == len(streams) == len(values):
             raise ValueError("snapshot queue arrays differ in length")
         if np.any((streams < 0) | (streams >= len(_STREAMS))):
             raise ValueError("snapshot queue names an unknown stream")
-        self._context = _contexts(state.array(arrays, "context", np.float64, (None, 3)))
-        queued = _contexts(state.array(arrays, "queue_context", np.float64, (None, 3)))
+        self._context = _contexts(array(arrays, "context", np.float64, (None, 3), what=_WHAT))
+        queued = _contexts(array(arrays, "queue_context", np.float64, (None, 3), what=_WHAT))
         queued_iter = iter(queued)
         self._queue = []
         for t, order, stream, value in zip(
@@ -415,24 +416,20 @@ class SleepDetector:
                 raise ValueError("snapshot queue holds a malformed entry")
             self._queue.append(_Event(t, order, name, item))
         heapq.heapify(self._queue)
-        self._order = int(state.number(header, "order") or 0)
-        self._clock = state.number(header, "clock", optional=True) or -math.inf
-        self._next_start = state.number(header, "next_start", optional=True)
-        self._closed_until = state.number(header, "closed_until", optional=True) or -math.inf
+        self._order = integer(header, "order", what=_WHAT)
+        self._clock = time_or_never(header, "clock", what=_WHAT)
+        self._next_start = (
+            None if header.get("next_start") is None else number(header, "next_start", what=_WHAT)
+        )
+        self._closed_until = time_or_never(header, "closed_until", what=_WHAT)
         self._units_checked = bool(header.get("units_checked"))
         self.late_samples = _counts_dict(header.get("late_samples"))
         self._late_since_result = _counts_dict(header.get("late_since_result"))
         self._tracker.set_state(header.get("tracker") or {})
-        numbers = header.get("features")
-        if not isinstance(numbers, dict):
-            raise ValueError("snapshot has no feature state")
-        self._features.set_state(
-            {k: -math.inf if numbers.get(k) is None else float(numbers[k]) for k in _FEATURE_TIMES},
-            {k: state.array(arrays, f"features_{k}", np.float64) for k in _FEATURE_ARRAYS},
-        )
+        self._features.set_state(header.get("features"), _prefixed(arrays, "features_"))
         self._counts.set_state(
             header.get("counts"),
-            {k[len("counts_") :]: v for k, v in arrays.items() if k.startswith("counts_")},
+            _prefixed(arrays, "counts_"),
         )
 
     def clone(self) -> SleepDetector:
@@ -485,8 +482,10 @@ def _pair(
 
 
 _STREAMS: tuple[Stream, ...] = ("acceleration", "heart_rate", "counts", "context")
-_FEATURE_TIMES = ("last_hr_time", "last_count_time", "last_movement_time", "closed_until")
-_FEATURE_ARRAYS = ("hr_times", "hr_bpm", "count_times", "counts")
+
+
+def _prefixed(arrays: dict[str, NDArray[Any]], prefix: str) -> dict[str, NDArray[Any]]:
+    return {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
 
 
 def model_id(model: StepModel) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import zipfile
 from collections.abc import Mapping
 from typing import Any
@@ -23,11 +22,6 @@ FORMAT = "sleepstream-detector-state"
 VERSION = 1
 MAX_BYTES = 64 * 2**20
 """Snapshots larger than this are refused before they are read (a day of state is ~1 MB)."""
-
-
-def finite_or_none(value: float) -> float | None:
-    """JSON has no infinities or NaN: ``None`` stands for "never" / "not yet"."""
-    return float(value) if math.isfinite(value) else None
 
 
 def pack(header: Mapping[str, Any], arrays: Mapping[str, NDArray[Any]]) -> bytes:
@@ -64,38 +58,3 @@ def unpack(blob: bytes) -> tuple[dict[str, Any], dict[str, NDArray[Any]]]:
             f"snapshot version {header.get('version')!r} is not supported (this is {VERSION})"
         )
     return header, arrays
-
-
-def array(
-    arrays: Mapping[str, NDArray[Any]],
-    name: str,
-    dtype: type[np.generic],
-    shape: tuple[int | None, ...] = (None,),
-    *,
-    finite: bool = True,
-) -> NDArray[Any]:
-    """Entry ``name`` checked for kind, dimensions (``None``: any length) and finite values."""
-    if name not in arrays:
-        raise ValueError(f"snapshot has no {name!r} array")
-    value = arrays[name]
-    if value.dtype.kind != np.dtype(dtype).kind or value.ndim != len(shape):
-        raise ValueError(
-            f"snapshot array {name!r} is {value.dtype}{list(value.shape)}, expected "
-            f"{np.dtype(dtype)} with {len(shape)} dimension(s)"
-        )
-    for got, want in zip(value.shape, shape, strict=True):
-        if want is not None and got != want:
-            raise ValueError(f"snapshot array {name!r} has shape {value.shape}, expected {shape}")
-    if finite and value.dtype.kind == "f" and not np.all(np.isfinite(value)):
-        raise ValueError(f"snapshot array {name!r} holds non-finite values")
-    return value.astype(dtype, copy=True)
-
-
-def number(header: Mapping[str, Any], key: str, *, optional: bool = False) -> float | None:
-    """A finite number of the header (``None`` allowed when ``optional``)."""
-    value = header.get(key)
-    if value is None and optional:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"snapshot header {key!r} is {value!r}, expected a finite number")
-    return float(value)

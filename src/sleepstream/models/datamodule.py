@@ -61,15 +61,20 @@ class CropDataset(Dataset[Batch]):
         self.nights = [list(variants) for variants in nights]
         self.length = length
         self.per_night = per_night
+        # Where each sequence's labels begin (after its unlabelled hours before the PSG start).
+        self.first_labelled = [
+            [int(np.argmax(y >= 0)) if (y >= 0).any() else 0 for _, y in variants]
+            for variants in self.nights
+        ]
 
     def __len__(self) -> int:
         return len(self.nights) * self.per_night
 
     def __getitem__(self, index: int) -> Batch:
-        variants = self.nights[index // self.per_night]
-        x, y = variants[int(torch.randint(0, len(variants), (1,)))]
-        labelled = int(np.argmax(y >= 0)) if (y >= 0).any() else 0
-        first = max(0, labelled - self.length // 2)
+        night = index // self.per_night
+        variant = int(torch.randint(0, len(self.nights[night]), (1,)))
+        x, y = self.nights[night][variant]
+        first = max(0, self.first_labelled[night][variant] - self.length // 2)
         last = max(first, len(y) - self.length)
         start = int(torch.randint(first, last + 1, (1,)))
         end = start + self.length

@@ -71,6 +71,7 @@ from sleepstream.signal.counts import (
     half_width_samples,
     quantise,
 )
+from sleepstream.state_data import array, integer, number
 
 logger = logging.getLogger(__name__)
 
@@ -117,39 +118,7 @@ def _empty() -> NDArray[np.float64]:
     return np.zeros(0)
 
 
-def _state_int(numbers: Mapping[str, Any], key: str) -> int:
-    value = numbers.get(key)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"counts state {key!r} is {value!r}, expected an integer")
-    return value
-
-
-def _state_float(numbers: Mapping[str, Any], key: str) -> float:
-    value = numbers.get(key)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"counts state {key!r} is {value!r}, expected a finite number")
-    return float(value)
-
-
-def _state_array(
-    arrays: Mapping[str, NDArray[Any]], name: str, length: int | None
-) -> NDArray[np.float64]:
-    """One array of a state: 1-D, real, finite, of the given length (``None``: any)."""
-    if name not in arrays:
-        raise ValueError(f"counts state has no {name!r} array")
-    value = np.asarray(arrays[name])
-    if (
-        value.dtype.kind not in "fi"
-        or value.ndim != 1
-        or (length is not None and len(value) != length)
-    ):
-        raise ValueError(
-            f"counts state array {name!r} is {value.dtype}{list(value.shape)}, expected "
-            f"float64[{'any' if length is None else length}]"
-        )
-    if not np.isfinite(value).all():
-        raise ValueError(f"counts state array {name!r} holds non-finite values")
-    return value.astype(np.float64, copy=True)
+_WHAT = "counts state"
 
 
 class StreamingCounts:
@@ -320,9 +289,10 @@ class StreamingCounts:
             self.__dict__.update(fresh.__dict__)
             return
         next_index, run_start, pending_start = (
-            _state_int(numbers, key) for key in ("next_index", "run_start", "pending_start")
+            integer(numbers, key, what=_WHAT)
+            for key in ("next_index", "run_start", "pending_start")
         )
-        pending = _state_array(arrays, "pending", None)
+        pending = array(arrays, "pending", np.float64, what=_WHAT)
         if not (
             run_start <= pending_start
             and pending_start + len(pending) == next_index
@@ -332,9 +302,9 @@ class StreamingCounts:
                 f"counts state indices do not fit together: next_index {next_index}, run_start "
                 f"{run_start}, pending_start {pending_start}, {len(pending)} pending values"
             )
-        fresh._zi = _state_array(arrays, "zi", 2 * fresh._half)
-        fresh._last_time = _state_float(numbers, "last_time")
-        fresh._last_value = _state_float(numbers, "last_value")
+        fresh._zi = array(arrays, "zi", np.float64, (2 * fresh._half,), what=_WHAT)
+        fresh._last_time = number(numbers, "last_time", what=_WHAT)
+        fresh._last_value = number(numbers, "last_value", what=_WHAT)
         fresh._next_index, fresh._run_start = next_index, run_start
         fresh._pending_start, fresh._pending = pending_start, pending
         self.__dict__.update(fresh.__dict__)
