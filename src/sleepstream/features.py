@@ -1,9 +1,10 @@
-"""The causal per-epoch feature extractor: one implementation for live use and for replay.
+"""The causal per-epoch features: names, the step's inputs from a recording, and the batch path.
 
-:class:`CausalFeatures` is fed heart-rate samples and activity counts in time order and, when an
-epoch closes, returns that epoch's feature vector. It only ever reads samples that arrived
-before the epoch's end, so nothing after the end of epoch *t* can change the vector of epoch *t*.
-:func:`extract` replays a recorded night through the same object (the batch path).
+The features themselves are computed in one place, the tensor step
+:class:`sleepstream.step.FeatureStep`, which the live detector and the exported model files
+run one epoch at a time. :func:`extract` scans it over a recorded night (the batch path used by
+training and evaluation); this module turns a :class:`~sleepstream.records.Recording` into the
+step's per-epoch inputs (:func:`epoch_inputs`) and caches the results.
 
 Conventions
 -----------
@@ -11,36 +12,31 @@ Conventions
   containing ``t``; an activity count belongs to the epoch containing its window *start*.
 - Features that cannot be computed (no sample yet, a gap) are ``NaN``; the model's input
   normalisation maps them to the training mean, and the gap features say why.
-- All memory is bounded by the longest look-back (:attr:`CausalFeatures.hr_baseline_seconds`).
-- **No anchor.** No feature counts from the moment the extractor was started: each one is a
+- Memory is fixed: the longest look-back is :data:`HR_BASELINE_HOURS`, held as one mean heart
+  rate per epoch.
+- **No anchor.** No feature counts from the moment the stream was started: each one is a
   function of the samples in a fixed look-back window before the epoch's end (at most
-  :attr:`CausalFeatures.hr_baseline_seconds`), and time-since features saturate at
-  :data:`GAP_CAP_MIN`. An extractor started earlier gives the same vectors once its look-back is
-  filled, so a watch worn all day needs no "lights off" moment.
+  :data:`HR_BASELINE_HOURS`), and time-since features saturate at :data:`GAP_CAP_MIN`. A
+  stream started earlier gives the same vectors once its look-back is filled, so a watch worn
+  all day needs no "lights off" moment.
 """
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import logging
-import math
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from sleepstream import state_data
 from sleepstream.cache import cache_root
 from sleepstream.paths import atomic_file
-from sleepstream.records import EPOCH_SECONDS, Recording
+from sleepstream.records import COUNT_SECONDS, EPOCH_SECONDS, Recording
 
 log = logging.getLogger(__name__)
-
-_WHAT = "feature state"
 
 COUNT_WINDOWS_MIN = (1, 2, 5, 10, 30)
 """Look-back windows (minutes) for summed activity counts, the current epoch included."""
@@ -48,6 +44,14 @@ HR_WINDOWS_MIN = (5, 15)
 """Look-back windows (minutes) for heart-rate mean and spread."""
 LOW_HR_WINDOW_HOURS = 6.0
 """Look-back (hours) of the recent low heart rate, ``hr_above_recent_low``."""
+HR_BASELINE_HOURS = 24.0
+"""Look-back (hours) of the resting baseline, ``hr_above_baseline``."""
+BASELINE_QUANTILE = 0.05
+"""Both lows are this quantile of the per-epoch mean heart rates in their look-back."""
+MIN_BASELINE_EPOCHS = 10
+"""Epochs with heart rate a low needs; fewer give NaN."""
+HR_SLOTS = 30
+"""Heart-rate samples one epoch's step takes (one a second); more are merged per second."""
 GAP_CAP_MIN = 60.0
 """Time-since features saturate here (minutes)."""
 LAST_HR_SAMPLES = 5
@@ -101,242 +105,143 @@ SEQUENCE_FEATURES: tuple[str, ...] = tuple(
 """Default inputs of the recurrent model: every summary feature, no raw heart-rate samples."""
 
 
-class _Series:
-    """Time-ordered samples in growable numpy arrays; old samples are dropped from the front."""
-
-    def __init__(self) -> None:
-        self.times = np.empty(256, dtype=np.float64)
-        self.values = np.empty(256, dtype=np.float64)
-        self.head = 0
-        self.size = 0
-
-    def append(self, t: float, value: float) -> None:
-        if self.size == len(self.times):
-            live = self.size - self.head
-            capacity = max(256, 2 * live)
-            for name in ("times", "values"):
-                old = getattr(self, name)
-                new = np.empty(capacity, dtype=np.float64)
-                new[:live] = old[self.head : self.size]
-                setattr(self, name, new)
-            self.head, self.size = 0, live
-        self.times[self.size] = t
-        self.values[self.size] = value
-        self.size += 1
-
-    def drop_before(self, t: float) -> NDArray[np.float64]:
-        """Forget the samples before ``t``; return their values."""
-        n = int(np.searchsorted(self.times[self.head : self.size], t, side="left"))
-        dropped = self.values[self.head : self.head + n]
-        self.head += n
-        return dropped
-
-    def view(self) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-        return self.times[self.head : self.size], self.values[self.head : self.size]
+def _epoch_slots(
+    times: NDArray[np.float64], first_start: float, n_epochs: int
+) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], NDArray[np.float64]]:
+    """For time-ordered samples: which are inside the grid, their epoch, their rank within the
+    epoch, and their offset (s) from the epoch's start."""
+    position = (times - first_start) / EPOCH_SECONDS
+    inside = np.flatnonzero((position >= 0) & (position < n_epochs))
+    epoch = np.floor(position[inside]).astype(np.int64)
+    first_of_epoch = np.searchsorted(epoch, epoch, side="left")
+    rank = np.arange(len(epoch)) - first_of_epoch
+    offset = times[inside] - (first_start + epoch * EPOCH_SECONDS)
+    return inside, epoch, rank, offset
 
 
-class CausalFeatures:
-    """Streaming feature extractor: samples in (time order), one feature vector per closed epoch.
+def pack_heart_rate(
+    offsets: NDArray[np.float64], bpm: NDArray[np.float64]
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """One epoch's heart-rate samples as the step's ``(HR_SLOTS,)`` inputs (NaN padded).
 
-    Parameters
-    ----------
-    hr_baseline_seconds
-        Look-back of the resting heart-rate baseline (default one day): the 5th percentile of
-        the heart rate over this window, prior days included when the stream has them.
-    baseline_quantile
-        The quantile used for the resting baseline.
+    Samples are put in time order; an epoch with more than :data:`HR_SLOTS` samples (more than
+    one a second) is reduced to the mean of each second that has samples.
 
-    Examples
-    --------
-    >>> fx = CausalFeatures()
-    >>> fx.update_heart_rate(10.0, 60.0)
-    >>> fx.update_count(0.0, 5.0)
-    >>> vector = fx.close_epoch(0.0)
-    >>> len(vector) == len(FEATURE_NAMES)
-    True
+    >>> hr, offset = pack_heart_rate(np.array([12.0, 3.0]), np.array([61.0, 60.0]))
+    >>> hr[:3].tolist(), offset[:3].tolist()
+    ([60.0, 61.0, nan], [3.0, 12.0, nan])
     """
-
-    names = FEATURE_NAMES
-
-    def __init__(self, hr_baseline_seconds: float = 86_400.0, baseline_quantile: float = 0.05):
-        self.hr_baseline_seconds = hr_baseline_seconds
-        self.baseline_quantile = baseline_quantile
-        self._hr = _Series()
-        self._hr_sorted: list[float] = []  # the same heart rates, sorted, for the baseline
-        self._counts = _Series()
-        self._last_hr_time = -math.inf
-        self._last_count_time = -math.inf
-        self._last_movement_time = -math.inf
-        self._closed_until = -math.inf
-
-    def clone(self) -> CausalFeatures:
-        """A fresh extractor with the same parameters and no state."""
-        return CausalFeatures(self.hr_baseline_seconds, self.baseline_quantile)
-
-    # -- state as data ---------------------------------------------------------------------
-    _TIMES = ("last_hr_time", "last_count_time", "last_movement_time", "closed_until")
-    _SERIES = (("hr_times", "hr_bpm"), ("count_times", "counts"))
-
-    def get_state(self) -> tuple[dict[str, float | None], dict[str, NDArray[np.float64]]]:
-        """The state as JSON-ready times (``None``: never) and arrays, for a portable snapshot."""
-        numbers = {key: state_data.finite_or_none(getattr(self, f"_{key}")) for key in self._TIMES}
-        (hr_t, hr_v), (ct_t, ct_v) = self._hr.view(), self._counts.view()
-        arrays = {"hr_times": hr_t, "hr_bpm": hr_v, "count_times": ct_t, "counts": ct_v}
-        return numbers, {k: v.copy() for k, v in arrays.items()}
-
-    def set_state(self, numbers: object, arrays: Mapping[str, NDArray[Any]]) -> None:
-        """Continue from :meth:`get_state`; ``ValueError`` (nothing changed) if malformed."""
-        if not isinstance(numbers, Mapping):
-            raise ValueError(f"feature state must be a mapping, got {type(numbers).__name__}")
-        fresh = self.clone()
-        for key in self._TIMES:
-            setattr(fresh, f"_{key}", state_data.time_or_never(numbers, key, what=_WHAT))
-        for (times, values), series in zip(self._SERIES, (fresh._hr, fresh._counts), strict=True):
-            t = state_data.array(arrays, times, np.float64, what=_WHAT)
-            v = state_data.array(arrays, values, np.float64, (len(t),), what=_WHAT)
-            if np.any(np.diff(t) < 0):
-                raise ValueError(f"feature state {times!r} is not in time order")
-            for ti, vi in zip(t.tolist(), v.tolist(), strict=True):
-                series.append(ti, vi)
-        fresh._hr_sorted = sorted(fresh._hr.view()[1].tolist())
-        self.__dict__.update(fresh.__dict__)
-
-    # -- input -------------------------------------------------------------------------------
-    def _check_time(self, t: float, what: str) -> None:
-        if not math.isfinite(t):
-            raise ValueError(f"{what} time {t!r} is not finite")
-        if t < self._closed_until:
-            raise ValueError(
-                f"{what} at t={t:.3f} s arrived after the epoch ending at "
-                f"{self._closed_until:.3f} s was closed"
-            )
-
-    def update_heart_rate(self, t: float, bpm: float) -> None:
-        """Add one heart-rate sample (s, beats per minute)."""
-        self._check_time(t, "heart-rate sample")
-        if not math.isfinite(bpm):
-            raise ValueError(f"heart rate {bpm!r} at t={t:.3f} s is not finite")
-        self._hr.append(t, bpm)
-        bisect.insort(self._hr_sorted, bpm)
-        self._last_hr_time = max(self._last_hr_time, t)
-
-    def update_count(self, t: float, count: float) -> None:
-        """Add one activity count whose 15 s window starts at ``t``."""
-        self._check_time(t, "activity count")
-        if not math.isfinite(count) or count < 0:
-            raise ValueError(f"activity count {count!r} at t={t:.3f} s must be finite and >= 0")
-        self._counts.append(t, count)
-        self._last_count_time = max(self._last_count_time, t)
-        if count > ACTIVE_COUNT:
-            self._last_movement_time = max(self._last_movement_time, t)
-
-    # -- output ------------------------------------------------------------------------------
-    def close_epoch(self, start: float) -> NDArray[np.float64]:
-        """Close the epoch ``[start, start + 30 s)`` and return its feature vector.
-
-        Every sample given so far with a time before ``start + 30`` counts; later calls may only
-        add samples at or after that end.
-        """
-        end = start + EPOCH_SECONDS
-        self._closed_until = end
-        self._forget(end)
-        counts = self._count_features(start, end)
-        hr = self._hr_features(start, end)
-        return np.array([*counts, *hr], dtype=np.float64)
-
-    def _forget(self, end: float) -> None:
-        for bpm in self._hr.drop_before(end - self.hr_baseline_seconds).tolist():
-            del self._hr_sorted[bisect.bisect_left(self._hr_sorted, bpm)]
-        self._counts.drop_before(end - max(COUNT_WINDOWS_MIN) * 60.0)
-
-    def _since(self, last: float, end: float) -> float:
-        return min((end - last) / 60.0, GAP_CAP_MIN)
-
-    def _count_features(self, start: float, end: float) -> list[float]:
-        times, values = self._counts.view()
-        out: list[float] = []
-        for minutes in COUNT_WINDOWS_MIN:
-            window_start = end - minutes * 60.0 if minutes > 1 else start
-            inside = (times >= window_start) & (times < end)
-            out.append(math.log1p(values[inside].sum()) if inside.any() else math.nan)
-        recent = (times >= end - 600.0) & (times < end)
-        out.append(math.log1p(values[recent].max()) if recent.any() else math.nan)
-        out.append(self._since(self._last_movement_time, end))
-        out.append(self._since(self._last_count_time, end))
-        return out
-
-    def _baseline(self) -> float:
-        """The ``baseline_quantile`` of the heart rates held (linear interpolation)."""
-        values = self._hr_sorted
-        position = self.baseline_quantile * (len(values) - 1)
-        low = int(position)
-        high = min(low + 1, len(values) - 1)
-        return values[low] + (position - low) * (values[high] - values[low])
-
-    def _hr_features(self, start: float, end: float) -> list[float]:
-        times, bpm = self._hr.view()
-        epoch = bpm[(times >= start) & (times < end)]
-        nan = math.nan
-        out = [
-            float(epoch.mean()) if len(epoch) else nan,
-            float(epoch.min()) if len(epoch) else nan,
-            float(epoch.max()) if len(epoch) else nan,
-        ]
-        means, stds = [], []
-        for minutes in HR_WINDOWS_MIN:
-            window = bpm[times >= end - minutes * 60.0]
-            means.append(float(window.mean()) if len(window) else nan)
-            stds.append(float(window.std()) if len(window) >= 2 else nan)
-        out += [*means, *stds, means[0] - means[1]]
-        current = means[0]
-        baseline = self._baseline() if len(bpm) >= 10 else nan
-        out.append(current - baseline)
-        recent = bpm[times >= end - LOW_HR_WINDOW_HOURS * 3600.0]
-        low = float(np.quantile(recent, self.baseline_quantile)) if len(recent) >= 10 else nan
-        out.append(current - low)
-        out.append(self._since(self._last_hr_time, end))
-        last = bpm[-LAST_HR_SAMPLES:][::-1]
-        ages = [self._since(t, end) for t in times[-LAST_HR_SAMPLES:][::-1]]
-        padding = [nan] * (LAST_HR_SAMPLES - len(last))
-        out += [*last.tolist(), *padding, *ages, *padding]
-        return out
+    order = np.argsort(offsets, kind="stable")
+    offsets, bpm = np.asarray(offsets)[order], np.asarray(bpm)[order]
+    if len(offsets) > HR_SLOTS:
+        second = np.floor(offsets).astype(np.int64)
+        seconds, index, n = np.unique(second, return_index=True, return_counts=True)
+        offsets = np.add.reduceat(offsets, index) / n
+        bpm = np.add.reduceat(bpm, index) / n
+        del seconds
+    hr = np.full(HR_SLOTS, np.nan)
+    at = np.full(HR_SLOTS, np.nan)
+    hr[: len(bpm)], at[: len(offsets)] = bpm, offsets
+    return hr, at
 
 
-def extract(
-    recording: Recording,
-    extractor: CausalFeatures | None = None,
-    n_epochs: int | None = None,
-) -> NDArray[np.float64]:
-    """Replay a night through :class:`CausalFeatures`: shape ``(n_epochs, n_features)``.
+def epoch_inputs(
+    recording: Recording, n_epochs: int | None = None
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+    """The step's inputs for every epoch of a night: counts ``(n, 2)``, heart rate and its
+    offsets ``(n, HR_SLOTS)``; NaN where missing.
 
-    Samples are fed in time order, each before the first epoch end after it; the vector of each
-    epoch is taken when that epoch closes, exactly as in live use.
+    A count goes to the epoch holding its window start, in the slot of its 15 s half; when an
+    epoch holds exactly two counts they fill both slots in time order (recorded count windows
+    drift by a few hundredths of a second per window against the 30 s grid). Epochs must be
+    contiguous (``ValueError`` otherwise).
     """
-    fx = extractor.clone() if extractor is not None else CausalFeatures()
     n = recording.n_epochs if n_epochs is None else n_epochs
-    ends = recording.epoch_times[:n] + EPOCH_SECONDS
-    hr_cut = np.searchsorted(recording.hr_times, ends, side="left")
-    count_cut = np.searchsorted(recording.count_times, ends, side="left")
-    out = np.empty((n, len(FEATURE_NAMES)), dtype=np.float64)
-    hr_done = count_done = 0
-    hr_t, hr_v = recording.hr_times.tolist(), recording.hr_bpm.tolist()
-    ct_t, ct_v = recording.count_times.tolist(), recording.counts.tolist()
-    for i in range(n):
-        for j in range(hr_done, int(hr_cut[i])):
-            fx.update_heart_rate(hr_t[j], hr_v[j])
-        for j in range(count_done, int(count_cut[i])):
-            fx.update_count(ct_t[j], ct_v[j])
-        hr_done, count_done = int(hr_cut[i]), int(count_cut[i])
-        out[i] = fx.close_epoch(float(recording.epoch_times[i]))
-    return out
+    times = recording.epoch_times[:n]
+    if n and np.any(np.diff(times) != EPOCH_SECONDS):
+        raise ValueError(f"Subject {recording.subject_id}: epochs are not contiguous 30 s steps")
+    first = float(times[0]) if n else 0.0
+    counts = np.zeros((n, 2))
+    present = np.zeros((n, 2), dtype=bool)
+    _, epoch, rank, offset = _epoch_slots(recording.count_times, first, n)
+    values = recording.counts[_epoch_slots(recording.count_times, first, n)[0]]
+    per_epoch = np.bincount(epoch, minlength=n)
+    by_half = np.clip(np.floor(offset / COUNT_SECONDS), 0, 1).astype(np.int64)
+    slot = np.where(per_epoch[epoch] == 2, rank, by_half)
+    np.add.at(counts, (epoch, slot), values)
+    present[epoch, slot] = True
+    counts[~present] = np.nan
+    hr = np.full((n, HR_SLOTS), np.nan)
+    hr_offset = np.full((n, HR_SLOTS), np.nan)
+    inside, epoch, rank, offset = _epoch_slots(recording.hr_times, first, n)
+    bpm = recording.hr_bpm[inside]
+    crowded = np.bincount(epoch, minlength=n)[epoch] > HR_SLOTS
+    hr[epoch[~crowded], rank[~crowded]] = bpm[~crowded]
+    hr_offset[epoch[~crowded], rank[~crowded]] = offset[~crowded]
+    for e in np.unique(epoch[crowded]).tolist():
+        mine = crowded & (epoch == e)
+        hr[e], hr_offset[e] = pack_heart_rate(offset[mine], bpm[mine])
+    return counts, hr, hr_offset
+
+
+def extract(recording: Recording, n_epochs: int | None = None) -> NDArray[np.float64]:
+    """Features of a night, shape ``(n_epochs, n_features)``: the live step
+    (:class:`sleepstream.step.FeatureStep`) scanned over :func:`epoch_inputs` from a fresh state.
+
+    Samples before the first epoch are not seen (a stream starts at its first epoch). Nights
+    read from raw acceleration carry the step's own counts
+    (:func:`sleepstream.step.accel_counts`).
+    """
+    return extract_many([recording], None if n_epochs is None else [n_epochs])[0]
+
+
+def extract_many(
+    recordings: Sequence[Recording], n_epochs: Sequence[int] | None = None
+) -> list[NDArray[np.float64]]:
+    """:func:`extract` for several nights at once (one batched scan, padded to the longest)."""
+    from sleepstream import step
+
+    lengths = [r.n_epochs for r in recordings] if n_epochs is None else list(n_epochs)
+    if not recordings:
+        return []
+    longest = max(lengths)
+    counts = np.full((len(recordings), longest, 2), np.nan)
+    hr = np.full((len(recordings), longest, HR_SLOTS), np.nan)
+    hr_offset = np.full_like(hr, np.nan)
+    for i, (recording, n) in enumerate(zip(recordings, lengths, strict=True)):
+        counts[i, :n], hr[i, :n], hr_offset[i, :n] = epoch_inputs(recording, n)
+    out = step.scan(counts, hr, hr_offset)
+    return [out[i, :n].astype(np.float64) for i, n in enumerate(lengths)]
+
+
+def accel_epochs(
+    times: NDArray[np.float64], z: NDArray[np.float64], first_start: float, n_epochs: int
+) -> NDArray[np.float64]:
+    """The raw variant's acceleration input for ``n_epochs`` epochs from ``first_start``.
+
+    Samples go onto the 50 Hz grid (:func:`~sleepstream.signal.grid.to_grid`: linear
+    interpolation across gaps up to 1 s, NaN inside longer ones); epoch ``k`` gets the grid
+    from its start plus the counts filter's delay, ``(n_epochs, 1500)``.
+    """
+    from sleepstream.signal.grid import to_grid
+    from sleepstream.step import ACCEL_SAMPLES, COUNTS_DELAY_SECONDS
+
+    grid = to_grid(times, z, first_start + COUNTS_DELAY_SECONDS, n_epochs * ACCEL_SAMPLES)
+    return grid.reshape(n_epochs, ACCEL_SAMPLES)
 
 
 _MEMO: OrderedDict[str, NDArray[np.float64]] = OrderedDict()
 _MEMO_SIZE = 512
 
 
-_CODE = hashlib.blake2b(Path(__file__).read_bytes(), digest_size=8).hexdigest()
-"""Version of this module's code: cached features are recomputed whenever it changes."""
+_CODE = hashlib.blake2b(
+    b"".join(
+        (Path(__file__).parent / name).read_bytes()
+        for name in ("features.py", "step.py", "signal/counts.py", "signal/grid.py")
+    ),
+    digest_size=8,
+).hexdigest()
+"""Version of the feature code: cached features are recomputed whenever it changes."""
 
 
 def _fingerprint(recording: Recording) -> str:
@@ -370,24 +275,41 @@ def _to_disk(key: str, features: NDArray[np.float64]) -> None:
 
 
 def night_features(recording: Recording) -> NDArray[np.float64]:
-    """:func:`extract` with default parameters, cached by the night's content (read-only).
+    """:func:`extract`, cached by the night's content (read-only).
 
     Kept in memory, and on disk under the cache folder (``$SLEEPSTREAM_CACHE``), so training
-    processes share the work; the key includes this module's code, so a change recomputes.
+    processes share the work; the key includes the feature code, so a change recomputes.
     """
-    key = _fingerprint(recording)
-    if key not in _MEMO:
+    return nights_features([recording])[0]
+
+
+def nights_features(recordings: Sequence[Recording]) -> list[NDArray[np.float64]]:
+    """:func:`night_features` of several nights; those not cached are computed in one scan."""
+    keys = [_fingerprint(r) for r in recordings]
+    todo: dict[str, Recording] = {}
+    for key, recording in zip(keys, recordings, strict=True):
+        if key in _MEMO or key in todo:
+            continue
         try:
-            features = _from_disk(key)
+            _remember(key, _from_disk(key))
         except KeyError:
-            features = extract(recording)
+            todo[key] = recording
+    if todo:
+        for key, features in zip(todo, extract_many(list(todo.values())), strict=True):
             _to_disk(key, features)
-        features.setflags(write=False)
-        _MEMO[key] = features
-        while len(_MEMO) > _MEMO_SIZE:
-            _MEMO.popitem(last=False)
-    _MEMO.move_to_end(key)
-    return _MEMO[key]
+            _remember(key, features)
+    out = []
+    for key in keys:
+        _MEMO.move_to_end(key)
+        out.append(_MEMO[key])
+    return out
+
+
+def _remember(key: str, features: NDArray[np.float64]) -> None:
+    features.setflags(write=False)
+    _MEMO[key] = features
+    while len(_MEMO) > _MEMO_SIZE:
+        _MEMO.popitem(last=False)
 
 
 FEATURE_SETS: dict[str, tuple[str, ...]] = {

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Protocol, runtime_checkable
@@ -173,6 +174,7 @@ def run_loso_many(
     if unknown:
         raise ValueError(f"Unknown held-out subjects {unknown}; available: {ids}")
     tasks = list(_tasks(templates, recordings, wanted, scenarios))
+    _warm_feature_cache(templates, recordings, scenarios)
     fold_scores: list[FoldScores] = []
     names = ", ".join(dict.fromkeys(t.name for t in templates))
     with Progress(disable=not progress, transient=True) as bar:
@@ -192,6 +194,27 @@ def run_loso_many(
         mine = fold_scores[k * len(wanted) : (k + 1) * len(wanted)]
         out.append(assemble(template, by_id, dict(zip(wanted, mine, strict=True)), scenarios))
     return out
+
+
+def _warm_feature_cache(
+    templates: Sequence[Predictor],
+    recordings: Sequence[Recording],
+    scenarios: Sequence[StartScenario],
+) -> None:
+    """Features of every night any fold will use, in one batched scan before the folds start
+    (they are cached on disk, so the fold processes only read them)."""
+    from sleepstream.features import nights_features
+
+    nights = [s.fed(r) for s in scenarios for r in recordings]
+    for template in templates:
+        sequences = getattr(template, "feature_nights", None)
+        if sequences is not None:
+            nights += sequences(recordings)
+    started = time.perf_counter()
+    nights_features(nights)
+    log.info(
+        "Features of %d night sequences ready in %.0f s", len(nights), time.perf_counter() - started
+    )
 
 
 def run_loso(

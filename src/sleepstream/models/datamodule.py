@@ -20,7 +20,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from sleepstream.data.folder import data_folder, load_all
-from sleepstream.features import night_features
+from sleepstream.features import night_features, nights_features
 from sleepstream.records import SLEEP_WAKE, Recording
 
 log = logging.getLogger(__name__)
@@ -206,7 +206,7 @@ class SleepDataModule(L.LightningDataModule):
                 copies.append(without_counts_after(r, cut))
         return self.train + copies
 
-    def _train_sequences(self) -> list[list[Recording]]:
+    def train_sequences(self) -> list[list[Recording]]:
         return [
             [r.switched_on_before(seconds) for seconds in TRAINING_STARTS_S]
             for r in self._augmented_train()
@@ -214,13 +214,11 @@ class SleepDataModule(L.LightningDataModule):
 
     def train_features(self) -> NDArray[np.float64]:
         """Feature rows of every training sequence (for the input normalisation)."""
-        return np.concatenate(
-            [night_features(r) for variants in self._train_sequences() for r in variants]
-        )
+        return np.concatenate(nights_features([r for v in self.train_sequences() for r in v]))
 
     def train_dataloader(self) -> DataLoader[Batch]:
         dataset = CropDataset(
-            [[night_arrays(r) for r in variants] for variants in self._train_sequences()],
+            [[night_arrays(r) for r in variants] for variants in self.train_sequences()],
             self.crop_epochs,
             self.crops_per_night,
         )

@@ -136,6 +136,18 @@ class NetPredictor:
         self.description = f"Network trained by LightningCLI from {Path(self.config).name}"
         self.net: SleepNet | None = None
 
+    def feature_nights(self, recordings: Sequence[Recording]) -> list[Recording]:
+        """Every training sequence a fold of this recipe may use (before the fold's split)."""
+        cli = build_cli(["-c", self.config, *self.overrides], run=False)
+        datamodule = cli.datamodule
+        if not isinstance(datamodule, SleepDataModule):
+            raise TypeError(f"{self.config}: data must be a SleepDataModule")
+        datamodule.held_out = None
+        datamodule.val_subjects = 0
+        datamodule.use_recordings(recordings)
+        datamodule.setup("fit")
+        return [r for variants in datamodule.train_sequences() for r in variants]
+
     def fit(self, recordings: Sequence[Recording]) -> None:
         module, _ = train(self.config, recordings, self.overrides)
         self.net = module.inference_net.cpu().eval()

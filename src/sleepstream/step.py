@@ -1,0 +1,424 @@
+"""The whole live pipeline as one tensor step: one epoch's raw inputs and a fixed-size state in,
+the epoch's features (and, with a network, p(sleep)) and the new state out.
+
+This is the only implementation of the activity counts from raw acceleration and of the causal
+features. Training and evaluation run it as a scan over a night (:func:`scan`, through
+:func:`sleepstream.features.extract`); the live detector and the exported ONNX / Core ML files
+run it one epoch at a time. Everything is float32 and batched over streams (the first axis).
+
+Inputs of one 30 s epoch ``[start, start + 30 s)``
+-------------------------------------------------
+``counts``
+    ``(batch, 2)``: the activity counts of the windows ``[start, start + 15)`` and
+    ``[start + 15, start + 30)``, NaN where missing.
+``hr``, ``hr_offset``
+    ``(batch, HR_SLOTS)``: the epoch's heart-rate samples (bpm) in time order and their times
+    in seconds after ``start`` (in ``[0, 30)``); unused slots are NaN in both.
+``accel`` (raw variant, :class:`AccelCounts`)
+    ``(batch, ACCEL_SAMPLES)``: z acceleration in g on the 50 Hz grid from ``start + D`` to
+    ``start + 30 + D`` (``D`` = :data:`COUNTS_DELAY_SECONDS`), NaN where missing. The counts
+    filter looks ``D`` seconds ahead, so an epoch can close ``D`` seconds after its end.
+
+State
+-----
+One float32 vector per stream, laid out as :data:`FEATURE_STATE_LAYOUT` (plus the raw variant's
+:data:`ACCEL_STATE_LAYOUT`, then the network's state): ring buffers of per-epoch summaries
+(oldest first), time-since counters and the last heart-rate samples. It has a fixed size: the
+longest look-back, the 24 h resting baseline, is a ring of 2,880 per-epoch mean heart rates.
+:func:`initial_feature_state` is "nothing seen yet". No feature counts from the moment a stream
+was started, so a stream started earlier gives the same features once its rings are full.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import Tensor, nn
+
+from sleepstream.features import (
+    ACTIVE_COUNT,
+    BASELINE_QUANTILE,
+    COUNT_WINDOWS_MIN,
+    FEATURE_NAMES,
+    GAP_CAP_MIN,
+    HR_BASELINE_HOURS,
+    HR_SLOTS,
+    HR_WINDOWS_MIN,
+    LAST_HR_SAMPLES,
+    LOW_HR_WINDOW_HOURS,
+    MIN_BASELINE_EPOCHS,
+)
+from sleepstream.records import COUNT_SECONDS, EPOCH_SECONDS
+from sleepstream.signal.counts import (
+    FULL_SCALE_G,
+    N_BINS,
+    SAMPLE_RATE,
+    SCALE,
+    SUM_OFFSET,
+    fir_taps,
+)
+
+COUNTS_DELAY_SECONDS = 2.0
+"""Look-ahead of the counts filter (``docs/counts-agreement.md`` measures the choice)."""
+ACCEL_SAMPLES = int(EPOCH_SECONDS * SAMPLE_RATE)
+"""Grid samples of acceleration per epoch (1,500)."""
+_HALF = int(COUNTS_DELAY_SECONDS * SAMPLE_RATE)
+_CAP_S = GAP_CAP_MIN * 60.0
+_HR_CENTRE = 70.0  # heart-rate sums are kept around this, for float32 variances
+
+
+def _epochs(minutes: float) -> int:
+    return round(minutes * 60.0 / EPOCH_SECONDS)
+
+
+_COUNT_RING = _epochs(max(COUNT_WINDOWS_MIN))
+_MAX_RING = _epochs(10)
+_HR_RING = _epochs(max(HR_WINDOWS_MIN))
+_BASE_RING = _epochs(HR_BASELINE_HOURS * 60)
+_LOW_RING = _epochs(LOW_HR_WINDOW_HOURS * 60)
+
+FEATURE_STATE_LAYOUT: tuple[tuple[str, int], ...] = (
+    ("count_sum", _COUNT_RING),
+    ("count_n", _COUNT_RING),
+    ("count_max", _MAX_RING),
+    ("since_count_s", 1),
+    ("since_movement_s", 1),
+    ("hr_n", _HR_RING),
+    ("hr_sum", _HR_RING),
+    ("hr_sq", _HR_RING),
+    ("hr_epoch_mean", _BASE_RING),
+    ("since_hr_s", 1),
+    ("hr_last", LAST_HR_SAMPLES),
+    ("hr_last_age_s", LAST_HR_SAMPLES),
+)
+"""Name and length of each part of the feature state, in order. Rings hold one value per epoch,
+oldest first: sums of ``(bpm - 70)`` and its square, the number of samples, the epoch's count
+sum, number of counts and largest count; the time-since counters are seconds at the end of the
+previous epoch, capped at :data:`~sleepstream.features.GAP_CAP_MIN`."""
+FEATURE_STATE_SIZE = sum(n for _, n in FEATURE_STATE_LAYOUT)
+ACCEL_STATE_LAYOUT: tuple[tuple[str, int], ...] = (("accel_history", 2 * _HALF),)
+"""The raw variant's state: the last ``2 D`` seconds of grid acceleration (NaN: missing)."""
+ACCEL_STATE_SIZE = 2 * _HALF
+STATE_LAYOUT_VERSION = 1
+"""Bumped whenever the meaning or layout of the state changes."""
+
+
+def initial_feature_state(batch: int = 1) -> Tensor:
+    """The feature state of a stream that has seen nothing."""
+    parts = []
+    for name, n in FEATURE_STATE_LAYOUT:
+        if name in ("hr_epoch_mean", "hr_last", "hr_last_age_s"):
+            fill = math.nan
+        elif name == "count_max":
+            fill = -1.0  # no count
+        elif name.startswith("since_"):
+            fill = _CAP_S
+        else:
+            fill = 0.0
+        parts.append(torch.full((batch, n), fill, dtype=torch.float32))
+    return torch.cat(parts, dim=1)
+
+
+def _split(state: Tensor) -> dict[str, Tensor]:
+    out, at = {}, 0
+    for name, n in FEATURE_STATE_LAYOUT:
+        out[name] = state[:, at : at + n]
+        at += n
+    return out
+
+
+def _push(ring: Tensor, value: Tensor) -> Tensor:
+    return torch.cat([ring[:, 1:], value.unsqueeze(1)], dim=1)
+
+
+def _nan_like(x: Tensor) -> Tensor:
+    return torch.full_like(x, math.nan)
+
+
+def _low_quantile(values: Tensor, q: float, min_n: int) -> Tensor:
+    """The ``q`` quantile (linear interpolation) of each row's finite values; NaN under ``min_n``.
+
+    Only the smallest values are sorted (``q`` is small), so the cost is a partial sort.
+    """
+    length = values.shape[1]
+    k = min(length, math.floor(q * (length - 1)) + 2)
+    finite = torch.isfinite(values)
+    n = finite.sum(dim=1)
+    big = torch.full_like(values, 1e9)
+    smallest, _ = torch.topk(torch.where(finite, values, big), k, dim=1, largest=False)
+    position = q * (n.to(values.dtype) - 1.0).clamp(min=0.0)
+    low = position.floor()
+    high = torch.minimum(low + 1.0, (n - 1).clamp(min=0).to(values.dtype))
+    v_low = torch.gather(smallest, 1, low.long().unsqueeze(1)).squeeze(1)
+    v_high = torch.gather(smallest, 1, high.long().unsqueeze(1)).squeeze(1)
+    result = v_low + (position - low) * (v_high - v_low)
+    return torch.where(n >= min_n, result, _nan_like(result))
+
+
+def _since(previous: Tensor, seen: Tensor, age_if_seen: Tensor) -> Tensor:
+    return torch.where(seen, age_if_seen, previous + EPOCH_SECONDS).clamp(max=_CAP_S)
+
+
+class FeatureStep(nn.Module):
+    """One epoch of the causal features: ``(counts, hr, hr_offset, state) -> (features, state)``.
+
+    The feature vector is in :data:`~sleepstream.features.FEATURE_NAMES` order; NaN marks a
+    feature that cannot be computed (no sample in its window).
+    """
+
+    def forward(
+        self, counts: Tensor, hr: Tensor, hr_offset: Tensor, state: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        s = _split(state)
+        nan_scalar = _nan_like(counts[:, 0])
+
+        # -- activity counts ----------------------------------------------------------------
+        present = torch.isfinite(counts)
+        c = torch.where(present, counts, torch.zeros_like(counts))
+        count_sum = _push(s["count_sum"], c.sum(dim=1))
+        count_n = _push(s["count_n"], present.to(c.dtype).sum(dim=1))
+        count_max = _push(s["count_max"], torch.where(present, counts, -torch.ones_like(c)).amax(1))
+        features = []
+        for minutes in COUNT_WINDOWS_MIN:
+            w = _epochs(minutes) if minutes > 1 else 1
+            total, n = count_sum[:, -w:].sum(dim=1), count_n[:, -w:].sum(dim=1)
+            features.append(torch.where(n > 0, torch.log1p(total), nan_scalar))
+        recent_max = count_max.amax(dim=1)
+        features.append(
+            torch.where(recent_max >= 0, torch.log1p(recent_max.clamp(min=0)), nan_scalar)
+        )
+        # Age at the epoch's end of the newest window seen (windows start at 0 and 15 s).
+        window_age = EPOCH_SECONDS - COUNT_SECONDS * torch.arange(2, dtype=c.dtype)
+        moving = present & (c > ACTIVE_COUNT)
+        since_movement = _since(
+            s["since_movement_s"][:, 0],
+            moving.any(dim=1),
+            torch.where(moving, window_age, torch.full_like(c, 1e9)).amin(dim=1),
+        )
+        since_count = _since(
+            s["since_count_s"][:, 0],
+            present.any(dim=1),
+            torch.where(present, window_age, torch.full_like(c, 1e9)).amin(dim=1),
+        )
+        features += [since_movement / 60.0, since_count / 60.0]
+
+        # -- heart rate ---------------------------------------------------------------------
+        valid = torch.isfinite(hr) & torch.isfinite(hr_offset)
+        n_epoch = valid.to(hr.dtype).sum(dim=1)
+        centred = torch.where(valid, hr - _HR_CENTRE, torch.zeros_like(hr))
+        hr_n = _push(s["hr_n"], n_epoch)
+        hr_sum = _push(s["hr_sum"], centred.sum(dim=1))
+        hr_sq = _push(s["hr_sq"], (centred * centred).sum(dim=1))
+        has_hr = n_epoch > 0
+        epoch_mean = torch.where(
+            has_hr, _HR_CENTRE + centred.sum(dim=1) / n_epoch.clamp(min=1.0), nan_scalar
+        )
+        big = torch.full_like(hr, 1e9)
+        epoch_min = torch.where(valid, hr, big).amin(dim=1)
+        epoch_max = torch.where(valid, hr, -big).amax(dim=1)
+        features += [
+            epoch_mean,
+            torch.where(has_hr, epoch_min, nan_scalar),
+            torch.where(has_hr, epoch_max, nan_scalar),
+        ]
+        means, stds = [], []
+        for minutes in HR_WINDOWS_MIN:
+            w = _epochs(minutes)
+            n = hr_n[:, -w:].sum(dim=1)
+            total, squares = hr_sum[:, -w:].sum(dim=1), hr_sq[:, -w:].sum(dim=1)
+            mean_c = total / n.clamp(min=1.0)
+            variance = (squares / n.clamp(min=1.0) - mean_c * mean_c).clamp(min=0.0)
+            means.append(torch.where(n > 0, _HR_CENTRE + mean_c, nan_scalar))
+            stds.append(torch.where(n >= 2, torch.sqrt(variance), nan_scalar))
+        features += [*means, *stds, means[0] - means[1]]
+        epoch_means = _push(s["hr_epoch_mean"], epoch_mean)
+        baseline = _low_quantile(epoch_means, BASELINE_QUANTILE, MIN_BASELINE_EPOCHS)
+        recent_low = _low_quantile(
+            epoch_means[:, -_LOW_RING:], BASELINE_QUANTILE, MIN_BASELINE_EPOCHS
+        )
+        features += [means[0] - baseline, means[0] - recent_low]
+        age = EPOCH_SECONDS - hr_offset
+        newest_age = torch.where(valid, age, torch.full_like(hr, 1e9)).amin(dim=1)
+        since_hr = _since(s["since_hr_s"][:, 0], has_hr, newest_age)
+        features.append(since_hr / 60.0)
+        # The last samples: the previous ones, then this epoch's valid ones (they come first,
+        # in time order); the newest LAST_HR_SAMPLES are at positions m .. m + 4.
+        values = torch.cat([s["hr_last"], torch.where(valid, hr, _nan_like(hr))], dim=1)
+        ages = torch.cat(
+            [s["hr_last_age_s"] + EPOCH_SECONDS, torch.where(valid, age, _nan_like(hr))], 1
+        )
+        index = n_epoch.long().unsqueeze(1) + torch.arange(LAST_HR_SAMPLES).unsqueeze(0)
+        last = torch.gather(values, 1, index)
+        last_age = torch.gather(ages, 1, index).clamp(max=_CAP_S)
+        features += list(last.flip(1).unbind(1)) + list((last_age.flip(1) / 60.0).unbind(1))
+
+        new_state = torch.cat(
+            [
+                count_sum,
+                count_n,
+                count_max,
+                since_count.unsqueeze(1),
+                since_movement.unsqueeze(1),
+                hr_n,
+                hr_sum,
+                hr_sq,
+                epoch_means,
+                since_hr.unsqueeze(1),
+                last,
+                last_age,
+            ],
+            dim=1,
+        )
+        return torch.stack(features, dim=1), new_state
+
+
+class AccelCounts(nn.Module):
+    """The epoch's two activity counts from raw z acceleration on the 50 Hz grid.
+
+    The published counts (:func:`~sleepstream.signal.counts.counts_offline`) band-pass the
+    signal forward and backward; here the same zero-phase response, truncated to +-``D``
+    (:func:`~sleepstream.signal.counts.fir_taps`), is one convolution over the state's last
+    ``2 D`` seconds and the epoch's samples. Then, as published: absolute value, 128 bins over
+    0-5 g numbered from 1, the maximum of each second, the sum over 15 s, ``(sum - 18) * 3.07``
+    floored at 0. A window whose filter input has a missing sample has no count (NaN).
+    """
+
+    taps: Tensor
+
+    def __init__(self) -> None:
+        super().__init__()
+        taps = fir_taps(COUNTS_DELAY_SECONDS)
+        self.register_buffer("taps", torch.as_tensor(taps, dtype=torch.float32).view(1, 1, -1))
+
+    def forward(self, accel: Tensor, history: Tensor) -> tuple[Tensor, Tensor]:
+        x = torch.cat([history, accel], dim=1)
+        missing = torch.isnan(x)
+        x0 = torch.where(missing, torch.zeros_like(x), x).unsqueeze(1)
+        filtered = nn.functional.conv1d(x0, self.taps).squeeze(1)  # (batch, ACCEL_SAMPLES)
+        spoiled = nn.functional.conv1d(
+            missing.to(x.dtype).unsqueeze(1), torch.ones_like(self.taps)
+        ).squeeze(1)
+        levels = torch.clamp(
+            torch.floor(filtered.abs() * (N_BINS / FULL_SCALE_G)) + 1.0, 1.0, N_BINS
+        )
+        per_second = levels.reshape(-1, int(EPOCH_SECONDS), int(SAMPLE_RATE)).amax(dim=2)
+        sums = per_second.reshape(-1, 2, int(COUNT_SECONDS)).sum(dim=2)
+        counts = ((sums - SUM_OFFSET) * SCALE).clamp(min=0.0)
+        bad = spoiled.reshape(-1, 2, int(COUNT_SECONDS * SAMPLE_RATE)).amax(dim=2) > 0.5
+        counts = torch.where(bad, _nan_like(counts), counts)
+        return counts, x[:, -2 * _HALF :]
+
+
+def initial_accel_state(batch: int = 1) -> Tensor:
+    """The raw variant's state before any acceleration: all missing."""
+    return torch.full((batch, ACCEL_STATE_SIZE), math.nan, dtype=torch.float32)
+
+
+@torch.no_grad()
+def scan(
+    counts: NDArray[np.floating],
+    hr: NDArray[np.floating],
+    hr_offset: NDArray[np.floating],
+    accel: NDArray[np.floating] | None = None,
+) -> NDArray[np.float32]:
+    """Features of whole nights: :class:`FeatureStep` (after :class:`AccelCounts` when
+    ``accel`` is given) stepped over the epochs, from the initial state.
+
+    Arrays are ``(batch, epochs, ...)`` (or without the batch axis for one night); returns
+    ``(batch, epochs, features)`` (or ``(epochs, features)``). Where ``accel`` gives a count,
+    it replaces the ``counts`` input of that window only when that input is NaN.
+    """
+    single = np.ndim(counts) == 2
+    arrays = [np.asarray(a, dtype=np.float32) for a in (counts, hr, hr_offset)]
+    if accel is not None:
+        arrays.append(np.asarray(accel, dtype=np.float32))
+    if single:
+        arrays = [a[None] for a in arrays]
+    tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]
+    batch, n_epochs = tensors[0].shape[:2]
+    step, counter = FeatureStep(), AccelCounts()
+    state = initial_feature_state(batch)
+    history = initial_accel_state(batch)
+    out = torch.empty((batch, n_epochs, len(FEATURE_NAMES)), dtype=torch.float32)
+    with _OneThread():
+        for i in range(n_epochs):
+            c = tensors[0][:, i]
+            if accel is not None:
+                from_accel, history = counter(tensors[3][:, i], history)
+                c = torch.where(torch.isnan(c), from_accel, c)
+            out[:, i], state = step(c, tensors[1][:, i], tensors[2][:, i], state)
+    result = out.numpy()
+    return result[0] if single else result
+
+
+def accel_counts(
+    times: NDArray[np.floating], z: NDArray[np.floating], origin: float = 0.0
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Activity counts of a raw recording, as the live step computes them.
+
+    Windows are ``[origin + 15 k, origin + 15 (k + 1))``; every one from the window of the
+    first sample to that of the last is computed with :class:`AccelCounts`, and those without
+    a count (a missing sample in their filter input, or too near either end) are left out.
+    Returns the window starts and the counts.
+    """
+    from sleepstream.features import accel_epochs
+
+    t = np.asarray(times, dtype=np.float64)
+    if len(t) == 0:
+        return np.zeros(0), np.zeros(0)
+    first = origin + EPOCH_SECONDS * math.floor((t[0] - origin) / EPOCH_SECONDS)
+    n_epochs = math.floor((t[-1] - first) / EPOCH_SECONDS) + 1
+    accel = accel_epochs(t, np.asarray(z, dtype=np.float64), first, n_epochs)
+    counter = AccelCounts()
+    history = initial_accel_state(1)
+    out = np.empty((n_epochs, 2), dtype=np.float64)
+    with torch.no_grad(), _OneThread():
+        x = torch.from_numpy(accel.astype(np.float32))
+        for i in range(n_epochs):
+            c, history = counter(x[i : i + 1], history)
+            out[i] = c[0].double().numpy()
+    starts = first + COUNT_SECONDS * np.arange(2 * n_epochs)
+    flat = out.reshape(-1)
+    keep = np.isfinite(flat)
+    return starts[keep], flat[keep]
+
+
+class _OneThread:
+    """Small per-epoch tensors: threads cost more than they give (restored afterwards)."""
+
+    def __enter__(self) -> None:
+        self.threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+
+    def __exit__(self, *exc: object) -> None:
+        torch.set_num_threads(self.threads)
+
+
+def layout(names: Sequence[tuple[str, int]]) -> list[dict[str, object]]:
+    """A state layout as JSON-ready ``{"name", "offset", "length"}`` entries."""
+    out, at = [], 0
+    for name, n in names:
+        out.append({"name": name, "offset": at, "length": n})
+        at += n
+    return out
+
+
+__all__ = [
+    "ACCEL_SAMPLES",
+    "COUNTS_DELAY_SECONDS",
+    "FEATURE_STATE_LAYOUT",
+    "FEATURE_STATE_SIZE",
+    "HR_SLOTS",
+    "STATE_LAYOUT_VERSION",
+    "AccelCounts",
+    "FeatureStep",
+    "accel_counts",
+    "initial_accel_state",
+    "initial_feature_state",
+    "layout",
+    "scan",
+]
