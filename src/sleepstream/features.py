@@ -145,6 +145,33 @@ def pack_heart_rate(
     return hr, at
 
 
+def pack_counts(offsets: NDArray[np.float64], counts: NDArray[np.float64]) -> NDArray[np.float64]:
+    """One epoch's activity counts as the step's ``(2,)`` input (NaN: missing), by the offset
+    (s after the epoch's start) of each window's start.
+
+    A count goes to the 15 s half holding its window start; two counts fill both halves in
+    time order; counts sharing a half are summed. As :func:`epoch_inputs` places them.
+
+    >>> pack_counts(np.array([14.99, 29.98]), np.array([3.0, 4.0])).tolist()
+    [3.0, 4.0]
+    >>> pack_counts(np.array([20.0]), np.array([5.0])).tolist()
+    [nan, 5.0]
+    """
+    out = np.full(2, np.nan)
+    if len(counts) == 0:
+        return out
+    order = np.argsort(offsets, kind="stable")
+    offsets, counts = np.asarray(offsets)[order], np.asarray(counts)[order]
+    slots = (
+        np.arange(2)
+        if len(counts) == 2
+        else np.clip(np.floor(offsets / COUNT_SECONDS), 0, 1).astype(np.int64)
+    )
+    for slot, value in zip(slots.tolist(), counts.tolist(), strict=True):
+        out[slot] = value if np.isnan(out[slot]) else out[slot] + value
+    return out
+
+
 def epoch_inputs(
     recording: Recording, n_epochs: int | None = None
 ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:

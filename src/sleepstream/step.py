@@ -146,7 +146,7 @@ def _low_quantile(values: Tensor, q: float, min_n: int) -> Tensor:
     """
     length = values.shape[1]
     k = min(length, math.floor(q * (length - 1)) + 2)
-    finite = torch.isfinite(values)
+    finite = ~torch.isnan(values)
     n = finite.sum(dim=1)
     big = torch.full_like(values, 1e9)
     smallest, _ = torch.topk(torch.where(finite, values, big), k, dim=1, largest=False)
@@ -177,7 +177,7 @@ class FeatureStep(nn.Module):
         nan_scalar = _nan_like(counts[:, 0])
 
         # -- activity counts ----------------------------------------------------------------
-        present = torch.isfinite(counts)
+        present = ~torch.isnan(counts)
         c = torch.where(present, counts, torch.zeros_like(counts))
         count_sum = _push(s["count_sum"], c.sum(dim=1))
         count_n = _push(s["count_n"], present.to(c.dtype).sum(dim=1))
@@ -207,7 +207,7 @@ class FeatureStep(nn.Module):
         features += [since_movement / 60.0, since_count / 60.0]
 
         # -- heart rate ---------------------------------------------------------------------
-        valid = torch.isfinite(hr) & torch.isfinite(hr_offset)
+        valid = ~(torch.isnan(hr) | torch.isnan(hr_offset))
         n_epoch = valid.to(hr.dtype).sum(dim=1)
         centred = torch.where(valid, hr - _HR_CENTRE, torch.zeros_like(hr))
         hr_n = _push(s["hr_n"], n_epoch)
@@ -303,7 +303,7 @@ class AccelCounts(nn.Module):
             missing.to(x.dtype).unsqueeze(1), torch.ones_like(self.taps)
         ).squeeze(1)
         levels = torch.clamp(
-            torch.floor(filtered.abs() * (N_BINS / FULL_SCALE_G)) + 1.0, 1.0, N_BINS
+            torch.floor(filtered.abs() * (N_BINS / FULL_SCALE_G)) + 1.0, 1.0, float(N_BINS)
         )
         per_second = levels.reshape(-1, int(EPOCH_SECONDS), int(SAMPLE_RATE)).amax(dim=2)
         sums = per_second.reshape(-1, 2, int(COUNT_SECONDS)).sum(dim=2)

@@ -1,16 +1,27 @@
-"""Core ML export of one model step, and the checks that can run without a Mac.
+"""Core ML export of the whole pipeline step, and the checks that can run without a Mac.
 
-The converted graph is :class:`~sleepstream.export.onnx.StepModule` traced with
-``torch.jit.trace`` (coremltools 9 cannot convert the GRU from ``torch.export``), batch size 1:
+The converted graph is :func:`sleepstream.pipeline.pipeline_step` in the variant named by the
+metadata (``"raw"`` or ``"counts"``), traced with ``torch.jit.trace`` (coremltools 9 cannot
+convert the GRU from ``torch.export``), batch size 1. Every input and output is float32; NaN
+marks missing data in the inputs and in the state:
 
-==========  ===============  =======  ==============================================
-name        shape            dtype    meaning
-==========  ===============  =======  ==============================================
-features    (1, n_features)  float32  raw features in ``metadata.feature_names`` order
-prev_state  (1, state_size)  float32  state from the previous epoch (zeros at night start)
-p_sleep     (1,)             float32  p(sleep)
-new_state   (1, state_size)  float32  state to pass to the next epoch
-==========  ===============  =======  ==============================================
+==========  ===============  ==================================================================
+name        shape            meaning
+==========  ===============  ==================================================================
+accel       (1, 1500)        raw variant only: z acceleration (g) on the 50 Hz grid from
+                             ``start + counts_delay_seconds`` to ``start + 30 s +
+                             counts_delay_seconds``, NaN where missing
+counts      (1, 2)           the epoch's two 15 s activity counts, NaN where missing (raw
+                             variant: where NaN, the counts computed from ``accel``)
+hr          (1, 30)          the epoch's heart-rate samples (bpm) in time order, NaN padded
+hr_offset   (1, 30)          their times in seconds after the epoch's start, NaN padded
+prev_state  (1, state_size)  the previous epoch's ``new_state``; for a new stream, the state
+                             built from ``metadata.state_layout``
+p_sleep     (1,)             probability that the epoch is sleep
+new_state   (1, state_size)  state to pass as ``prev_state`` with the next epoch
+features    (1, 29)          the epoch's causal features in ``metadata.all_feature_names``
+                             order (for debugging)
+==========  ===============  ==================================================================
 
 The state input is ``prev_state``, not ``state`` as in ONNX: ``state`` is a reserved word in
 Core ML's program format (stateful models) and the converter would rename it.
@@ -19,16 +30,21 @@ Two files: an ML Program ``.mlpackage`` (iOS 16 / watchOS 9, compute units ALL, 
 default) and, when the converter manages it, a legacy neural-network ``.mlmodel`` for older OS
 versions. Core ML itself (predictions) exists only on macOS; on Linux :func:`check_coreml`
 checks the saved spec and metadata, and evaluates the saved program numerically with
-coremltools' own per-operation reference implementations (:func:`check_coreml_parity`).
+coremltools' own per-operation reference implementations (:func:`mil_scan`,
+:func:`check_coreml_parity`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
+import os
+import shutil
 import sys
+import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,83 +52,145 @@ import coremltools as ct
 import numpy as np
 import torch
 from coremltools.converters.mil.frontend.milproto.load import load as load_mil_program
+from coremltools.converters.mil.frontend.torch.ops import _get_inputs
 from coremltools.converters.mil.frontend.torch.torch_op_registry import _TORCH_OPS_REGISTRY
 from coremltools.converters.mil.mil import Builder as mb  # noqa: N813 (coremltools convention)
-from coremltools.converters.mil.mil import Function
+from coremltools.converters.mil.mil import Function, types
 from numpy.typing import NDArray
 
 from sleepstream.export.metadata import METADATA_KEY, ModelMetadata
-from sleepstream.export.onnx import StepModule, inference_copy, torch_step_probabilities
+from sleepstream.export.onnx import inference_copy, scan_torch
 from sleepstream.models.net import SleepNet
+from sleepstream.paths import atomic_path
+from sleepstream.pipeline import PipelineStep, pipeline_step
 
 log = logging.getLogger(__name__)
 
-INPUT_NAMES = ("features", "prev_state")
-OUTPUT_NAMES = ("p_sleep", "new_state")
+STATE_INPUT = "prev_state"
+"""Core ML name of the pipeline's ``state`` input."""
+OUTPUT_NAMES = ("p_sleep", "new_state", "features")
 DEPLOYMENT_TARGET = "iOS16 / watchOS9 (Core ML specification 7)"
 
 Precision = Literal["float32", "float16"]
+Arrays = Mapping[str, NDArray[np.floating]]
 
 INPUT_DESCRIPTIONS = {
-    "features": "Raw features of the 30 s epoch that just closed, in the order of the "
-    "'feature_names' metadata entry; NaN where a feature could not be computed.",
-    "prev_state": "new_state of the previous epoch; zeros at the start of a night.",
+    "accel": "z acceleration (g) on the 50 Hz grid from start + counts_delay_seconds to "
+    "start + 30 s + counts_delay_seconds (1,500 samples); NaN where missing.",
+    "counts": "The epoch's two 15 s activity counts; NaN where missing (raw variant: the "
+    "counts computed from accel are used where NaN).",
+    "hr": "The epoch's heart-rate samples (bpm) in time order; unused slots NaN.",
+    "hr_offset": "Times of the hr samples in seconds after the epoch's start; unused slots NaN.",
+    STATE_INPUT: "new_state of the previous epoch; for a new stream, the state built from the "
+    "'state_layout' metadata entry (each part filled with its 'initial' value, NaN included).",
 }
 OUTPUT_DESCRIPTIONS = {
     "p_sleep": "Probability that the epoch is sleep; wake when below the chosen threshold.",
-    "new_state": "Recurrent state to pass as prev_state with the next epoch.",
+    "new_state": "State to pass as prev_state with the next epoch.",
+    "features": "The epoch's causal features in the order of the 'all_feature_names' metadata "
+    "entry; NaN where a feature cannot be computed (for debugging).",
 }
 
 
-@contextlib.contextmanager
-def _int_cast_fix() -> Iterator[None]:
-    """Work around coremltools 9.0 failing on ``aten::Int`` of a shape with NumPy >= 2.4.
+def coreml_name(name: str) -> str:
+    """The Core ML name of a pipeline input (``state`` becomes ``prev_state``)."""
+    return STATE_INPUT if name == "state" else name
 
-    Its converter calls ``int()`` on a one-element array, which NumPy 2.4 turned from a
-    deprecation into ``TypeError`` (apple/coremltools#2633, fixed after 9.0). The GRU's
-    ``reshape(batch, ...)`` traces into such a node. The fixed converter is installed only for
-    the duration of a conversion.
+
+def _bitwise_or(context: Any, node: Any) -> None:
+    """``aten::__or__`` of two boolean tensors (``isnan(a) | isnan(b)``), as ``logical_or``."""
+    x, y = _get_inputs(context, node, expected=2)
+    if not (types.is_bool(x.dtype) and types.is_bool(y.dtype)):
+        raise NotImplementedError(
+            f"'{node.kind}' is converted for boolean tensors only, got {x.dtype} and {y.dtype}"
+        )
+    context.add(mb.logical_or(x=x, y=y, name=node.name))
+
+
+@contextlib.contextmanager
+def _converter_fixes() -> Iterator[None]:
+    """Install two conversion functions coremltools 9.0 lacks, for the duration of a conversion.
+
+    ``int``: its converter calls ``int()`` on a one-element array, which NumPy 2.4 turned from
+    a deprecation into ``TypeError`` (apple/coremltools#2633, fixed after 9.0). The GRU's
+    ``reshape(batch, ...)`` traces into such a node.
+
+    ``or`` / ``bitwise_or``: not registered at all; the features' ``isnan(hr) |
+    isnan(hr_offset)`` traces into ``aten::__or__`` of two boolean tensors, which is
+    ``logical_or``.
     """
     registry = _TORCH_OPS_REGISTRY.name_to_func_mapping
-    original = registry.get("int")
-    if original is None:
-        yield
-        return
+    saved = {name: registry.get(name) for name in ("int", "or", "bitwise_or")}
+    original_int = saved["int"]
 
     def fixed_int(context: Any, node: Any) -> None:
         x = context[node.inputs[0]]
         if x.can_be_folded_to_const() and np.ndim(x.val) > 0 and np.size(x.val) == 1:
             context.add(mb.const(val=int(np.asarray(x.val).item()), name=node.name), node.name)
+        elif original_int is not None:
+            original_int(context, node)
         else:
-            original(context, node)
+            raise NotImplementedError("coremltools has no converter for aten::Int")
 
-    registry["int"] = fixed_int
+    if original_int is not None:
+        registry["int"] = fixed_int
+    for name in ("or", "bitwise_or"):
+        if saved[name] is None:
+            registry[name] = _bitwise_or
     try:
         yield
     finally:
-        registry["int"] = original
+        for name, func in saved.items():
+            if func is None:
+                registry.pop(name, None)
+            else:
+                registry[name] = func
 
 
 def _conversion_warning_filters() -> None:
     """Silence warnings about the tools' own internals, none about the converted model.
 
     ``torch.jit.trace`` is deprecated in torch 2.13 but is the route coremltools 9 supports
-    for GRUs; the GRU's input check emits a ``TracerWarning`` about a Python boolean that is
-    constant for our fixed shapes; coremltools leaves a temporary weights folder to the
-    garbage collector (``ResourceWarning``).
+    for GRUs; the GRU's input check and the baseline quantile's partial-sort length (a shape)
+    emit ``TracerWarning`` about Python values that are constant for the fixed input and state
+    shapes; coremltools leaves a temporary weights folder to the garbage collector
+    (``ResourceWarning``). In a float16 conversion, NumPy reports the overflow of the graph's
+    out-of-range constants, the ``1e9`` stand-ins for "no value" before a minimum, maximum or
+    partial sort and the float32 limits of one-sided ``clamp``: they become infinities, which
+    serve the same purpose.
     """
     warnings.filterwarnings("ignore", message=r"`torch\.jit\.trace(_method)?` is deprecated")
     warnings.filterwarnings(
         "ignore", category=torch.jit.TracerWarning, module=r"torch\.nn\.modules\.rnn"
     )
+    warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module=r"sleepstream\.step")
     warnings.filterwarnings("ignore", message=r"Implicitly cleaning up", category=ResourceWarning)
+    warnings.filterwarnings(
+        "ignore",
+        message=r"overflow encountered in cast",
+        category=RuntimeWarning,
+        module=r"coremltools\.converters\.mil",
+    )
 
 
-def _trace(net: SleepNet) -> torch.jit.ScriptModule:
-    step = StepModule(inference_copy(net)).eval()
-    example = (torch.zeros(1, net.n_features), torch.zeros(1, net.state_size))
+def _trace(step: PipelineStep) -> torch.jit.ScriptModule:
     with torch.no_grad():
-        return torch.jit.trace(step, example)
+        return torch.jit.trace(step, step.example_inputs(1))
+
+
+def _input_shapes(metadata: ModelMetadata) -> dict[str, list[int]]:
+    """Core ML name -> shape with batch 1 of every input, in order, from ``metadata.inputs``."""
+    return {
+        coreml_name(str(i["name"])): [1, *(int(d) for d in i["shape"][1:])] for i in metadata.inputs
+    }
+
+
+def _output_shapes(metadata: ModelMetadata) -> dict[str, list[int]]:
+    return {
+        "p_sleep": [1],
+        "new_state": [1, metadata.state_size],
+        "features": [1, len(metadata.all_feature_names)],
+    }
 
 
 def _convert(
@@ -123,8 +201,8 @@ def _convert(
 ) -> ct.models.MLModel:
     # ct.convert mutates the TensorType objects it is given: build fresh ones for every call.
     inputs = [
-        ct.TensorType(name="features", shape=(1, metadata.n_features), dtype=np.float32),
-        ct.TensorType(name="prev_state", shape=(1, metadata.state_size), dtype=np.float32),
+        ct.TensorType(name=name, shape=tuple(shape), dtype=np.float32)
+        for name, shape in _input_shapes(metadata).items()
     ]
     if convert_to == "mlprogram":
         outputs = [ct.TensorType(name=n, dtype=np.float32) for n in OUTPUT_NAMES]
@@ -137,7 +215,7 @@ def _convert(
     else:
         outputs = [ct.TensorType(name=n) for n in OUTPUT_NAMES]
         options = {}
-    with _int_cast_fix():
+    with _converter_fixes():
         return ct.convert(
             traced,
             inputs=inputs,
@@ -153,18 +231,39 @@ def _annotate(model: ct.models.MLModel, metadata: ModelMetadata, precision: str)
     model.license = metadata.model_license
     model.version = metadata.version
     model.short_description = (
-        f"sleepstream {metadata.architecture}: p(sleep) for one 30 s epoch of Apple Watch "
-        f"heart-rate and activity features, with a recurrent state ({precision}). "
-        f"Training data: {metadata.data_citation} License {metadata.data_license}."
+        f"sleepstream {metadata.architecture} pipeline ({metadata.variant} variant, "
+        f"{precision}): p(sleep) for one 30 s epoch of Apple Watch "
+        f"{'acceleration, ' if metadata.variant == 'raw' else ''}activity counts and "
+        f"heart-rate samples, with a recurrent state. Training data: {metadata.data_citation} "
+        f"License {metadata.data_license}."
     )
     model.user_defined_metadata[METADATA_KEY] = metadata.to_json(indent=None)
     for key, value in metadata.flat().items():
         model.user_defined_metadata[key] = value
+    model.user_defined_metadata["variant"] = metadata.variant
     model.user_defined_metadata["precision"] = precision
-    for name, text in INPUT_DESCRIPTIONS.items():
-        model.input_description[name] = text
+    for name in _input_shapes(metadata):
+        model.input_description[name] = INPUT_DESCRIPTIONS[name]
     for name, text in OUTPUT_DESCRIPTIONS.items():
         model.output_description[name] = text
+
+
+def _save_package(model: ct.models.MLModel, package: Path) -> None:
+    """Save an ML Program so that ``package`` appears only once complete.
+
+    The package (a folder) is written into a temporary folder beside it and renamed into
+    place; an existing package is moved aside first and removed afterwards.
+    """
+    scratch = Path(tempfile.mkdtemp(prefix=f".{package.name}.", dir=package.parent))
+    try:
+        written = scratch / package.name
+        model.save(str(written))
+        if package.exists():
+            old = scratch / "replaced"
+            os.replace(package, old)
+        os.replace(written, package)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def export_coreml(
@@ -175,17 +274,34 @@ def export_coreml(
     precision: Precision = "float32",
     neuralnetwork: bool = True,
 ) -> dict[str, str]:
-    """Write ``path.mlpackage`` (ML Program) and, if it converts, ``path.mlmodel``.
+    """Write the pipeline of ``net`` (``metadata.variant``) as ``path.mlpackage`` (ML Program)
+    and, if it converts, ``path.mlmodel`` (neural network); the metadata is stored inside both.
 
     ``path`` is given without extension. Returns the written paths under ``"mlpackage"`` and
     ``"mlmodel"``; when the neural-network conversion fails the error is logged and returned
-    under ``"mlmodel_error"`` instead. ``precision="float16"`` lets the
-    Neural Engine run the model, at about 4e-4 deviation in p(sleep); float32 keeps parity
-    with torch and ONNX (Core ML then runs it on the CPU or GPU, ample for one step per 30 s).
+    under ``"mlmodel_error"`` instead (``neuralnetwork=False`` skips it). ``precision`` is the
+    ML Program's compute precision: ``"float16"`` lets the Neural Engine run the model,
+    ``"float32"`` keeps parity with torch and ONNX (Core ML then runs it on the CPU or GPU,
+    ample for one step per 30 s); the inputs and outputs are float32 either way. Raises
+    ``ValueError`` when ``metadata`` does not describe the pipeline of ``net``.
     """
     if precision not in ("float32", "float16"):
         raise ValueError(f"precision must be 'float32' or 'float16', got {precision!r}")
     metadata.check_matches(net)
+    step = pipeline_step(inference_copy(net), metadata.variant)
+    if step.state_size != metadata.state_size:
+        raise ValueError(
+            f"Metadata state_size {metadata.state_size} differs from the pipeline's "
+            f"{step.state_size}"
+        )
+    shapes = {
+        coreml_name(n): [1, *x.shape[1:]]
+        for n, x in zip(step.input_names, step.example_inputs(1), strict=True)
+    }
+    if list(shapes.items()) != list(_input_shapes(metadata).items()):
+        raise ValueError(
+            f"Metadata inputs {_input_shapes(metadata)} differ from the pipeline's {shapes}"
+        )
     base = Path(path)
     if base.suffix in (".mlpackage", ".mlmodel"):
         base = base.with_suffix("")
@@ -193,18 +309,19 @@ def export_coreml(
     written: dict[str, str] = {}
     with warnings.catch_warnings():
         _conversion_warning_filters()
-        traced = _trace(net)
+        traced = _trace(step)
         program = _convert(traced, metadata, "mlprogram", precision)
         _annotate(program, metadata, precision)
         package = base.parent / f"{base.name}.mlpackage"
-        program.save(str(package))
+        _save_package(program, package)
         written["mlpackage"] = str(package)
         if neuralnetwork:
             try:
                 legacy = _convert(traced, metadata, "neuralnetwork", "float32")
                 _annotate(legacy, metadata, "float32")
                 mlmodel = base.parent / f"{base.name}.mlmodel"
-                legacy.save(str(mlmodel))
+                with atomic_path(mlmodel) as temporary:
+                    legacy.save(str(temporary))
                 written["mlmodel"] = str(mlmodel)
             except Exception as err:  # the legacy format is optional: report, do not fail
                 log.warning("Core ML neural-network (.mlmodel) conversion failed: %r", err)
@@ -230,29 +347,36 @@ def check_coreml(
     metadata: ModelMetadata,
     *,
     net: SleepNet | None = None,
-    features: NDArray[np.floating] | None = None,
+    inputs: Arrays | None = None,
 ) -> dict[str, Any]:
     """Check an exported Core ML file as far as this machine allows; return what was checked.
 
-    Always: the spec loads, input/output names and shapes, stored metadata equals
-    ``metadata``. With ``net`` and ``features`` (``(T, n_features)`` in the net's order):
-    for an ``.mlpackage``, p(sleep) of the saved program against ``net.step`` (see
-    :func:`check_coreml_parity`); on macOS, for either format, the Core ML runtime's own
-    predictions against ``net.step``. Raises ``ValueError`` naming the first mismatch.
+    Always: the spec loads, the input and output names, order and shapes match ``metadata``
+    (``inputs``, ``state_size``), the stored metadata equals ``metadata``. With ``net`` and
+    ``inputs`` (one stream's per-epoch arrays, see :func:`mil_scan`; a short stretch): for an
+    ``.mlpackage``, p(sleep) of the saved program against the torch pipeline
+    (:func:`check_coreml_parity`, reported as ``mil_max_abs_diff``); on macOS, for either
+    format, the Core ML runtime's own predictions against torch (``runtime_max_abs_diff``).
+    Raises ``ValueError`` naming the first mismatch.
     """
     path = Path(path)
     spec = ct.utils.load_spec(str(path))
     ct.models.MLModel(str(path), skip_model_load=True)
-    inputs = _feature_shapes(spec.description.input)
-    outputs = _feature_shapes(spec.description.output)
-    want_inputs = {"features": [1, metadata.n_features], "prev_state": [1, metadata.state_size]}
-    if inputs != want_inputs:
-        raise ValueError(f"{path}: inputs {inputs}, expected {want_inputs}")
-    want_outputs = {"p_sleep": [1], "new_state": [1, metadata.state_size]}
+    got_inputs = _feature_shapes(spec.description.input)
+    got_outputs = _feature_shapes(spec.description.output)
+    want_inputs = _input_shapes(metadata)
+    if want_inputs.get(STATE_INPUT) != [1, metadata.state_size]:
+        raise ValueError(
+            f"metadata inputs {want_inputs} lack {STATE_INPUT} of shape "
+            f"[1, {metadata.state_size}] (state_size)"
+        )
+    if list(got_inputs.items()) != list(want_inputs.items()):
+        raise ValueError(f"{path}: inputs {got_inputs}, expected {want_inputs}")
+    want_outputs = _output_shapes(metadata)
     # The neural-network format leaves output shapes unspecified (empty): check names only.
-    shapes_ok = all(outputs.get(n) in (want, []) for n, want in want_outputs.items())
-    if list(outputs) != list(OUTPUT_NAMES) or not shapes_ok:
-        raise ValueError(f"{path}: outputs {outputs}, expected {want_outputs}")
+    shapes_ok = all(got_outputs.get(n) in (want, []) for n, want in want_outputs.items())
+    if list(got_outputs) != list(OUTPUT_NAMES) or not shapes_ok:
+        raise ValueError(f"{path}: outputs {got_outputs}, expected {want_outputs}")
     stored = read_coreml_metadata(path)
     if stored != metadata:
         raise ValueError(f"{path}: stored metadata differs from the model's metadata")
@@ -260,16 +384,17 @@ def check_coreml(
         "path": str(path),
         "model_type": spec.WhichOneof("Type"),
         "specification_version": int(spec.specificationVersion),
-        "inputs": inputs,
-        "outputs": outputs,
+        "variant": metadata.variant,
+        "inputs": got_inputs,
+        "outputs": got_outputs,
         "metadata_round_trip": True,
     }
-    if net is not None and features is not None:
+    if net is not None and inputs is not None:
         if path.suffix == ".mlpackage":
-            report["mil_epochs"] = len(features)
-            report["mil_max_abs_diff"] = check_coreml_parity(net, path, features)
+            report["mil_epochs"] = len(inputs["hr"])
+            report["mil_max_abs_diff"] = check_coreml_parity(net, path, inputs)
         if sys.platform == "darwin":
-            report["runtime_max_abs_diff"] = _runtime_parity(net, path, features)
+            report["runtime_max_abs_diff"] = _runtime_parity(net, path, metadata, inputs)
     if "runtime_max_abs_diff" not in report:
         report["not_checked"] = (
             "Core ML runtime predictions (CPU, GPU, Neural Engine) need macOS; run "
@@ -278,42 +403,106 @@ def check_coreml(
     return report
 
 
-def check_coreml_parity(
-    net: SleepNet, package: str | Path, features: NDArray[np.floating]
-) -> float:
-    """Max |p_coreml - p_torch| over ``features (T, F)``, evaluating the saved program in Python.
+def initial_state(metadata: ModelMetadata) -> NDArray[np.float32]:
+    """The ``(1, state_size)`` state of a new stream, built from ``metadata.state_layout``."""
+    parts = [
+        np.full(int(p["length"]), math.nan if p["initial"] == "nan" else float(p["initial"]))
+        for p in metadata.state_layout
+    ]
+    state = np.concatenate(parts).astype(np.float32)[None, :]
+    if state.shape[1] != metadata.state_size:
+        raise ValueError(
+            f"metadata state_layout covers {state.shape[1]} values, state_size is "
+            f"{metadata.state_size}"
+        )
+    return state
+
+
+def _epoch_feeds(metadata: ModelMetadata, inputs: Arrays) -> list[dict[str, NDArray[np.float32]]]:
+    """Per-epoch ``{input name: (1, ...) array}`` for every input but the state."""
+    shapes = _input_shapes(metadata)
+    del shapes[STATE_INPUT]
+    missing = sorted(set(shapes) - set(inputs))
+    if missing:
+        raise ValueError(f"inputs lack {missing} ({metadata.variant} variant)")
+    arrays = {name: np.asarray(inputs[name], dtype=np.float32) for name in shapes}
+    n_epochs = len(arrays["hr"])
+    for name, shape in shapes.items():
+        if arrays[name].shape != (n_epochs, *shape[1:]):
+            raise ValueError(
+                f"inputs[{name!r}] has shape {arrays[name].shape}, expected "
+                f"({n_epochs}, {', '.join(str(d) for d in shape[1:])})"
+            )
+    return [{name: a[t : t + 1] for name, a in arrays.items()} for t in range(n_epochs)]
+
+
+def mil_scan(package: str | Path, inputs: Arrays) -> dict[str, NDArray[np.float32]]:
+    """The saved program of ``package`` run over one stream's epochs, evaluated in Python.
+
+    ``inputs`` holds the pipeline's inputs per epoch: ``counts (T, 2)``, ``hr`` and
+    ``hr_offset (T, 30)``, and for the raw variant ``accel (T, 1500)``; NaN where missing. The
+    stream starts from the metadata's initial state. Returns ``p_sleep (T,)``,
+    ``features (T, 29)`` and the state after each epoch ``(T, state_size)``, as
+    :func:`sleepstream.export.onnx.scan_torch`.
 
     The ``.mlpackage`` is read back (program and weight file) with coremltools' MIL loader and
-    run step by step with the numpy reference implementation coremltools keeps for each
-    operation (its constant-folding code). This checks the conversion and the saved weights on
-    any platform; it is not the Core ML runtime, whose kernels (and the Neural Engine's float16
-    arithmetic) only a Mac can run. About 40 ms per epoch: pass a stretch, not a whole night.
+    run op by op with the numpy reference implementation coremltools keeps for each operation
+    (its constant-folding code), in the program's own precision. This checks the conversion
+    and the saved weights on any platform; it is not the Core ML runtime, whose kernels (and
+    the Neural Engine's float16 arithmetic) only a Mac can run. Slow (a fraction of a second
+    per epoch): pass a stretch, not a whole night.
     """
-    features = np.asarray(features, dtype=np.float32)
-    if features.ndim != 2 or features.shape[1] != net.n_features:
-        raise ValueError(
-            f"features of shape {features.shape}: expected (epochs, {net.n_features}) in the "
-            "order of net.feature_names"
-        )
-    program = _MilProgram(Path(package))
-    state = np.zeros((1, net.state_size), dtype=np.float32)
-    p_mil = np.empty(len(features), dtype=np.float64)
-    for t, row in enumerate(features):
-        p, state = program.step(row[None, :], state)
-        p_mil[t] = float(np.asarray(p).reshape(-1)[0])
-    return float(np.max(np.abs(p_mil - torch_step_probabilities(net, features)), initial=0.0))
+    package = Path(package)
+    metadata = read_coreml_metadata(package)
+    program = _MilProgram(package)
+    state = initial_state(metadata)
+    out: dict[str, list[NDArray[np.float32]]] = {"p_sleep": [], "features": [], "state": []}
+    for feed in _epoch_feeds(metadata, inputs):
+        result = program.run({**feed, STATE_INPUT: state})
+        state = np.asarray(result["new_state"], dtype=np.float32).reshape(1, -1)
+        out["p_sleep"].append(np.asarray(result["p_sleep"], dtype=np.float32).reshape(-1))
+        out["features"].append(np.asarray(result["features"], dtype=np.float32).reshape(-1))
+        out["state"].append(state[0])
+    n_features = len(metadata.all_feature_names)
+    return {
+        "p_sleep": np.concatenate(out["p_sleep"]) if out["p_sleep"] else np.zeros(0, np.float32),
+        "features": np.asarray(out["features"], dtype=np.float32).reshape(-1, n_features),
+        "state": np.asarray(out["state"], dtype=np.float32).reshape(-1, metadata.state_size),
+    }
 
 
-def _runtime_parity(net: SleepNet, package: Path, features: NDArray[np.floating]) -> float:
+def check_coreml_parity(net: SleepNet, package: str | Path, inputs: Arrays) -> float:
+    """Max |p_coreml - p_torch| over one stream's epochs (``inputs`` as for :func:`mil_scan`).
+
+    The saved program is evaluated in Python (:func:`mil_scan`), the torch pipeline of ``net``
+    in the package's variant with :func:`sleepstream.export.onnx.scan_torch`.
+    """
+    variant = read_coreml_metadata(package).variant
+    p_mil = mil_scan(package, inputs)["p_sleep"].astype(np.float64)
+    p_torch = scan_torch(net, variant, dict(inputs))["p_sleep"].astype(np.float64)
+    return _max_abs_diff(p_mil, p_torch)
+
+
+def _max_abs_diff(a: NDArray[np.float64], b: NDArray[np.float64]) -> float:
+    """Max |a - b|; infinite where exactly one of the two is NaN or they differ by NaN."""
+    diff = np.abs(a - b)
+    both_nan = np.isnan(a) & np.isnan(b)
+    diff = np.where(both_nan, 0.0, np.where(np.isnan(diff), np.inf, diff))
+    return float(np.max(diff, initial=0.0))
+
+
+def _runtime_parity(net: SleepNet, path: Path, metadata: ModelMetadata, inputs: Arrays) -> float:
     """Max |p_coreml - p_torch| with predictions by the Core ML framework (macOS only)."""
-    model = ct.models.MLModel(str(package), compute_units=ct.ComputeUnit.ALL)
-    state = np.zeros((1, net.state_size), dtype=np.float32)
-    p_runtime = np.empty(len(features), dtype=np.float64)
-    for t, row in enumerate(np.asarray(features, dtype=np.float32)):
-        out = model.predict({"features": row[None, :], "prev_state": state})
+    model = ct.models.MLModel(str(path), compute_units=ct.ComputeUnit.ALL)
+    state = initial_state(metadata)
+    feeds = _epoch_feeds(metadata, inputs)
+    p_runtime = np.empty(len(feeds), dtype=np.float64)
+    for t, feed in enumerate(feeds):
+        out = model.predict({**feed, STATE_INPUT: state})
         p_runtime[t] = float(np.asarray(out["p_sleep"]).reshape(-1)[0])
         state = np.asarray(out["new_state"], dtype=np.float32).reshape(1, -1)
-    return float(np.max(np.abs(p_runtime - torch_step_probabilities(net, features)), initial=0.0))
+    p_torch = scan_torch(net, metadata.variant, dict(inputs))["p_sleep"].astype(np.float64)
+    return _max_abs_diff(p_runtime, p_torch)
 
 
 class _MilProgram:
@@ -321,7 +510,8 @@ class _MilProgram:
 
     Each operation is rebuilt with constant inputs, which makes coremltools compute its value
     with the same code it uses for constant folding. ``while_loop`` (the converter lowers a GRU
-    to one) and ``scatter`` have no such code and are evaluated here.
+    to one), ``scatter`` and ``conv`` (the counts filter) have no such code and are evaluated
+    here. NaN passes through as in NumPy; NumPy's floating-point warnings are silenced.
     """
 
     def __init__(self, package: Path):
@@ -332,15 +522,20 @@ class _MilProgram:
         program = load_mil_program(spec, spec.specificationVersion, str(weights))
         self.main = program.functions["main"]
         self.opset = self.main.opset_version
+        self.input_names = tuple(self.main.inputs)
+        self.output_names = tuple(v.name for v in self.main.outputs)
 
-    def step(
-        self, features: NDArray[np.float32], state: NDArray[np.float32]
-    ) -> tuple[NDArray[Any], NDArray[np.float32]]:
-        env: dict[Any, Any] = dict(zip(self.main.inputs.values(), (features, state), strict=True))
-        with Function({}, opset_version=self.opset):
+    def run(self, feeds: Mapping[str, NDArray[Any]]) -> dict[str, NDArray[Any]]:
+        """Output name -> value for input name -> value (every input, with its batch axis)."""
+        missing = sorted(set(self.input_names) - set(feeds))
+        if missing:
+            raise ValueError(f"MIL program inputs {missing} not given")
+        env: dict[Any, Any] = {
+            var: np.asarray(feeds[name], dtype=np.float32) for name, var in self.main.inputs.items()
+        }
+        with Function({}, opset_version=self.opset), np.errstate(all="ignore"):
             self._run(self.main, env)
-        p, new_state = (env[v] for v in self.main.outputs)
-        return p, np.asarray(new_state, dtype=np.float32)
+        return {v.name: np.asarray(env[v]) for v in self.main.outputs}
 
     @staticmethod
     def _value(env: dict[Any, Any], var: Any) -> Any:
@@ -360,7 +555,10 @@ class _MilProgram:
                 env.update(zip(op.outputs, self._while_loop(op, env), strict=True))
             else:
                 args = {name: self._value(env, v) for name, v in op.inputs.items()}
-                values = [_scatter(**args)] if op.op_type == "scatter" else _infer(op.op_type, args)
+                if op.op_type in _OWN_EVALUATION:
+                    values = [_OWN_EVALUATION[op.op_type](**args)]
+                else:
+                    values = _infer(op.op_type, args)
                 env.update(zip(op.outputs, values, strict=True))
 
     def _while_loop(self, op: Any, env: dict[Any, Any]) -> list[Any]:
@@ -380,7 +578,7 @@ def _infer(op_type: str, args: dict[str, Any]) -> list[Any]:
     consts = {
         name: tuple(mb.const(val=np.asarray(v)) for v in value)
         if isinstance(value, list)
-        else value
+        else _python_bool(value)
         for name, value in args.items()
     }
     result = getattr(mb, op_type)(**consts)
@@ -389,6 +587,13 @@ def _infer(op_type: str, args: dict[str, Any]) -> list[Any]:
     if any(v is None for v in values):
         raise NotImplementedError(f"coremltools has no reference evaluation of MIL op {op_type!r}")
     return [np.asarray(v) for v in values]
+
+
+def _python_bool(value: Any) -> Any:
+    """A NumPy boolean scalar as ``bool``: NumPy 2.4 rejects ``keepdims=np.True_`` in reductions."""
+    if isinstance(value, np.ndarray | np.generic) and value.ndim == 0 and value.dtype == np.bool_:
+        return bool(value)
+    return value
 
 
 def _scatter(
@@ -406,3 +611,52 @@ def _scatter(
         else:
             raise NotImplementedError(f"MIL scatter mode {mode!r}")
     return out
+
+
+def _conv(
+    x: NDArray[Any],
+    weight: NDArray[Any],
+    strides: Any,
+    pad_type: Any,
+    pad: Any,
+    dilations: Any,
+    groups: Any,
+    bias: NDArray[Any] | None = None,
+    **_: Any,
+) -> NDArray[Any]:
+    """MIL ``conv`` in one dimension, ``x (batch, C_in, length)``, accumulated in float32."""
+    x = np.asarray(x)
+    weight = np.asarray(weight)
+    if x.ndim != 3:
+        raise NotImplementedError(f"MIL conv of a {x.ndim - 2}-D input (1-D only)")
+    kind = str(np.asarray(pad_type).reshape(-1)[0])
+    if kind not in ("valid", "custom"):
+        raise NotImplementedError(f"MIL conv pad_type {kind!r}")
+    left, right = (int(v) for v in np.asarray(pad).reshape(-1)) if kind == "custom" else (0, 0)
+    stride = int(np.asarray(strides).reshape(-1)[0])
+    dilation = int(np.asarray(dilations).reshape(-1)[0])
+    n_groups = int(np.asarray(groups).reshape(-1)[0])
+    c_out, c_in_group, width = weight.shape
+    padded = np.pad(x.astype(np.float32), ((0, 0), (0, 0), (left, right)))
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (width - 1) * dilation + 1, axis=2)
+    windows = windows[:, :, ::stride, ::dilation]  # (batch, C_in, length_out, width)
+    w = weight.astype(np.float32)
+    c_out_group = c_out // n_groups
+    out = np.concatenate(
+        [
+            np.einsum(
+                "bclk,ock->bol",
+                windows[:, g * c_in_group : (g + 1) * c_in_group],
+                w[g * c_out_group : (g + 1) * c_out_group],
+            )
+            for g in range(n_groups)
+        ],
+        axis=1,
+    )
+    if bias is not None:
+        out = out + np.asarray(bias, dtype=np.float32)[None, :, None]
+    return out.astype(x.dtype)
+
+
+_OWN_EVALUATION: dict[str, Callable[..., NDArray[Any]]] = {"scatter": _scatter, "conv": _conv}
+"""MIL operations without a value inference in coremltools, evaluated here."""

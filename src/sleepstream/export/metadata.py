@@ -24,6 +24,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+import numpy as np
+
 import sleepstream
 from sleepstream.features import resolve_features
 from sleepstream.models.net import SleepNet, count_parameters
@@ -32,7 +34,7 @@ from sleepstream.records import EPOCH_SECONDS, SLEEP_WAKE
 METADATA_KEY = "sleepstream"
 """Key under which the JSON metadata is stored inside exported model files."""
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 """Version of this metadata layout; bumped when a field changes meaning."""
 
 DATA_CITATION = (
@@ -47,16 +49,33 @@ DATA_LICENSE = "ODC-By 1.0 (Open Data Commons Attribution License v1.0)"
 MODEL_LICENSE = "MIT (code); trained on data licensed ODC-By 1.0 (attribution required)"
 
 INPUT_NOTE = (
-    "Raw per-epoch feature vector in the order of feature_names, as produced by "
-    "sleepstream.features.CausalFeatures for the 30 s epoch that just closed. NaN marks a "
-    "feature that could not be computed; the model normalises internally ((x - mean) / std) "
-    "and maps NaN to 0, the training mean."
+    "One call per closed 30 s epoch [start, start + 30 s), see 'inputs'. accel (raw variant): "
+    "z acceleration in g on the 50 Hz grid from start + counts_delay_seconds, NaN where "
+    "missing. counts: the epoch's two 15 s activity counts, NaN where missing. hr / hr_offset: "
+    "the epoch's heart-rate samples (bpm) in time order and their seconds after start, NaN "
+    "padded. state: the previous call's new_state; a new stream starts from the state built "
+    "from 'state_layout' (each part filled with its 'initial' value)."
 )
 OUTPUT_NOTE = (
     "p_sleep: probability that the epoch is sleep (class 'sleep'); call it wake when "
-    "p_sleep < threshold. new_state: feed it back as the state of the next epoch; a night "
-    "starts from zeros."
+    "p_sleep < threshold, then apply 'rules' (context veto, hysteresis). new_state: pass it "
+    "with the next epoch and persist it across app suspensions. features: the epoch's causal "
+    "features in the order of all_feature_names (for debugging)."
 )
+RULES = {
+    "threshold": "asleep_epoch = p_sleep >= thresholds[name] (default name: wasa93)",
+    "context_veto": (
+        "if the motion context reported during the epoch (CMMotionActivity) is cycling, "
+        "running, automotive or walking with confidence medium or high, p_sleep = 0"
+    ),
+    "hysteresis": (
+        "fell_asleep after fall_asleep_epochs consecutive asleep epochs while awake; woke_up "
+        "after wake_up_epochs consecutive awake epochs while asleep"
+    ),
+    "fall_asleep_epochs": 3,
+    "wake_up_epochs": 2,
+}
+"""What an app applies after the model (the live detector's defaults)."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +114,13 @@ class ModelMetadata:
     data_license: str = DATA_LICENSE
     model_license: str = MODEL_LICENSE
     extra: dict[str, Any] = field(default_factory=dict)
+    variant: str = "features"
+    inputs: tuple[dict[str, Any], ...] = ()
+    state_layout: tuple[dict[str, Any], ...] = ()
+    state_layout_version: int = 0
+    all_feature_names: tuple[str, ...] = ()
+    counts_delay_seconds: float = 0.0
+    rules: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -120,8 +146,9 @@ class ModelMetadata:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dictionary (tuples become lists)."""
         out = asdict(self)
-        for key in ("feature_names", "mean", "std", "classes"):
+        for key in ("feature_names", "mean", "std", "classes", "all_feature_names"):
             out[key] = list(out[key])
+        out["inputs"], out["state_layout"] = list(out["inputs"]), list(out["state_layout"])
         return out
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -145,7 +172,10 @@ class ModelMetadata:
                 f"this reader ({FORMAT_VERSION}); upgrade sleepstream"
             )
         values = dict(data)
-        for key in ("feature_names", "classes"):
+        for key in ("inputs", "state_layout"):
+            if key in values:
+                values[key] = tuple(dict(v) for v in values[key])
+        for key in ("feature_names", "classes", "all_feature_names"):
             if key in values:
                 values[key] = tuple(str(v) for v in values[key])
         for key in ("mean", "std"):
@@ -191,14 +221,17 @@ class ModelMetadata:
                 f"Metadata feature_names {list(self.feature_names)} differ from the network's "
                 f"{list(net.feature_names)}"
             )
-        if net.state_size != self.state_size:
+        if self.variant == "features" and net.state_size != self.state_size:
             raise ValueError(
                 f"Metadata state_size {self.state_size} differs from the network's {net.state_size}"
             )
 
 
-def metadata_for(net: SleepNet, thresholds: Mapping[str, float], **extra: Any) -> ModelMetadata:
-    """The metadata of a trained network: its inputs, normalisation, state size and thresholds.
+def metadata_for(
+    net: SleepNet, thresholds: Mapping[str, float], variant: str = "raw", **extra: Any
+) -> ModelMetadata:
+    """The metadata of a trained network's pipeline file (``variant`` ``"raw"`` or ``"counts"``):
+    its inputs, state layout, normalisation, thresholds and the rules an app applies.
 
     ``extra`` (JSON-serialisable: training subjects, config name, ...) is kept under ``extra``.
     """
@@ -208,13 +241,49 @@ def metadata_for(net: SleepNet, thresholds: Mapping[str, float], **extra: Any) -
         if isinstance(value, int):
             params[name] = value
     json.dumps(extra, allow_nan=False)  # fail here, not when a file is written
+    from sleepstream.features import FEATURE_NAMES
+    from sleepstream.pipeline import pipeline_step
+    from sleepstream.step import COUNTS_DELAY_SECONDS, STATE_LAYOUT_VERSION
+
+    step = pipeline_step(net, variant)
     return ModelMetadata(
         feature_names=tuple(net.feature_names),
         mean=tuple(float(v) for v in net.normalise.mean.detach().cpu().tolist()),
         std=tuple(float(v) for v in net.normalise.std.detach().cpu().tolist()),
-        state_size=int(net.state_size),
+        state_size=int(step.state_size),
         thresholds={str(k): float(v) for k, v in thresholds.items()},
         architecture=type(net).__name__,
         architecture_params=params,
         extra=dict(extra),
+        variant=variant,
+        inputs=tuple(_inputs(step)),
+        state_layout=tuple(state_layout_with_initial(step)),
+        state_layout_version=STATE_LAYOUT_VERSION,
+        all_feature_names=FEATURE_NAMES,
+        counts_delay_seconds=COUNTS_DELAY_SECONDS if variant == "raw" else 0.0,
+        rules=dict(RULES),
     )
+
+
+def _inputs(step: Any) -> list[dict[str, Any]]:
+    shapes = {name: list(x.shape[1:]) for name, x in zip(step.input_names, step.example_inputs())}
+    return [{"name": n, "shape": ["batch", *shapes[n]], "dtype": "float32"} for n in step.input_names]
+
+
+def state_layout_with_initial(step: Any) -> list[dict[str, Any]]:
+    """The state layout, each part with its initial value (``"nan"`` for missing)."""
+    from sleepstream.pipeline import state_layout
+
+    initial = step.initial_state(1)[0]
+    out = []
+    for part in state_layout(step):
+        at, n = int(part["offset"]), int(part["length"])
+        values = initial[at : at + n].numpy()
+        if np.isnan(values).all():
+            out.append({**part, "initial": "nan"})
+            continue
+        if not (values == values[0]).all():
+            raise ValueError(f"state part {part['name']} has no single initial value")
+        out.append({**part, "initial": float(values[0])})
+    return out
+

@@ -1,256 +1,241 @@
-"""Test vectors: a stretch of a real night that an app's port must reproduce exactly.
+"""Test vectors an app runs unchanged against its copy of the model file.
 
-A port of the feature extractor (Swift on the watch) replays the recorded samples and must
-produce the recorded feature vectors; feeding those to the exported model must give the
-recorded p(sleep). The file is JSON (NaN written as ``null``)::
+``test_vectors.json`` holds whole nights of the model file's inputs, epoch by epoch, with what
+the file must answer: p(sleep), the features and a checksum of the new state. An app feeds
+each night's epochs in order, starting from the initial state of the metadata's
+``state_layout``, and compares. Nights:
 
-    format          "sleepstream-test-vectors/1"
-    subject_id      night the samples come from
-    replay          how to replay (rules below, in words)
-    epoch_seconds   30
-    night_epochs    start time (s) of every epoch from night start to the stretch end
-    samples         heart_rate {times, bpm}, counts {times, values, window_seconds, source}
-    stretch         start_epoch, n_epochs
-    epochs          per stretch epoch: index, start, features (all FEATURE_NAMES), model_input
-                    (the model's inputs in order), normalised, p_sleep, state_norm
-    state_before    model state entering the stretch (so a model-only test can start there)
-    feature_names   FEATURE_NAMES, the order of each epoch's ``features``
-    tolerance       suggested absolute tolerances for a port
-    metadata        the model's ModelMetadata
-    counts_from_acceleration
-                    reserved for raw acceleration -> activity count vectors, which another
-                    module adds through ``write_test_vectors(..., sections=...)``
+- the **counts variant** on real nights: a PSG night from 1 h before its start, and the same
+  night with one hour of every stream removed in its middle (an hour-long gap);
+- the **raw variant** on a generated night (:mod:`sleepstream.signal.synthetic`): walking
+  (wake), a night in bed with twitches and turns, an epoch stretch without heart rate, one
+  without motion, an hour with nothing, acceleration with missing samples (NaN), and wake.
 
-Replay rules: start a fresh extractor; for every epoch of ``night_epochs`` in order, feed
-every sample (heart rate and counts, each series in time order) whose time is before the
-epoch's end, then close the epoch; run the model from a zero state on every closed epoch. The
-extractor's state depends on the whole past, so the replay starts at the beginning of the
-night. Samples older than the extractor's longest look-back before the first epoch's end
-(:attr:`CausalFeatures.hr_baseline_seconds`, one day) cannot change any output and are left
-out.
+JSON has no NaN: a missing value is ``null``, and an epoch whose acceleration is missing
+altogether has ``"accel": null`` (1,500 NaN). Numbers are float32 values written with 9
+significant digits, which give back the same float32.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from numpy.typing import NDArray
 
-from sleepstream.export.metadata import ModelMetadata, metadata_for
-from sleepstream.export.onnx import inference_copy
-from sleepstream.features import FEATURE_NAMES, GAP_CAP_MIN, CausalFeatures, extract
+from sleepstream.features import HR_SLOTS, epoch_inputs
 from sleepstream.models.net import SleepNet
-from sleepstream.records import COUNT_SECONDS, EPOCH_SECONDS, Recording
+from sleepstream.paths import atomic_file
+from sleepstream.records import EPOCH_SECONDS, Recording
 
-FORMAT = "sleepstream-test-vectors/1"
-RESERVED_SECTIONS = ("counts_from_acceleration",)
-"""Top-level keys kept free for sections that other modules add through ``sections``."""
-
-TOLERANCE = {"features": 1e-6, "normalised": 1e-5, "p_sleep": 1e-5}
-
-REPLAY_RULES = (
-    "Start a fresh extractor. For each epoch start in night_epochs, in order: feed every "
-    "heart-rate sample and every activity count whose time is before start + epoch_seconds "
-    "(each series in time order; a count is placed by the start of its 15 s window), then "
-    "close the epoch. Run the model from a zero state on every closed epoch. Compare the "
-    "epochs listed under 'epochs' with the recorded values; null means NaN."
-)
+FORMAT = "sleepstream-test-vectors"
+VERSION = 1
+TOLERANCE = {
+    "p_sleep_float32": 1e-5,
+    "features_relative_float32": 1e-5,
+    "state_sum_relative_float32": 1e-5,
+}
+"""What an exact float32 port must meet: |p - expected| <= 1e-5; each feature and the state's
+sum within 1e-5 of the sum of absolute values (plus 1e-4); the same number of NaN in the state.
+Float16 is measured, not promised (``docs/on-device.md``)."""
 
 
-def _nan_to_none(values: NDArray[np.floating]) -> list[float | None]:
-    return [
-        None if not math.isfinite(v) else float(v) for v in np.asarray(values, dtype=np.float64)
-    ]
+def _number(value: float) -> float | None:
+    return None if math.isnan(value) else float(f"{value:.9g}")
 
 
-def _none_to_nan(values: list[float | None]) -> NDArray[np.float64]:
-    return np.array([math.nan if v is None else v for v in values], dtype=np.float64)
+def _numbers(values: NDArray[np.floating]) -> list[float | None]:
+    return [_number(v) for v in np.asarray(values, dtype=np.float32).tolist()]
 
 
-def _model_outputs(
-    net: SleepNet, inputs: NDArray[np.float64]
-) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
-    """Normalised inputs, p(sleep) and the state after each epoch ``(T, S)``, by ``net.step``."""
-    x = torch.as_tensor(inputs, dtype=torch.float32)
-    state = net.initial_state(1)
-    p = np.empty(len(inputs), dtype=np.float64)
-    states = np.empty((len(inputs), net.state_size), dtype=np.float64)
-    with torch.no_grad():
-        normalised = net.normalise(x).double().numpy()
-        for t in range(len(x)):
-            logit, state = net.step(x[t : t + 1], state)
-            p[t] = torch.sigmoid(logit).item()
-            states[t] = state[0].double().numpy()
-    return normalised, p, states
-
-
-def _samples(recording: Recording, oldest: float, end: float) -> dict[str, Any]:
-    """The heart-rate samples and counts with ``oldest <= time < end``."""
-    hr = (recording.hr_times >= oldest) & (recording.hr_times < end)
-    counts = (recording.count_times >= oldest) & (recording.count_times < end)
+def checksum(state: NDArray[np.floating]) -> dict[str, float | int]:
+    """``sum`` and ``abs_sum`` of the state's numbers (float64), and how many are NaN."""
+    s = np.asarray(state, dtype=np.float64)
+    finite = s[~np.isnan(s)]
     return {
-        "heart_rate": {
-            "times": recording.hr_times[hr].tolist(),
-            "bpm": recording.hr_bpm[hr].tolist(),
-        },
-        "counts": {
-            "times": recording.count_times[counts].tolist(),
-            "values": recording.counts[counts].tolist(),
-            "window_seconds": COUNT_SECONDS,
-            "source": recording.count_source,
-        },
-        "dropped_before": oldest,
+        "sum": float(finite.sum()),
+        "abs_sum": float(np.abs(finite).sum()),
+        "nan": int(np.isnan(s).sum()),
     }
+
+
+def with_gap(recording: Recording, start: float, seconds: float = 3600.0) -> Recording:
+    """``recording`` with every sample in ``[start, start + seconds)`` removed."""
+
+    def keep(times: NDArray[np.float64]) -> NDArray[np.bool_]:
+        return (times < start) | (times >= start + seconds)
+
+    hr, counts = keep(recording.hr_times), keep(recording.count_times)
+    return dataclasses.replace(
+        recording,
+        subject_id=f"{recording.subject_id}-gap",
+        hr_times=recording.hr_times[hr],
+        hr_bpm=recording.hr_bpm[hr],
+        count_times=recording.count_times[counts],
+        counts=recording.counts[counts],
+    )
+
+
+def counts_night(recording: Recording) -> dict[str, NDArray[np.float64]]:
+    """The counts variant's inputs of a night, per epoch."""
+    counts, hr, hr_offset = epoch_inputs(recording)
+    return {"counts": counts, "hr": hr, "hr_offset": hr_offset}
+
+
+GENERATED_SEGMENTS: tuple[tuple[str, int], ...] = (
+    ("walking", 30),
+    ("asleep", 40),
+    ("asleep, no heart rate", 10),
+    ("asleep, no motion", 10),
+    ("gap: nothing for an hour", 120),
+    ("asleep, acceleration with missing samples", 30),
+    ("turning over, awake", 10),
+)
+"""The generated raw night, in order: what each stretch holds and its length in epochs."""
+
+
+def generated_night(seed: int = 0) -> dict[str, NDArray[np.float64]]:
+    """The raw variant's inputs of :data:`GENERATED_SEGMENTS`, per epoch."""
+    from sleepstream.signal import synthetic
+    from sleepstream.step import ACCEL_SAMPLES, COUNTS_DELAY_SECONDS
+
+    rng = np.random.default_rng(seed)
+    n = sum(length for _, length in GENERATED_SEGMENTS)
+    accel = np.full((n, ACCEL_SAMPLES), np.nan)
+    counts = np.full((n, 2), np.nan)
+    hr = np.full((n, HR_SLOTS), np.nan)
+    hr_offset = np.full((n, HR_SLOTS), np.nan)
+    at = 0
+    for what, length in GENERATED_SEGMENTS:
+        epochs = slice(at, at + length)
+        at += length
+        if what.startswith("gap"):
+            continue
+        kind = "walking" if what == "walking" else "turning over" if "turning" in what else "night"
+        times = COUNTS_DELAY_SECONDS + np.arange(length * ACCEL_SAMPLES) / 50.0
+        z = synthetic.SIGNALS[kind](times, seed + at)
+        if "missing samples" in what:
+            for start in rng.integers(0, len(z) - 200, size=length // 3):
+                z[start : start + rng.integers(5, 200)] = np.nan
+        if "no motion" not in what:
+            accel[epochs] = z.reshape(length, ACCEL_SAMPLES)
+        if "no heart rate" not in what:
+            level = 90.0 if kind != "night" else 57.0
+            k = 5
+            offsets = np.sort(rng.uniform(0, EPOCH_SECONDS, (length, k)), axis=1)
+            hr[epochs, :k] = level + rng.normal(0, 2, (length, k))
+            hr_offset[epochs, :k] = offsets
+    return {"accel": accel, "counts": counts, "hr": hr, "hr_offset": hr_offset}
+
+
+def expected(
+    net: SleepNet, variant: str, inputs: dict[str, NDArray[np.float64]]
+) -> list[dict[str, Any]]:
+    """Per epoch: the inputs (JSON-ready) and what the pipeline in torch answers."""
+    from sleepstream.export.onnx import scan_torch
+
+    answers = scan_torch(net, variant, inputs)
+    names = ("accel", "counts", "hr", "hr_offset") if variant == "raw" else ("counts", "hr", "hr_offset")
+    epochs = []
+    for t in range(len(inputs["hr"])):
+        row: dict[str, Any] = {}
+        for name in names:
+            values = inputs[name][t]
+            row[name] = None if name == "accel" and np.isnan(values).all() else _numbers(values)
+        row["p_sleep"] = _number(float(answers["p_sleep"][t]))
+        row["features"] = _numbers(answers["features"][t])
+        row["state"] = checksum(answers["state"][t])
+        epochs.append(row)
+    return epochs
 
 
 def write_test_vectors(
-    recording: Recording,
     net: SleepNet,
     path: str | Path,
-    start_epoch: int = 0,
-    n_epochs: int = 20,
+    recordings: list[Recording],
     *,
-    metadata: ModelMetadata | None = None,
-    sections: Mapping[str, Any] | None = None,
+    model_files: dict[str, str],
+    seed: int = 0,
 ) -> Path:
-    """Write test vectors for epochs ``start_epoch .. start_epoch + n_epochs - 1`` of a night.
-
-    ``sections`` adds top-level JSON sections, e.g. ``{"counts_from_acceleration": ...}`` (raw
-    acceleration and the counts computed from it, see :data:`RESERVED_SECTIONS`); they may not
-    replace the built-in keys. Returns ``path``.
-    """
-    stop = start_epoch + n_epochs
-    if start_epoch < 0 or n_epochs < 1 or stop > recording.n_epochs:
-        raise ValueError(
-            f"Stretch of {n_epochs} epochs from epoch {start_epoch} does not fit night "
-            f"{recording.subject_id} of {recording.n_epochs} epochs"
-        )
-    net = inference_copy(net)
-    meta = metadata if metadata is not None else metadata_for(net, {})
-    meta.check_matches(net)
-    extractor = CausalFeatures()
-    features = extract(recording, extractor, n_epochs=stop)
-    columns = [FEATURE_NAMES.index(n) for n in net.feature_names]
-    normalised, p, states = _model_outputs(net, features[:, columns])
-    epochs = [
+    """Write ``test_vectors.json``: the counts variant on ``recordings`` (each from 1 h before
+    its PSG start, and again with an hour-long gap), the raw variant on a generated night."""
+    nights: list[dict[str, Any]] = []
+    for recording in recordings:
+        fed = recording.switched_on_before(3600.0)
+        middle = float(recording.epoch_times[recording.n_epochs // 2])
+        for night, note in (
+            (fed, "from 1 h before the PSG start"),
+            (with_gap(fed, middle), "from 1 h before the PSG start, one hour of every stream removed"),
+        ):
+            nights.append(
+                {
+                    "name": night.subject_id,
+                    "variant": "counts",
+                    "model_file": model_files["counts"],
+                    "source": f"real night {recording.subject_id} (sleep-accel), {note}",
+                    "epochs": expected(net, "counts", counts_night(night)),
+                }
+            )
+    nights.append(
         {
-            "index": i,
-            "start": float(recording.epoch_times[i]),
-            "features": _nan_to_none(features[i]),
-            "model_input": _nan_to_none(features[i, columns]),
-            "normalised": _nan_to_none(normalised[i]),
-            "p_sleep": float(p[i]),
-            "state_norm": float(np.linalg.norm(states[i])),
+            "name": "generated",
+            "variant": "raw",
+            "model_file": model_files["raw"],
+            "source": "generated acceleration and heart rate: "
+            + ", ".join(f"{what} ({n} epochs)" for what, n in GENERATED_SEGMENTS),
+            "epochs": expected(net, "raw", generated_night(seed)),
         }
-        for i in range(start_epoch, stop)
-    ]
-    first_end = float(recording.epoch_times[0]) + EPOCH_SECONDS
-    # Older samples are dropped at the first epoch's close or only move capped gap features.
-    oldest = first_end - max(extractor.hr_baseline_seconds, GAP_CAP_MIN * 60.0)
-    stretch_end = float(recording.epoch_times[stop - 1]) + EPOCH_SECONDS
-    vectors: dict[str, Any] = {
+    )
+    document = {
         "format": FORMAT,
-        "subject_id": recording.subject_id,
-        "replay": REPLAY_RULES,
-        "epoch_seconds": EPOCH_SECONDS,
-        "night_epochs": [float(t) for t in recording.epoch_times[:stop]],
-        "samples": _samples(recording, oldest, stretch_end),
-        "stretch": {"start_epoch": start_epoch, "n_epochs": n_epochs},
-        "epochs": epochs,
-        "state_before": states[start_epoch - 1].tolist() if start_epoch else [0.0] * net.state_size,
-        "feature_names": list(FEATURE_NAMES),
+        "version": VERSION,
         "tolerance": TOLERANCE,
-        "metadata": meta.to_dict(),
+        "how": (
+            "For each night, start from the initial state of the model file's state_layout and "
+            "feed the epochs in order (null = NaN; accel null = 1500 NaN); compare p_sleep, "
+            "features and the checksum of new_state (sum and abs_sum of its non-NaN numbers, "
+            "count of NaN) with the expected ones."
+        ),
+        "nights": nights,
     }
-    for key, section in (sections or {}).items():
-        if key in vectors:
-            raise ValueError(f"Test-vector section {key!r} would replace a built-in section")
-        vectors[key] = section
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(vectors, allow_nan=False))
+    with atomic_file(path) as handle:
+        handle.write(json.dumps(document, allow_nan=False, separators=(",", ":")).encode())
     return path
 
 
 def read_test_vectors(path: str | Path) -> dict[str, Any]:
-    """Load a test-vector file; raises ``ValueError`` when it is not one."""
-    data = json.loads(Path(path).read_text())
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a sleepstream test-vector file (format {FORMAT!r})")
-    return data
+    """The JSON of :func:`write_test_vectors`, with its format checked."""
+    document: dict[str, Any] = json.loads(Path(path).read_text())
+    if document.get("format") != FORMAT or document.get("version") != VERSION:
+        raise ValueError(f"{path}: not {FORMAT} version {VERSION}")
+    return document
 
 
-def replay_features(vectors: Mapping[str, Any]) -> NDArray[np.float64]:
-    """Reference replay of the recorded samples: features of the stretch's epochs.
+def night_arrays(night: dict[str, Any]) -> dict[str, NDArray[np.float32]]:
+    """A night's inputs from the JSON as float32 arrays (null -> NaN)."""
+    from sleepstream.step import ACCEL_SAMPLES
 
-    Follows the replay rules literally with :class:`CausalFeatures`, the way a port would;
-    shape ``(n_epochs, len(FEATURE_NAMES))``.
-    """
-    samples = vectors["samples"]
-    hr_t, hr_v = samples["heart_rate"]["times"], samples["heart_rate"]["bpm"]
-    ct_t, ct_v = samples["counts"]["times"], samples["counts"]["values"]
-    extractor = CausalFeatures()
-    step = float(vectors["epoch_seconds"])
-    i_hr = i_ct = 0
-    out: dict[int, NDArray[np.float64]] = {}
-    wanted = {int(e["index"]) for e in vectors["epochs"]}
-    for index, start in enumerate(vectors["night_epochs"]):
-        end = start + step
-        while i_hr < len(hr_t) and hr_t[i_hr] < end:
-            extractor.update_heart_rate(hr_t[i_hr], hr_v[i_hr])
-            i_hr += 1
-        while i_ct < len(ct_t) and ct_t[i_ct] < end:
-            extractor.update_count(ct_t[i_ct], ct_v[i_ct])
-            i_ct += 1
-        vector = extractor.close_epoch(float(start))
-        if index in wanted:
-            out[index] = vector
-    return np.array([out[int(e["index"])] for e in vectors["epochs"]])
+    names = ("accel", "counts", "hr", "hr_offset") if night["variant"] == "raw" else ("counts", "hr", "hr_offset")
+    out = {}
+    for name in names:
+        rows = [
+            [math.nan] * ACCEL_SAMPLES if e[name] is None else [math.nan if v is None else v for v in e[name]]
+            for e in night["epochs"]
+        ]
+        out[name] = np.asarray(rows, dtype=np.float32)
+    return out
 
 
-def recorded(vectors: Mapping[str, Any], key: str) -> NDArray[np.float64]:
-    """One per-epoch entry of the stretch as an array (``null`` -> NaN), e.g. ``"features"``."""
-    rows = [e[key] for e in vectors["epochs"]]
-    if isinstance(rows[0], list):
-        return np.array([_none_to_nan(r) for r in rows])
-    return np.array(rows, dtype=np.float64)
-
-
-def counts_vectors(seconds: float = 120.0, seed: int = 0) -> dict[str, Any]:
-    """Test vectors for the live activity counts: generated wrist z acceleration in, counts out.
-
-    The public nights have no raw acceleration, so the input is generated: rest with breathing
-    sway and sensor noise, a twitch, and turning over. An app's port of
-    :class:`~sleepstream.signal.live_counts.StreamingCounts` must reproduce ``counts`` from
-    ``times`` and ``z`` (the linear-phase FIR of the 3-11 Hz band-pass, 50 Hz grid from t = 0).
-    """
-    from sleepstream.signal.live_counts import StreamingCounts
-
-    rng = np.random.default_rng(seed)
-    times = np.round(
-        np.arange(0.0, seconds, 0.02) + rng.uniform(-0.002, 0.002, int(seconds * 50)), 6
-    )
-    times[0] = 0.0
-    z = -0.98 + 0.01 * np.sin(2 * np.pi * 0.25 * times) + rng.normal(0, 0.004, len(times))
-    twitch = (times > 40.0) & (times < 40.3)
-    z[twitch] += 0.3 * np.sin(2 * np.pi * 6 * times[twitch])
-    turning = (times > 75.0) & (times < 77.5)
-    z[turning] += (
-        0.5 * np.sin(2 * np.pi * 3.5 * times[turning]) + 0.4 * (times[turning] - 75.0) / 2.5
-    )
-    z[times >= 77.5] += 0.4
-    stream = StreamingCounts(origin=0.0)
-    count_times, counts = stream.update(times, z)
-    return {
-        "description": "raw z acceleration (g) -> StreamingCounts(origin=0) (linear-phase FIR, 2 s delay) -> counts",
-        "times": times.tolist(),
-        "z": z.tolist(),
-        "count_times": count_times.tolist(),
-        "counts": counts.tolist(),
-    }
+__all__ = [
+    "TOLERANCE",
+    "checksum",
+    "generated_night",
+    "night_arrays",
+    "read_test_vectors",
+    "write_test_vectors",
+]

@@ -1,198 +1,150 @@
-"""Networks behind the detector: NumPy or PyTorch (a checkpoint or the shipped model), or ONNX.
+"""What runs the pipeline step behind the detector: the model file in ONNX Runtime, or torch.
 
-Each backend takes the full causal feature vector (:data:`sleepstream.features.FEATURE_NAMES`
-order), picks its network's inputs, and runs one epoch.
+Both run the same step (:mod:`sleepstream.pipeline`, raw variant): one epoch's acceleration
+grid, counts and heart-rate samples and the state in; p(sleep), the new state and the features
+out, batched over streams. :class:`OnnxPipeline` needs only NumPy and onnxruntime, so
+``import sleepstream.live`` stays free of torch; :class:`TorchPipeline` runs a network that
+was never exported (a checkpoint, a network in memory).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import json
+import math
+from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy import special
-
-from sleepstream.features import FEATURE_NAMES
-from sleepstream.models.card import DEFAULT_NAME, Weights, read_model, shipped_folder, weights_id
 
 if TYPE_CHECKING:
     from sleepstream.models.net import SleepNet
 
-
-def _arrays(net: SleepNet) -> Weights:
-    return {k: v.detach().cpu().float().numpy() for k, v in net.state_dict().items()}
-
-
-class TorchStep:
-    """A :class:`~sleepstream.models.net.SleepNet` stepped one epoch at a time, on the CPU."""
-
-    def __init__(self, net: SleepNet, thresholds: dict[str, float] | None = None):
-        import torch
-
-        # One epoch is far too little work to share between threads; with several threads,
-        # a busy machine makes each step wait for the others (milliseconds instead of
-        # microseconds).
-        torch.set_num_threads(1)
-        self.net = net.cpu().eval()
-        self.model_id = weights_id(type(net).__name__, _arrays(self.net))
-        self.feature_names: Sequence[str] = net.feature_names
-        self.thresholds = dict(thresholds or {})
-        self._columns = np.array([FEATURE_NAMES.index(n) for n in net.feature_names])
-
-    @classmethod
-    def shipped(cls, name: str = "sleep_wake") -> TorchStep:
-        """The model shipped inside the package, with its LOSO thresholds."""
-        from sleepstream.models.shipped import load_shipped
-
-        model = load_shipped(name)
-        return cls(model.net, model.card.thresholds)
-
-    @classmethod
-    def from_checkpoint(cls, path: str | Path) -> TorchStep:
-        """The network of a Lightning checkpoint written by ``sleepstream fit``."""
-        from sleepstream.models.module import net_from_checkpoint
-
-        return cls(net_from_checkpoint(path))
-
-    def initial_state(self) -> NDArray[np.float32]:
-        return self.net.initial_state(1).numpy()
-
-    def step(
-        self, features: NDArray[np.float64], state: NDArray[np.float32]
-    ) -> tuple[float, NDArray[np.float32]]:
-        import torch
-
-        x = torch.as_tensor(features[self._columns], dtype=torch.float32).unsqueeze(0)
-        with torch.no_grad():
-            logit, new_state = self.net.step(x, torch.as_tensor(state))
-        return float(torch.sigmoid(logit)[0]), new_state.numpy()
+DEFAULT_NAME = "sleep_wake"
+METADATA_KEY = "sleepstream"
+INPUT_NAMES = ("accel", "counts", "hr", "hr_offset", "state")
+Arrays = dict[str, NDArray[np.float32]]
 
 
-class NumpyStep:
-    """The same network stepped in NumPy: no framework overhead for one epoch at a time.
+class PipelineModel(Protocol):
+    """One epoch of the raw-variant pipeline for a batch of streams."""
 
-    Computes exactly what :meth:`SleepNet.step` computes (normalisation, input layer, GRU or
-    MLP, read-out) from the network's float32 weights; :class:`TorchStep` is the reference and
-    the tests hold them to 1e-6.
+    model_id: str
+    thresholds: dict[str, float]
+    metadata: dict[str, Any]
+
+    def initial_state(self, batch: int = 1) -> NDArray[np.float32]: ...
+
+    def run(
+        self, inputs: Arrays, state: NDArray[np.float32]
+    ) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]: ...
+
+
+def initial_state_from_layout(layout: Any, batch: int = 1) -> NDArray[np.float32]:
+    """The state of a new stream from a metadata ``state_layout`` (parts and initial values)."""
+    parts = [
+        np.full(int(p["length"]), math.nan if p["initial"] == "nan" else float(p["initial"]))
+        for p in layout
+    ]
+    return np.tile(np.concatenate(parts).astype(np.float32), (batch, 1))
+
+
+def shipped_path(name: str = DEFAULT_NAME) -> Path:
+    """The model file shipped inside the package."""
+    return Path(str(resources.files("sleepstream") / "shipped" / f"{name}.onnx"))
+
+
+class OnnxPipeline:
+    """An exported pipeline file (raw variant) run by onnxruntime on the CPU, one thread.
+
+    Examples
+    --------
+    ::
+
+        model = OnnxPipeline.shipped()
+        state = model.initial_state()
+        p, state, features = model.run({"accel": .., "counts": .., "hr": .., "hr_offset": ..}, state)
     """
 
+    def __init__(self, path: str | Path, threads: int = 1):
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        data = self.path.read_bytes()
+        self.model_id = "onnx-" + hashlib.blake2b(data, digest_size=12).hexdigest()
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(
+            data, sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        props = self.session.get_modelmeta().custom_metadata_map
+        if METADATA_KEY not in props:
+            raise ValueError(f"{self.path}: not a sleepstream model file (no metadata)")
+        self.metadata: dict[str, Any] = json.loads(props[METADATA_KEY])
+        self.input_names = tuple(i.name for i in self.session.get_inputs())
+        self.thresholds = {str(k): float(v) for k, v in self.metadata["thresholds"].items()}
+        self._initial = initial_state_from_layout(self.metadata["state_layout"])
+
+    @classmethod
+    def shipped(cls, name: str = DEFAULT_NAME) -> OnnxPipeline:
+        """The model file shipped inside the package, with its LOSO thresholds."""
+        return cls(shipped_path(name))
+
+    def initial_state(self, batch: int = 1) -> NDArray[np.float32]:
+        return np.repeat(self._initial, batch, axis=0)
+
+    def run(
+        self, inputs: Arrays, state: NDArray[np.float32]
+    ) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]:
+        feed = {n: inputs[n] for n in self.input_names if n != "state"}
+        feed["state"] = state
+        p, new_state, features = self.session.run(None, feed)
+        return p, new_state, features
+
+
+class TorchPipeline:
+    """The pipeline of a network in torch (CPU, one thread): no export needed."""
+
     def __init__(self, net: SleepNet, thresholds: dict[str, float] | None = None):
-        self._setup(type(net).__name__, net.init_args, _arrays(net), thresholds)
+        import torch
 
-    @classmethod
-    def from_weights(
-        cls,
-        architecture: str,
-        init_args: dict[str, Any],
-        weights: Weights,
-        thresholds: dict[str, float] | None = None,
-    ) -> NumpyStep:
-        """A saved network (:func:`sleepstream.models.card.read_model`), without torch."""
-        step = cls.__new__(cls)
-        step._setup(architecture, init_args, weights, thresholds)
-        return step
+        from sleepstream.pipeline import pipeline_step
 
-    def _setup(
-        self,
-        architecture: str,
-        init_args: dict[str, Any],
-        weights: Weights,
-        thresholds: dict[str, float] | None,
-    ) -> None:
-        if architecture not in ("SleepGRU", "SleepMLP"):
-            raise ValueError(f"NumpyStep does not know {architecture}; use TorchStep")
-        self.architecture = architecture
-        self.model_id = weights_id(architecture, weights)
-        self.feature_names: Sequence[str] = list(init_args["feature_names"])
+        torch.set_num_threads(1)  # one epoch is too little work to share between threads
+        self.step = pipeline_step(net, "raw")
+        weights = b"".join(
+            v.detach().cpu().float().numpy().tobytes() for v in self.step.state_dict().values()
+        )
+        self.model_id = "torch-" + hashlib.blake2b(weights, digest_size=12).hexdigest()
+        from sleepstream.export.metadata import state_layout_with_initial
+
         self.thresholds = dict(thresholds or {})
-        self._columns = np.array([FEATURE_NAMES.index(n) for n in self.feature_names])
-        self._w = {k: np.asarray(v, dtype=np.float32) for k, v in weights.items()}
-        self._layers = int(init_args.get("num_layers", 1)) if architecture == "SleepGRU" else 0
-        hidden = int(init_args.get("hidden_size", 0))
-        self._state_size = hidden * self._layers if architecture == "SleepGRU" else 1
+        self.metadata = {"thresholds": self.thresholds, "state_layout": state_layout_with_initial(self.step)}
+        self.input_names = self.step.input_names
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path) -> NumpyStep:
+    def from_checkpoint(cls, path: str | Path) -> TorchPipeline:
         """The network of a Lightning checkpoint written by ``sleepstream fit``."""
         from sleepstream.models.module import net_from_checkpoint
 
         return cls(net_from_checkpoint(path))
 
-    @classmethod
-    def shipped(cls, name: str = DEFAULT_NAME) -> NumpyStep:
-        """The model shipped inside the package, with its LOSO thresholds (no torch needed)."""
-        card, weights = read_model(shipped_folder(), name)
-        return cls.from_weights(card.architecture, card.init_args, weights, card.thresholds)
+    def initial_state(self, batch: int = 1) -> NDArray[np.float32]:
+        state: NDArray[np.float32] = self.step.initial_state(batch).numpy()
+        return state
 
-    def initial_state(self) -> NDArray[np.float32]:
-        return np.zeros((1, self._state_size), dtype=np.float32)
+    def run(
+        self, inputs: Arrays, state: NDArray[np.float32]
+    ) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]:
+        import torch
 
-    def _linear(self, name: str, x: NDArray[np.float32]) -> NDArray[np.float32]:
-        return x @ self._w[f"{name}.weight"].T + self._w[f"{name}.bias"]
-
-    def step(
-        self, features: NDArray[np.float64], state: NDArray[np.float32]
-    ) -> tuple[float, NDArray[np.float32]]:
-        w = self._w
-        x = features[self._columns].astype(np.float32)
-        z = (x - w["normalise.mean"]) / w["normalise.std"]
-        z = np.where(np.isnan(z), np.float32(0), z).astype(np.float32)
-        if self.architecture == "SleepMLP":
-            h = _gelu(self._linear("mlp.0", z))
-            h = _gelu(self._linear("mlp.3", h))
-            logit = self._linear("mlp.5", h)[0]
-            return _sigmoid(logit), state
-        inp = _gelu(self._linear("embed.0", z))
-        hidden = state.reshape(self._layers, -1)
-        new = np.empty_like(hidden)
-        for layer in range(self._layers):
-            gi = inp @ w[f"gru.weight_ih_l{layer}"].T + w[f"gru.bias_ih_l{layer}"]
-            gh = hidden[layer] @ w[f"gru.weight_hh_l{layer}"].T + w[f"gru.bias_hh_l{layer}"]
-            i_r, i_z, i_n = np.split(gi, 3)
-            h_r, h_z, h_n = np.split(gh, 3)
-            r = _sigmoid_array(i_r + h_r)
-            u = _sigmoid_array(i_z + h_z)
-            n = np.tanh(i_n + r * h_n)
-            new[layer] = (1 - u) * n + u * hidden[layer]
-            inp = new[layer]
-        logit = self._linear("head", inp)[0]
-        return _sigmoid(logit), new.reshape(1, -1)
+        args = [torch.from_numpy(np.asarray(inputs[n], dtype=np.float32)) for n in INPUT_NAMES[:-1]]
+        with torch.no_grad():
+            p, new_state, features = self.step(*args, torch.from_numpy(state))
+        return p.numpy(), new_state.numpy(), features.numpy()
 
 
-def _gelu(x: NDArray[np.float32]) -> NDArray[np.float32]:
-    return (0.5 * x * (1.0 + special.erf(x / np.float32(np.sqrt(2.0))))).astype(np.float32)
-
-
-def _sigmoid_array(x: NDArray[np.float32]) -> NDArray[np.float32]:
-    return (1.0 / (1.0 + np.exp(-x))).astype(np.float32)
-
-
-def _sigmoid(x: np.floating) -> float:
-    return float(1.0 / (1.0 + np.exp(-float(x))))
-
-
-class OnnxBackend:
-    """An exported ONNX model (``sleepstream export``) behind the detector, via onnxruntime."""
-
-    def __init__(self, path: str | Path):
-        from sleepstream.export.onnx import OnnxStep
-
-        self.onnx = OnnxStep(path)
-        self.model_id = (
-            "onnx-" + hashlib.blake2b(Path(path).read_bytes(), digest_size=12).hexdigest()
-        )
-        self.feature_names: Sequence[str] = list(self.onnx.metadata.feature_names)
-        self.thresholds = dict(self.onnx.metadata.thresholds)
-        self._columns = np.array([FEATURE_NAMES.index(n) for n in self.feature_names])
-
-    def initial_state(self) -> NDArray[np.float32]:
-        return self.onnx.initial_state()
-
-    def step(
-        self, features: NDArray[np.float64], state: NDArray[np.float32]
-    ) -> tuple[float, NDArray[np.float32]]:
-        p, new_state = self.onnx.step(features[self._columns], state)
-        return float(p), new_state
+__all__ = ["OnnxPipeline", "PipelineModel", "TorchPipeline", "initial_state_from_layout"]

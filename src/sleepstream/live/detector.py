@@ -2,10 +2,11 @@
 
 :class:`SleepDetector` takes acceleration chunks, heart-rate samples, ready-made activity counts
 and motion-activity context, in any mix and chunk size, and returns an :class:`EpochResult` for
-every epoch that has closed. It runs the same objects as training and evaluation: the activity
-counts of :class:`~sleepstream.signal.live_counts.StreamingCounts`, the features of
-:class:`~sleepstream.features.CausalFeatures`, the network's ``step``, and the hysteresis of
-:class:`~sleepstream.events.OnsetTracker`.
+every epoch that has closed. For each epoch it collects exactly the inputs of the model file
+(:mod:`sleepstream.pipeline`: the acceleration grid, the two counts, the heart-rate samples)
+and runs the file's step, which holds the counts filter, the features and the network, so the
+numbers are those of training and evaluation. Then it applies the context veto and the
+hysteresis of :class:`~sleepstream.events.OnsetTracker`, the rules the file's metadata names.
 
 Timing rules
 ------------
@@ -20,11 +21,11 @@ Timing rules
 - A sample older than the end of the last closed epoch is *late*: it is not merged into a closed
   epoch but counted per stream (:attr:`SleepDetector.late_samples`) and reported in the next
   results.
-- Counts made from raw acceleration come from a linear-phase filter whose output lags by
-  ``StreamingCounts.delay_seconds`` (2 s): the count of a 15 s window is ready when the
-  acceleration reaches the window's last grid point plus that delay, so while acceleration
-  flows, an epoch closes that much later. A window not complete when its epoch closes is
-  missing for that epoch.
+- Counts made from raw acceleration come from a linear-phase filter that looks 2 s ahead
+  (:data:`~sleepstream.step.COUNTS_DELAY_SECONDS`): while acceleration flows, an epoch closes
+  that much later. Acceleration goes onto the 50 Hz grid by linear interpolation across gaps of
+  up to 1 s (:func:`~sleepstream.signal.grid.to_grid`); a count whose filter input has a missing
+  grid point is missing.
 """
 
 from __future__ import annotations
@@ -41,31 +42,24 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from sleepstream.events import OnsetTracker
-from sleepstream.features import CausalFeatures
+from sleepstream.features import pack_counts, pack_heart_rate
 from sleepstream.live import state
+from sleepstream.live.backends import PipelineModel
 from sleepstream.live.context import ACTIVITIES, CONFIDENCES, ContextVeto, MotionContext
 from sleepstream.live.units import check_acceleration_units
 from sleepstream.records import EPOCH_SECONDS
-from sleepstream.signal.live_counts import LateSampleError, StreamingCounts
+from sleepstream.signal.grid import MAX_GAP_SECONDS, to_grid
 from sleepstream.state_data import array, finite_or_none, integer, number, time_or_never
+
+COUNTS_DELAY_SECONDS = 2.0
+"""The counts filter's look-ahead (:data:`sleepstream.step.COUNTS_DELAY_SECONDS`)."""
+ACCEL_SAMPLES = 1500
 
 log = logging.getLogger(__name__)
 
 _WHAT = "snapshot"
 Stream = Literal["acceleration", "heart_rate", "counts", "context"]
 MIN_BPM, MAX_BPM = 25.0, 250.0
-
-
-class StepModel(Protocol):
-    """One epoch of a network: full feature vector and state in, p(sleep) and state out."""
-
-    feature_names: Sequence[str]
-
-    def initial_state(self) -> NDArray[np.float32]: ...
-
-    def step(
-        self, features: NDArray[np.float64], state: NDArray[np.float32]
-    ) -> tuple[float, NDArray[np.float32]]: ...
 
 
 @dataclass(frozen=True)
@@ -88,6 +82,9 @@ class EpochResult:
         The context rule's reason when it vetoed sleep, else ``None``.
     late_samples
         Samples that arrived for already-closed epochs since the previous result, per stream.
+    features
+        The epoch's causal features (:data:`~sleepstream.features.FEATURE_NAMES` order), as
+        the model file computed them; not compared between results.
     """
 
     start: float
@@ -98,6 +95,7 @@ class EpochResult:
     events: tuple[str, ...] = ()
     vetoed: str | None = None
     late_samples: dict[str, int] = field(default_factory=dict)
+    features: NDArray[np.float32] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(order=True)
@@ -114,8 +112,8 @@ class SleepDetector:
     Parameters
     ----------
     model
-        A :class:`StepModel` (:mod:`sleepstream.live.backends`: NumPy, PyTorch or ONNX Runtime);
-        ``None`` loads the shipped model with the NumPy backend.
+        A :class:`~sleepstream.live.backends.PipelineModel` (the model file in ONNX Runtime,
+        or a network in torch); ``None`` loads the shipped model file.
     threshold
         p(sleep) at or above which an epoch counts as sleep for the tracker: a number, or a
         threshold name of the shipped model's card (``"wasa93"``, ``"wasa95"``, ``"operating"``).
@@ -133,7 +131,7 @@ class SleepDetector:
 
     def __init__(
         self,
-        model: StepModel | None = None,
+        model: PipelineModel | None = None,
         threshold: float | str = "wasa93",
         fall_asleep_epochs: int = 3,
         wake_up_epochs: int = 2,
@@ -143,9 +141,9 @@ class SleepDetector:
         check_units: bool = True,
     ):
         if model is None:
-            from sleepstream.live.backends import NumpyStep
+            from sleepstream.live.backends import OnnxPipeline
 
-            model = NumpyStep.shipped()
+            model = OnnxPipeline.shipped()
         self.model = model
         self.threshold = _resolve_threshold(model, threshold)
         self.fall_asleep_epochs = fall_asleep_epochs
@@ -157,8 +155,9 @@ class SleepDetector:
         self._reset()
 
     def _reset(self) -> None:
-        self._features = CausalFeatures()
-        self._counts = StreamingCounts(origin=self.origin)
+        self._accel_t = np.zeros(0)
+        self._accel_z = np.zeros(0)
+        self._accel_last: float | None = None
         self._tracker = OnsetTracker(self.fall_asleep_epochs, self.wake_up_epochs)
         self._state = self.model.initial_state()
         self._queue: list[_Event] = []
@@ -216,19 +215,20 @@ class SleepDetector:
             raise ValueError(f"acceleration: {len(t)} times but {len(z)} samples")
         if len(t) == 0:
             return []
-        last = self._counts.last_time
+        if not (np.isfinite(t).all() and np.isfinite(z).all()):
+            raise ValueError("acceleration: non-finite time or value")
+        if len(t) > 1 and (np.diff(t) <= 0).any():
+            raise ValueError("acceleration: times must be strictly increasing")
+        last = self._accel_last
         if last is not None and t[0] <= last:
             late = int(np.sum(t <= last))
             self._count_late("acceleration", late)
             t, z = t[late:], z[late:]
             if len(t) == 0:
                 return []
-        try:
-            count_times, counts = self._counts.update(t, z)
-        except LateSampleError as error:
-            raise ValueError(f"acceleration: {error}") from None
-        if len(count_times):
-            self._push("counts", count_times, counts.tolist())
+        self._accel_t = np.concatenate([self._accel_t, t])
+        self._accel_z = np.concatenate([self._accel_z, z])
+        self._accel_last = float(t[-1])
         return self._advance(float(t[-1]))
 
     def advance(self, now: float) -> list[EpochResult]:
@@ -260,15 +260,17 @@ class SleepDetector:
 
     def _advance(self, now: float) -> list[EpochResult]:
         self._clock = max(self._clock, now)
-        if self._next_start is None:
+        if self._closed_until == -math.inf:
+            # Until an epoch closes, the first epoch is the one of the earliest sample so far.
             first = self._earliest()
             if first is None:
                 return []
             k = math.floor((first - self.origin) / EPOCH_SECONDS)
             self._next_start = self.origin + k * EPOCH_SECONDS
+        assert self._next_start is not None
         results = []
-        # Counts made from raw acceleration are ready ``delay_seconds`` after their window ends.
-        counts_delay = self._counts.delay_seconds if self._counts.last_time is not None else 0.0
+        # Counts made from raw acceleration need the filter's look-ahead after the epoch's end.
+        counts_delay = COUNTS_DELAY_SECONDS if self._accel_last is not None else 0.0
         while self._next_start + EPOCH_SECONDS + self.close_lag + counts_delay <= self._clock:
             results.append(self._close(self._next_start))
             self._next_start += EPOCH_SECONDS
@@ -276,25 +278,41 @@ class SleepDetector:
 
     def _earliest(self) -> float | None:
         times = [e.time for e in self._queue[:1]]
-        if self._counts.last_time is not None:
-            times.append(self._clock)
+        if len(self._accel_t):
+            times.append(float(self._accel_t[0]))
         return min(times) if times else None
 
-    def _apply(self, event: _Event) -> None:
-        if event.stream == "heart_rate":
-            self._features.update_heart_rate(event.time, float(event.value))  # type: ignore[arg-type]
-        elif event.stream == "counts":
-            self._features.update_count(event.time, float(event.value))  # type: ignore[arg-type]
-        elif isinstance(event.value, MotionContext):
-            self._context.append(event.value)
+    def _inputs(self, start: float, end: float) -> dict[str, NDArray[np.float32]]:
+        """The model file's inputs for the epoch ``[start, end)`` (pops its queued samples)."""
+        hr_t, hr_v, count_t, count_v = [], [], [], []
+        while self._queue and self._queue[0].time < end:
+            event = heapq.heappop(self._queue)
+            if event.stream == "heart_rate":
+                hr_t.append(event.time - start)
+                hr_v.append(float(event.value))  # type: ignore[arg-type]
+            elif event.stream == "counts":
+                count_t.append(event.time - start)
+                count_v.append(float(event.value))  # type: ignore[arg-type]
+            elif isinstance(event.value, MotionContext):
+                self._context.append(event.value)
+        hr, hr_offset = pack_heart_rate(np.array(hr_t), np.array(hr_v))
+        counts = pack_counts(np.array(count_t), np.array(count_v))
+        accel = np.full(ACCEL_SAMPLES, np.nan)
+        if len(self._accel_t):
+            first = start + COUNTS_DELAY_SECONDS
+            accel = to_grid(self._accel_t, self._accel_z, first, ACCEL_SAMPLES)
+            # Keep the last sample before the next epoch's grid: it may bridge into it.
+            keep = max(0, int(np.searchsorted(self._accel_t, first + EPOCH_SECONDS)) - 1)
+            self._accel_t, self._accel_z = self._accel_t[keep:], self._accel_z[keep:]
+        rows = {"accel": accel, "counts": counts, "hr": hr, "hr_offset": hr_offset}
+        return {k: v.astype(np.float32)[None] for k, v in rows.items()}
 
     def _close(self, start: float) -> EpochResult:
         end = start + EPOCH_SECONDS
-        while self._queue and self._queue[0].time < end:
-            self._apply(heapq.heappop(self._queue))
-        vector = self._features.close_epoch(start)
+        inputs = self._inputs(start, end)
         self._closed_until = end
-        p_model, self._state = self.model.step(vector, self._state)
+        p, self._state, features = self.model.run(inputs, self._state)
+        p_model = float(p[0])
         reason = self.veto.reason(self._context, start, end)
         self._context = self.veto.keep(self._context, end)
         p_sleep = 0.0 if reason else p_model
@@ -309,6 +327,7 @@ class SleepDetector:
             (event,) if event else (),
             reason,
             late,
+            features[0],
         )
 
     # -- persistence ---------------------------------------------------------------------------
@@ -332,8 +351,6 @@ class SleepDetector:
         The bytes are named arrays with a versioned JSON header (:mod:`sleepstream.live.state`),
         never a pickle: restoring them cannot run code.
         """
-        features, feature_arrays = self._features.get_state()
-        counts, count_arrays = self._counts.get_state()
         queue = sorted(self._queue)
         header = {
             "model_id": model_id(self.model),
@@ -346,11 +363,12 @@ class SleepDetector:
             "late_samples": self.late_samples,
             "late_since_result": self._late_since_result,
             "tracker": self._tracker.get_state(),
-            "features": features,
-            "counts": counts,
+            "accel_last": self._accel_last,
         }
         arrays: dict[str, NDArray[Any]] = {
-            "model_state": np.asarray(self._state, dtype=np.float32),
+            "state": np.asarray(self._state, dtype=np.float32),
+            "accel_times": self._accel_t,
+            "accel_z": self._accel_z,
             "queue_time": np.array([e.time for e in queue], dtype=np.float64),
             "queue_order": np.array([e.order for e in queue], dtype=np.int64),
             "queue_stream": np.array([_STREAMS.index(e.stream) for e in queue], dtype=np.int8),
@@ -358,8 +376,6 @@ class SleepDetector:
             "context": _context_array(self._context),
             "queue_context": _context_array(_queued_contexts(queue)),
         }
-        arrays.update({f"features_{k}": v for k, v in feature_arrays.items()})
-        arrays.update({f"counts_{k}": v for k, v in count_arrays.items()})
         return state.pack(header, arrays)
 
     def restore(self, snapshot: bytes) -> None:
@@ -389,12 +405,17 @@ class SleepDetector:
         self.__dict__.update(fresh.__dict__)
 
     def _load(self, header: dict[str, Any], arrays: dict[str, NDArray[Any]]) -> None:
-        model_state = array(arrays, "model_state", np.float32, (None, None), what=_WHAT)
-        if model_state.shape != np.shape(self._state):
-            raise ValueError(
-                f"snapshot model state has shape {model_state.shape}, expected {np.shape(self._state)}"
-            )
-        self._state = model_state
+        self._state = _checked_state(
+            array(arrays, "state", np.float32, (None, None), finite=False, what=_WHAT),
+            self.model,
+            np.shape(self._state),
+        )
+        self._accel_t = array(arrays, "accel_times", np.float64, what=_WHAT)
+        self._accel_z = array(arrays, "accel_z", np.float64, (len(self._accel_t),), what=_WHAT)
+        if len(self._accel_t) > 1 and np.any(np.diff(self._accel_t) <= 0):
+            raise ValueError("snapshot acceleration times are not increasing")
+        last = header.get("accel_last")
+        self._accel_last = None if last is None else number(header, "accel_last", what=_WHAT)
         times = array(arrays, "queue_time", np.float64, what=_WHAT)
         orders = array(arrays, "queue_order", np.int64, what=_WHAT)
         streams = array(arrays, "queue_stream", np.int8, what=_WHAT)
@@ -426,11 +447,6 @@ class SleepDetector:
         self.late_samples = _counts_dict(header.get("late_samples"))
         self._late_since_result = _counts_dict(header.get("late_since_result"))
         self._tracker.set_state(header.get("tracker") or {})
-        self._features.set_state(header.get("features"), _prefixed(arrays, "features_"))
-        self._counts.set_state(
-            header.get("counts"),
-            _prefixed(arrays, "counts_"),
-        )
 
     def clone(self) -> SleepDetector:
         """A fresh detector with the same parameters and model, no samples seen."""
@@ -446,7 +462,23 @@ class SleepDetector:
         )
 
 
-def _resolve_threshold(model: StepModel, threshold: float | str) -> float:
+def _checked_state(
+    values: NDArray[np.float32], model: PipelineModel, shape: tuple[int, ...]
+) -> NDArray[np.float32]:
+    """The snapshot's state if it fits the model: its shape, no infinities, and NaN only in
+    the parts whose layout allows it (missing values); ``ValueError`` otherwise."""
+    if values.shape != shape:
+        raise ValueError(f"snapshot state has shape {values.shape}, this model needs {shape}")
+    if np.isinf(values).any():
+        raise ValueError("snapshot state holds an infinite value")
+    for part in model.metadata.get("state_layout", ()):
+        at, n = int(part["offset"]), int(part["length"])
+        if part["initial"] != "nan" and np.isnan(values[:, at : at + n]).any():
+            raise ValueError(f"snapshot state part {part['name']!r} holds NaN")
+    return values
+
+
+def _resolve_threshold(model: PipelineModel, threshold: float | str) -> float:
     if isinstance(threshold, str):
         thresholds = getattr(model, "thresholds", {})
         if threshold not in thresholds:
@@ -484,11 +516,7 @@ def _pair(
 _STREAMS: tuple[Stream, ...] = ("acceleration", "heart_rate", "counts", "context")
 
 
-def _prefixed(arrays: dict[str, NDArray[Any]], prefix: str) -> dict[str, NDArray[Any]]:
-    return {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
-
-
-def model_id(model: StepModel) -> str:
+def model_id(model: PipelineModel) -> str:
     """The model's identity for snapshots (its weights' hash where the backend knows it)."""
     return str(getattr(model, "model_id", None) or type(model).__name__)
 
@@ -526,4 +554,4 @@ def _counts_dict(value: object) -> dict[str, int]:
     return dict(value)
 
 
-__all__ = ["EpochResult", "SleepDetector", "StepModel"]
+__all__ = ["EpochResult", "SleepDetector"]

@@ -19,7 +19,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from sleepstream.live.detector import EpochResult, SleepDetector, StepModel
+from sleepstream.live.backends import PipelineModel
+from sleepstream.live.detector import EpochResult, SleepDetector
 from sleepstream.records import EPOCH_SECONDS, Recording, Stage
 
 
@@ -142,15 +143,16 @@ def plot_replay(
     return path
 
 
-def load_step_model(path: str | None) -> StepModel:
-    """An ONNX file (``.onnx``), a training checkpoint, or (``None``) the shipped model."""
-    from sleepstream.live.backends import NumpyStep, OnnxBackend
+def load_step_model(path: str | None) -> PipelineModel:
+    """A model file (``.onnx``, raw variant), a training checkpoint, or (``None``) the shipped
+    model file."""
+    from sleepstream.live.backends import OnnxPipeline, TorchPipeline
 
     if path and path.endswith(".onnx"):
-        return OnnxBackend(path)
+        return OnnxPipeline(path)
     if path:
-        return NumpyStep.from_checkpoint(path)
-    return NumpyStep.shipped()
+        return TorchPipeline.from_checkpoint(path)
+    return OnnxPipeline.shipped()
 
 
 def live_table(result: EpochResult, subject: str, stage: int) -> Table:

@@ -46,7 +46,8 @@ class ShippedModel:
 
 
 def save_model(net: SleepNet, card: ModelCard, folder: Path) -> tuple[Path, Path]:
-    """Write ``<name>.npz`` and ``<name>.json`` into ``folder``, each whole or not at all.
+    """Write ``<name>.npz``, ``<name>.json`` and the model file ``<name>.onnx`` (the whole
+    pipeline, raw variant, card inside) into ``folder``, each whole or not at all.
 
     Both are written to temporary files first and renamed one after the other only when both
     are complete, so an interruption never leaves a partial file, nor (short of a crash between
@@ -57,7 +58,41 @@ def save_model(net: SleepNet, card: ModelCard, folder: Path) -> tuple[Path, Path
     with atomic_file(weights) as weights_file, atomic_file(meta) as meta_file:
         np.savez(weights_file, **arrays)
         meta_file.write((card.to_json() + "\n").encode("utf-8"))
+    write_model_file(net, card, folder / f"{card.name}.onnx")
     return weights, meta
+
+
+def provenance(card: ModelCard) -> dict[str, Any]:
+    """Where a model came from, for the metadata inside its file."""
+    import subprocess
+
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).parent,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    return {
+        "model_name": card.name,
+        "trained_on_subjects": card.trained_on,
+        "training_data": "Walch et al. 2019 sleep-accel (PhysioNet), PSG-labelled nights",
+        "commit": commit,
+        "threshold_source": card.threshold_source,
+        "loso": card.loso,
+    }
+
+
+def write_model_file(net: SleepNet, card: ModelCard, path: Path, variant: str = "raw") -> Path:
+    """The pipeline of ``net`` as one ONNX file, with the card's thresholds and provenance."""
+    from sleepstream.export.metadata import metadata_for
+    from sleepstream.export.onnx import export_onnx
+
+    meta = metadata_for(net, card.thresholds, variant, **provenance(card))
+    return export_onnx(net, path, meta)
 
 
 def load_model(folder: Path, name: str = DEFAULT_NAME) -> ShippedModel:
