@@ -88,22 +88,24 @@ FEATURE_STATE_LAYOUT: tuple[tuple[str, int], ...] = (
     ("since_count_s", 1),
     ("since_movement_s", 1),
     ("hr_n", _HR_RING),
-    ("hr_sum", _HR_RING),
-    ("hr_sq", _HR_RING),
+    ("hr_mean", _HR_RING),
+    ("hr_m2", _HR_RING),
     ("hr_epoch_mean", _BASE_RING),
     ("since_hr_s", 1),
     ("hr_last", LAST_HR_SAMPLES),
     ("hr_last_age_s", LAST_HR_SAMPLES),
 )
 """Name and length of each part of the feature state, in order. Rings hold one value per epoch,
-oldest first: sums of ``(bpm - 70)`` and its square, the number of samples, the epoch's count
-sum, number of counts and largest count; the time-since counters are seconds at the end of the
-previous epoch, capped at :data:`~sleepstream.features.GAP_CAP_MIN`."""
+oldest first: the number of heart-rate samples, their mean (0 without samples) and sum of
+squared deviations from it, the epoch's count sum, number of counts and largest count; the time-since counters are seconds at the end of the
+previous epoch, capped at :data:`~sleepstream.features.GAP_CAP_MIN`. Every number stays small
+enough for float16: spreads are combined from per-epoch means and sums of squared deviations
+(no sum of squares), and count totals are summed in thousands."""
 FEATURE_STATE_SIZE = sum(n for _, n in FEATURE_STATE_LAYOUT)
 ACCEL_STATE_LAYOUT: tuple[tuple[str, int], ...] = (("accel_history", 2 * _HALF),)
 """The raw variant's state: the last ``2 D`` seconds of grid acceleration (NaN: missing)."""
 ACCEL_STATE_SIZE = 2 * _HALF
-STATE_LAYOUT_VERSION = 1
+STATE_LAYOUT_VERSION = 2
 """Bumped whenever the meaning or layout of the state changes."""
 
 
@@ -185,8 +187,11 @@ class FeatureStep(nn.Module):
         features = []
         for minutes in COUNT_WINDOWS_MIN:
             w = _epochs(minutes) if minutes > 1 else 1
-            total, n = count_sum[:, -w:].sum(dim=1), count_n[:, -w:].sum(dim=1)
-            features.append(torch.where(n > 0, torch.log1p(total), nan_scalar))
+            thousands = (count_sum[:, -w:] * 1e-3).sum(dim=1)
+            n = count_n[:, -w:].sum(dim=1)
+            # log1p(total) = log(1000) + log(total / 1000 + 0.001), without a total over 65,504
+            log_total = math.log(1e3) + torch.log(thousands + 1e-3)
+            features.append(torch.where(n > 0, log_total, nan_scalar))
         recent_max = count_max.amax(dim=1)
         features.append(
             torch.where(recent_max >= 0, torch.log1p(recent_max.clamp(min=0)), nan_scalar)
@@ -210,13 +215,13 @@ class FeatureStep(nn.Module):
         valid = ~(torch.isnan(hr) | torch.isnan(hr_offset))
         n_epoch = valid.to(hr.dtype).sum(dim=1)
         centred = torch.where(valid, hr - _HR_CENTRE, torch.zeros_like(hr))
-        hr_n = _push(s["hr_n"], n_epoch)
-        hr_sum = _push(s["hr_sum"], centred.sum(dim=1))
-        hr_sq = _push(s["hr_sq"], (centred * centred).sum(dim=1))
         has_hr = n_epoch > 0
-        epoch_mean = torch.where(
-            has_hr, _HR_CENTRE + centred.sum(dim=1) / n_epoch.clamp(min=1.0), nan_scalar
-        )
+        mean_c = centred.sum(dim=1) / n_epoch.clamp(min=1.0)
+        deviation = torch.where(valid, centred - mean_c.unsqueeze(1), torch.zeros_like(hr))
+        hr_n = _push(s["hr_n"], n_epoch)
+        hr_mean = _push(s["hr_mean"], mean_c)
+        hr_m2 = _push(s["hr_m2"], (deviation * deviation).sum(dim=1))
+        epoch_mean = torch.where(has_hr, _HR_CENTRE + mean_c, nan_scalar)
         big = torch.full_like(hr, 1e9)
         epoch_min = torch.where(valid, hr, big).amin(dim=1)
         epoch_max = torch.where(valid, hr, -big).amax(dim=1)
@@ -228,12 +233,17 @@ class FeatureStep(nn.Module):
         means, stds = [], []
         for minutes in HR_WINDOWS_MIN:
             w = _epochs(minutes)
-            n = hr_n[:, -w:].sum(dim=1)
-            total, squares = hr_sum[:, -w:].sum(dim=1), hr_sq[:, -w:].sum(dim=1)
-            mean_c = total / n.clamp(min=1.0)
-            variance = (squares / n.clamp(min=1.0) - mean_c * mean_c).clamp(min=0.0)
-            means.append(torch.where(n > 0, _HR_CENTRE + mean_c, nan_scalar))
-            stds.append(torch.where(n >= 2, torch.sqrt(variance), nan_scalar))
+            counts_w = hr_n[:, -w:]
+            n = counts_w.sum(dim=1)
+            weight = counts_w / n.clamp(min=1.0).unsqueeze(1)
+            window_mean = (weight * hr_mean[:, -w:]).sum(dim=1)
+            spread = hr_mean[:, -w:] - window_mean.unsqueeze(1)
+            # Chan et al.: the window's squared deviations are the epochs' plus n_i (m_i - m)^2.
+            variance = (hr_m2[:, -w:] / n.clamp(min=1.0).unsqueeze(1)).sum(dim=1) + (
+                weight * spread * spread
+            ).sum(dim=1)
+            means.append(torch.where(n > 0, _HR_CENTRE + window_mean, nan_scalar))
+            stds.append(torch.where(n >= 2, torch.sqrt(variance.clamp(min=0.0)), nan_scalar))
         features += [*means, *stds, means[0] - means[1]]
         epoch_means = _push(s["hr_epoch_mean"], epoch_mean)
         baseline = _low_quantile(epoch_means, BASELINE_QUANTILE, MIN_BASELINE_EPOCHS)
@@ -264,8 +274,8 @@ class FeatureStep(nn.Module):
                 since_count.unsqueeze(1),
                 since_movement.unsqueeze(1),
                 hr_n,
-                hr_sum,
-                hr_sq,
+                hr_mean,
+                hr_m2,
                 epoch_means,
                 since_hr.unsqueeze(1),
                 last,
@@ -289,10 +299,11 @@ class AccelCounts(nn.Module):
 
     taps: Tensor
 
-    def __init__(self) -> None:
+    def __init__(self, delay_seconds: float = COUNTS_DELAY_SECONDS, window: str = "boxcar"):
         super().__init__()
-        taps = fir_taps(COUNTS_DELAY_SECONDS)
+        taps = fir_taps(delay_seconds, SAMPLE_RATE, window)
         self.register_buffer("taps", torch.as_tensor(taps, dtype=torch.float32).view(1, 1, -1))
+        self.history = len(taps) - 1
 
     def forward(self, accel: Tensor, history: Tensor) -> tuple[Tensor, Tensor]:
         x = torch.cat([history, accel], dim=1)
@@ -310,7 +321,7 @@ class AccelCounts(nn.Module):
         counts = ((sums - SUM_OFFSET) * SCALE).clamp(min=0.0)
         bad = spoiled.reshape(-1, 2, int(COUNT_SECONDS * SAMPLE_RATE)).amax(dim=2) > 0.5
         counts = torch.where(bad, _nan_like(counts), counts)
-        return counts, x[:, -2 * _HALF :]
+        return counts, x[:, -self.history :]
 
 
 def initial_accel_state(batch: int = 1) -> Tensor:
@@ -356,28 +367,34 @@ def scan(
 
 
 def accel_counts(
-    times: NDArray[np.floating], z: NDArray[np.floating], origin: float = 0.0
+    times: NDArray[np.floating],
+    z: NDArray[np.floating],
+    origin: float = 0.0,
+    *,
+    delay_seconds: float = COUNTS_DELAY_SECONDS,
+    window: str = "boxcar",
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Activity counts of a raw recording, as the live step computes them.
 
     Windows are ``[origin + 15 k, origin + 15 (k + 1))``; every one from the window of the
-    first sample to that of the last is computed with :class:`AccelCounts`, and those without
-    a count (a missing sample in their filter input, or too near either end) are left out.
-    Returns the window starts and the counts.
+    first sample to that of the last is computed with :class:`AccelCounts` (other
+    ``delay_seconds`` and ``window`` only to study the filter, ``docs/counts-agreement.md``),
+    and those without a count (a missing grid point in their filter input, as within the delay
+    of either end) are left out. Returns the window starts and the counts.
     """
-    from sleepstream.features import accel_epochs
+    from sleepstream.signal.grid import to_grid
 
     t = np.asarray(times, dtype=np.float64)
     if len(t) == 0:
         return np.zeros(0), np.zeros(0)
     first = origin + EPOCH_SECONDS * math.floor((t[0] - origin) / EPOCH_SECONDS)
     n_epochs = math.floor((t[-1] - first) / EPOCH_SECONDS) + 1
-    accel = accel_epochs(t, np.asarray(z, dtype=np.float64), first, n_epochs)
-    counter = AccelCounts()
-    history = initial_accel_state(1)
+    grid = to_grid(t, np.asarray(z, dtype=np.float64), first + delay_seconds, n_epochs * ACCEL_SAMPLES)
+    counter = AccelCounts(delay_seconds, window)
+    history = torch.full((1, counter.history), math.nan)
     out = np.empty((n_epochs, 2), dtype=np.float64)
     with torch.no_grad(), _OneThread():
-        x = torch.from_numpy(accel.astype(np.float32))
+        x = torch.from_numpy(grid.astype(np.float32).reshape(n_epochs, ACCEL_SAMPLES))
         for i in range(n_epochs):
             c, history = counter(x[i : i + 1], history)
             out[i] = c[0].double().numpy()

@@ -9,7 +9,7 @@
     walch_features/{id}_*.out        the paper's per-epoch features (optional)
 
 Counts from ``motion/`` are the live detector's counts
-(:func:`~sleepstream.signal.live_counts.counts_fir`), so a model trained on them sees exactly
+(:func:`~sleepstream.step.accel_counts`, the model file's own counts), so a model trained on them sees exactly
 what it sees live.
 
 Subjects are the ones with a label file. Nothing else in the folder disappears silently:
@@ -40,7 +40,6 @@ from sleepstream.data import parse
 from sleepstream.data.parse import DataFormatError
 from sleepstream.paths import atomic_file, write_atomic
 from sleepstream.records import PAPER_FEATURE_NAMES, Recording
-from sleepstream.signal.live_counts import counts_fir
 
 log = logging.getLogger(__name__)
 
@@ -304,7 +303,10 @@ def _parse_recording(subject_id: str, files: dict[str, Path]) -> dict[str, NDArr
     }
     if "motion" in files:
         accel_times, accel = parse.read_acceleration(files["motion"])
-        arrays["count_times"], arrays["counts"] = counts_fir(accel_times, accel[:, 2])
+        from sleepstream.step import accel_counts
+
+        origin = float(epoch_times[0]) if len(epoch_times) else 0.0
+        arrays["count_times"], arrays["counts"] = accel_counts(accel_times, accel[:, 2], origin)
         arrays["count_source"] = np.array("motion")
     else:
         arrays["count_times"], arrays["counts"] = parse.read_counts(files["counts"])

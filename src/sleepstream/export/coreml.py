@@ -27,7 +27,7 @@ The state input is ``prev_state``, not ``state`` as in ONNX: ``state`` is a rese
 Core ML's program format (stateful models) and the converter would rename it.
 
 Two files: an ML Program ``.mlpackage`` (iOS 16 / watchOS 9, compute units ALL, float32 by
-default) and, when the converter manages it, a legacy neural-network ``.mlmodel`` for older OS
+default; float16 has range limits, see :func:`export_coreml`) and, when the converter manages it, a legacy neural-network ``.mlmodel`` for older OS
 versions. Core ML itself (predictions) exists only on macOS; on Linux :func:`check_coreml`
 checks the saved spec and metadata, and evaluates the saved program numerically with
 coremltools' own per-operation reference implementations (:func:`mil_scan`,
@@ -280,10 +280,14 @@ def export_coreml(
     ``path`` is given without extension. Returns the written paths under ``"mlpackage"`` and
     ``"mlmodel"``; when the neural-network conversion fails the error is logged and returned
     under ``"mlmodel_error"`` instead (``neuralnetwork=False`` skips it). ``precision`` is the
-    ML Program's compute precision: ``"float16"`` lets the Neural Engine run the model,
+    ML Program's compute precision; the inputs, outputs and the state are float32 either way.
     ``"float32"`` keeps parity with torch and ONNX (Core ML then runs it on the CPU or GPU,
-    ample for one step per 30 s); the inputs and outputs are float32 either way. Raises
-    ``ValueError`` when ``metadata`` does not describe the pipeline of ``net``.
+    ample for one step per 30 s). ``"float16"`` lets the Neural Engine run it, but some of the
+    features' window sums exceed the float16 range (65,504) under sustained activity or a high
+    heart rate: the 5- and 15-minute sums of squared heart-rate deviations from 70 bpm, the
+    30-minute count total. The features then become infinite, and p(sleep) and the network's
+    state NaN from then on. Raises ``ValueError`` when ``metadata`` does not describe the
+    pipeline of ``net``.
     """
     if precision not in ("float32", "float16"):
         raise ValueError(f"precision must be 'float32' or 'float16', got {precision!r}")
@@ -505,6 +509,27 @@ def _runtime_parity(net: SleepNet, path: Path, metadata: ModelMetadata, inputs: 
     return _max_abs_diff(p_runtime, p_torch)
 
 
+class _IntNarrowingFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Saving value type of int64 into a builtin")
+
+
+@contextlib.contextmanager
+def _without_int_narrowing_notices() -> Iterator[None]:
+    """Drop coremltools' notice that an int64 value is stored as int32.
+
+    The reference evaluation of ``topk`` computes its indices (below the state size) as int64
+    and stores them as the op's int32 output, logging each time.
+    """
+    logger = logging.getLogger("coremltools")
+    notices = _IntNarrowingFilter()
+    logger.addFilter(notices)
+    try:
+        yield
+    finally:
+        logger.removeFilter(notices)
+
+
 class _MilProgram:
     """A saved ML Program evaluated op by op with coremltools' per-op value inference.
 
@@ -533,7 +558,11 @@ class _MilProgram:
         env: dict[Any, Any] = {
             var: np.asarray(feeds[name], dtype=np.float32) for name, var in self.main.inputs.items()
         }
-        with Function({}, opset_version=self.opset), np.errstate(all="ignore"):
+        with (
+            Function({}, opset_version=self.opset),
+            np.errstate(all="ignore"),
+            _without_int_narrowing_notices(),
+        ):
             self._run(self.main, env)
         return {v.name: np.asarray(env[v]) for v in self.main.outputs}
 

@@ -142,7 +142,7 @@ def check_onnx_parity(
     from sleepstream.live.backends import OnnxPipeline
 
     model = OnnxPipeline(onnx_path)
-    reference = scan_torch(net, model.metadata.variant, inputs)
+    reference = scan_torch(net, model.metadata["variant"], inputs)
     state = model.initial_state()
     p_onnx = np.empty(len(inputs["hr"]), dtype=np.float64)
     for t in range(len(p_onnx)):

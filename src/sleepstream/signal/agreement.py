@@ -2,7 +2,7 @@
 
 The published counts (:func:`~sleepstream.signal.counts.counts_offline`) filter forward and
 backward, which needs the whole recording. The counts used live and for training
-(:func:`~sleepstream.signal.live_counts.counts_fir`) replace that filter by a linear-phase FIR of
+(:func:`~sleepstream.step.accel_counts`, the model file's counts) replace that filter by a linear-phase FIR of
 +-``delay_seconds``. This module measures the difference on generated wrist signals
 (:mod:`sleepstream.signal.synthetic`) for several delays, against two targets on every signal
 type:
@@ -44,7 +44,8 @@ from sleepstream.signal.counts import (
     counts_offline,
     fir_taps,
 )
-from sleepstream.signal.live_counts import DELAY_SECONDS, counts_fir
+from sleepstream.step import COUNTS_DELAY_SECONDS as DELAY_SECONDS
+from sleepstream.step import accel_counts
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ def compare(published: Array, fir: Array) -> Agreement:
         total_error=total_error,
         window_p95=float(np.quantile(errors, 0.95)),
         within=float(np.mean(errors <= WINDOW_TARGET)),
-        differing=int(np.sum(np.abs(fir - published) > 1e-9)),
+        differing=int(np.sum(np.abs(fir - published) > STEP / 2)),
     )
 
 
@@ -158,7 +159,9 @@ def paired_counts(
 ) -> tuple[Array, Array, Array]:
     """Window starts, published counts and FIR counts of the windows both pipelines have."""
     times, z, published_times, published = _signal(case, seed)
-    fir_times, fir = counts_fir(times, z, delay_seconds=delay_seconds, window=window)
+    fir_times, fir = accel_counts(
+        times, z, float(times[0]), delay_seconds=delay_seconds, window=window
+    )
     both = np.isin(published_times, fir_times)
     if both.sum() != len(fir_times):  # the same expression makes both: a mismatch is a bug
         raise RuntimeError(f"{case.name}, seed {seed}: FIR windows are not published windows")
