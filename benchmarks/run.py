@@ -54,20 +54,24 @@ def bench_load() -> None:
 
 
 def bench_inference() -> None:
-    from sleepstream.live.backends import NumpyStep, TorchStep
+    from sleepstream.export.vectors import counts_night
+    from sleepstream.live.backends import OnnxPipeline, TorchPipeline
+    from sleepstream.models.shipped import load_shipped
 
     torch.set_num_threads(1)
-    recordings = load_all()
-    features = night_features(recordings[0])
-    for backend in (TorchStep.shipped(), NumpyStep.shipped()):
+    inputs = counts_night(load_all()[0])
+    n = len(inputs["hr"])
+    rows = {**inputs, "accel": np.full((n, 1500), np.nan)}
+    for backend in (TorchPipeline(load_shipped().net), OnnxPipeline.shipped()):
         state = backend.initial_state()
         times = []
-        for row in features:
+        for t in range(n):
+            one = {k: v[t : t + 1].astype(np.float32) for k, v in rows.items()}
             start = time.perf_counter()
-            _, state = backend.step(row, state)
+            _, state, _ = backend.run(one, state)
             times.append(time.perf_counter() - start)
         print(
-            f"shipped model, one epoch, {type(backend).__name__} (1 thread): "
+            f"shipped pipeline, one epoch, {type(backend).__name__} (1 thread): "
             f"median {1e6 * statistics.median(times):.0f} us, "
             f"p99 {1e6 * float(np.quantile(times, 0.99)):.0f} us"
         )

@@ -249,3 +249,37 @@ def test_motion_is_preferred_over_counts_and_kept_on_request(night: SyntheticNig
     np.testing.assert_array_equal(r.count_times, expected_times)
     np.testing.assert_array_equal(r.counts, expected)
     _assert_rest_and_shaking(r.count_times, r.counts)
+
+
+@pytest.mark.parametrize(
+    "kind,rate,moving",
+    [
+        ("rest", 50.0, 0.0),
+        ("twitches", 50.0, 0.15),
+        ("turning over", 50.0, 0.1),
+        ("walking", 50.0, 0.99),
+        ("night", 25.0, 0.1),
+        ("night", 100.0, 0.1),
+    ],
+)
+def test_the_model_files_counts_agree_with_the_published_counts(
+    kind: str, rate: float, moving: float
+) -> None:
+    """The targets of docs/counts-agreement.md (total within 2 %, 95 % of windows within 5 %)
+    on generated signals, for the counts the model file computes."""
+    from sleepstream.signal import synthetic
+    from sleepstream.signal.agreement import compare
+
+    times, z = synthetic.generate(kind, 1200.0, rate, seed=21)
+    offline_times, offline = counts_offline(times, z)
+    count_times, counts = accel_counts(times, z, float(times[0]))
+    # Windows within the filter's look-ahead of either end have no count.
+    assert len(offline) - len(counts) in (1, 2)
+    inside = np.isin(offline_times, count_times)
+    np.testing.assert_allclose(offline_times[inside], count_times, atol=1e-6)
+    published = offline[inside]
+    assert (published > 0).mean() >= moving  # the signal moves, so the checks below can fail
+    result = compare(published, counts)
+    assert abs(result.total_error) <= 0.02
+    assert result.within >= 0.95
+    assert result.meets_targets

@@ -126,7 +126,9 @@ def test_test_vectors_replay_unchanged_in_onnx_runtime(
             assert np.nanmax(np.abs(features[0] - want), initial=0.0) <= 1e-5 * scale
             got = checksum(state[0])
             assert got["nan"] == epoch["state"]["nan"]
-            assert abs(got["sum"] - epoch["state"]["sum"]) <= 1e-5 * epoch["state"]["abs_sum"] + 1e-4
+            assert (
+                abs(got["sum"] - epoch["state"]["sum"]) <= 1e-5 * epoch["state"]["abs_sum"] + 1e-4
+            )
             nan_seen |= any(v is None for v in epoch["hr"])
         assert nan_seen
     # The hour-long gap has no heart rate and no counts in any of its 120 epochs.

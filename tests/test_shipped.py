@@ -17,7 +17,22 @@ from sleepstream.records import SLEEP_WAKE, Recording
 
 def test_shipped_files_are_in_the_package() -> None:
     names = {p.name for p in shipped_folder().iterdir()}
-    assert {"sleep_wake.npz", "sleep_wake.json"} <= names
+    assert {"sleep_wake.npz", "sleep_wake.json", "sleep_wake.onnx"} <= names
+
+
+def test_shipped_model_file_is_the_shipped_network() -> None:
+    """The model file the detector runs carries the card's thresholds and provenance, and
+    computes what the shipped network computes."""
+    from sleepstream.export.onnx import check_onnx_parity, read_onnx_metadata
+    from sleepstream.export.vectors import generated_night
+
+    model = load_shipped()
+    path = shipped_folder() / "sleep_wake.onnx"
+    meta = read_onnx_metadata(path)
+    assert meta.thresholds == model.card.thresholds and meta.variant == "raw"
+    assert meta.extra["trained_on_subjects"] == model.card.trained_on
+    assert meta.extra["loso"] == model.card.loso
+    assert check_onnx_parity(model.net, path, generated_night()) <= 1e-5
 
 
 def test_shipped_model_loads_and_scores_a_night(recordings: list[Recording]) -> None:
@@ -59,9 +74,11 @@ def test_replay_of_a_users_files(tmp_path: Path, data_dir: Path) -> None:
 
 @pytest.mark.slow
 def test_export_command_exports_the_shipped_model(tmp_path: Path, data_dir: Path) -> None:
-    assert main(["-q", "export", "--out", str(tmp_path)]) == 0
+    assert main(["-q", "export", "--out", str(tmp_path), "--subject", "46343"]) == 0
     summary = json.loads((tmp_path / "export_summary.json").read_text())
-    assert summary["onnx"]["max_abs_diff"] <= 1e-5
+    assert summary["onnx_raw"]["max_abs_diff"] <= 1e-5
+    assert summary["onnx_counts"]["max_abs_diff"] <= 1e-5
     vectors = json.loads((tmp_path / "test_vectors.json").read_text())
-    assert vectors["counts_from_acceleration"]["counts"]
-    assert (tmp_path / "model.onnx").exists() and (tmp_path / "SleepStream.mlpackage").exists()
+    assert [n["variant"] for n in vectors["nights"]] == ["counts", "counts", "raw"]
+    assert (tmp_path / "model_raw.onnx").exists()
+    assert (tmp_path / "SleepStream_raw.mlpackage").exists()

@@ -1,9 +1,8 @@
 """Checks for state that comes back as data: JSON numbers and named arrays from a snapshot.
 
-Streaming components (:class:`~sleepstream.features.CausalFeatures`,
-:class:`~sleepstream.signal.live_counts.StreamingCounts`, the live detector) give their state as
-plain numbers and arrays and take it back through these checks, so a malformed or crafted state
-is refused with a message naming the bad entry, never trusted.
+The live detector gives its state (the model file's state tensor, pending samples, the event
+tracker) as plain numbers and arrays and takes it back through these checks, so a malformed or
+crafted state is refused with a message naming the bad entry, never trusted.
 
 Examples
 --------

@@ -389,7 +389,9 @@ def accel_counts(
         return np.zeros(0), np.zeros(0)
     first = origin + EPOCH_SECONDS * math.floor((t[0] - origin) / EPOCH_SECONDS)
     n_epochs = math.floor((t[-1] - first) / EPOCH_SECONDS) + 1
-    grid = to_grid(t, np.asarray(z, dtype=np.float64), first + delay_seconds, n_epochs * ACCEL_SAMPLES)
+    grid = to_grid(
+        t, np.asarray(z, dtype=np.float64), first + delay_seconds, n_epochs * ACCEL_SAMPLES
+    )
     counter = AccelCounts(delay_seconds, window)
     history = torch.full((1, counter.history), math.nan)
     out = np.empty((n_epochs, 2), dtype=np.float64)

@@ -49,7 +49,9 @@ COREML_CHECK_EPOCHS = 40
 """Epochs of each Core ML program evaluated in Python (coremltools' reference kernels are slow)."""
 
 
-def parity_inputs(recording: Recording | None) -> dict[str, tuple[dict[str, NDArray[np.float64]], str]]:
+def parity_inputs(
+    recording: Recording | None,
+) -> dict[str, tuple[dict[str, NDArray[np.float64]], str]]:
     """Per variant, the whole night its parity check runs on: a real night (from 1 h before its
     start) for the counts variant when one is given, else the generated night's inputs; the
     generated night for the raw variant."""
@@ -58,7 +60,10 @@ def parity_inputs(recording: Recording | None) -> dict[str, tuple[dict[str, NDAr
     if recording is None:
         counts = ({k: generated[k] for k in ("counts", "hr", "hr_offset")}, "generated night")
     else:
-        counts = (counts_night(recording.switched_on_before(3600.0)), f"night {recording.subject_id}")
+        counts = (
+            counts_night(recording.switched_on_before(3600.0)),
+            f"night {recording.subject_id}",
+        )
     return {"raw": raw, "counts": counts}
 
 
@@ -94,13 +99,24 @@ def export_all(
         files[f"onnx_{variant}"] = str(path)
         inputs, source = nights[variant]
         diff = check_onnx_parity(net, path, inputs)
-        summary[f"onnx_{variant}"] = {"input": source, "epochs": len(inputs["hr"]), "max_abs_diff": diff}
+        summary[f"onnx_{variant}"] = {
+            "input": source,
+            "epochs": len(inputs["hr"]),
+            "max_abs_diff": diff,
+        }
         checks.append((f"ONNX {variant}", diff, PARITY_TOLERANCE["float32"], source))
         if coreml:
             report = _export_coreml(net, meta, out / f"SleepStream_{variant}", precision, inputs)
             summary[f"coreml_{variant}"] = report
             if "mil_max_abs_diff" in report:
-                checks.append((f"Core ML {variant} (reference kernels)", report["mil_max_abs_diff"], PARITY_TOLERANCE[precision], source))
+                checks.append(
+                    (
+                        f"Core ML {variant} (reference kernels)",
+                        report["mil_max_abs_diff"],
+                        PARITY_TOLERANCE[precision],
+                        source,
+                    )
+                )
             if "path" in report:
                 files[f"coreml_{variant}"] = report["path"]
     if recording is not None:
@@ -135,7 +151,9 @@ def _export_coreml(
     except ImportError as err:
         log.warning("Core ML export skipped: coremltools cannot be imported (%s)", err)
         return {"skipped": f"coremltools cannot be imported: {err}"}
-    written = export_coreml(net, base, meta, precision="float32" if precision == "float32" else "float16")
+    written = export_coreml(
+        net, base, meta, precision="float32" if precision == "float32" else "float16"
+    )
     stretch = {k: v[:COREML_CHECK_EPOCHS] for k, v in inputs.items()}
     report = check_coreml(written["mlpackage"], meta, net=net, inputs=stretch)
     return {"precision": precision, "path": written["mlpackage"], **report}

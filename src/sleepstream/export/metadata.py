@@ -266,8 +266,13 @@ def metadata_for(
 
 
 def _inputs(step: Any) -> list[dict[str, Any]]:
-    shapes = {name: list(x.shape[1:]) for name, x in zip(step.input_names, step.example_inputs())}
-    return [{"name": n, "shape": ["batch", *shapes[n]], "dtype": "float32"} for n in step.input_names]
+    shapes = {
+        name: list(x.shape[1:])
+        for name, x in zip(step.input_names, step.example_inputs(), strict=True)
+    }
+    return [
+        {"name": n, "shape": ["batch", *shapes[n]], "dtype": "float32"} for n in step.input_names
+    ]
 
 
 def state_layout_with_initial(step: Any) -> list[dict[str, Any]]:
@@ -277,7 +282,7 @@ def state_layout_with_initial(step: Any) -> list[dict[str, Any]]:
     initial = step.initial_state(1)[0]
     out = []
     for part in state_layout(step):
-        at, n = int(part["offset"]), int(part["length"])
+        at, n = int(str(part["offset"])), int(str(part["length"]))
         values = initial[at : at + n].numpy()
         if np.isnan(values).all():
             out.append({**part, "initial": "nan"})
@@ -286,4 +291,3 @@ def state_layout_with_initial(step: Any) -> list[dict[str, Any]]:
             raise ValueError(f"state part {part['name']} has no single initial value")
         out.append({**part, "initial": float(values[0])})
     return out
-

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -115,7 +116,9 @@ def read_onnx_metadata(path: str | Path) -> ModelMetadata:
     return ModelMetadata.from_json(props[METADATA_KEY])
 
 
-def scan_torch(net: SleepNet, variant: str, inputs: dict[str, NDArray[np.floating]]) -> dict[str, NDArray[np.float32]]:
+def scan_torch(
+    net: SleepNet, variant: str, inputs: Mapping[str, NDArray[np.floating]]
+) -> dict[str, NDArray[np.float32]]:
     """The pipeline in torch over ``(epochs, ...)`` inputs of one stream, one epoch per call:
     ``p_sleep (T,)``, ``features (T, 29)`` and the state after each epoch ``(T, S)``."""
     step = pipeline_step(inference_copy(net), variant)
@@ -123,7 +126,10 @@ def scan_torch(net: SleepNet, variant: str, inputs: dict[str, NDArray[np.floatin
     out: dict[str, list[NDArray[np.float32]]] = {"p_sleep": [], "features": [], "state": []}
     with torch.no_grad():
         for t in range(len(inputs["hr"])):
-            args = [torch.as_tensor(np.asarray(inputs[n][t : t + 1]), dtype=torch.float32) for n in step.input_names[:-1]]
+            args = [
+                torch.as_tensor(np.asarray(inputs[n][t : t + 1]), dtype=torch.float32)
+                for n in step.input_names[:-1]
+            ]
             p, state, features = step(*args, state)
             out["p_sleep"].append(p.numpy()[0])
             out["features"].append(features.numpy()[0])
@@ -132,7 +138,7 @@ def scan_torch(net: SleepNet, variant: str, inputs: dict[str, NDArray[np.floatin
 
 
 def check_onnx_parity(
-    net: SleepNet, onnx_path: str | Path, inputs: dict[str, NDArray[np.floating]]
+    net: SleepNet, onnx_path: str | Path, inputs: Mapping[str, NDArray[np.floating]]
 ) -> float:
     """Max |p_onnx - p_torch| over a night run epoch by epoch in onnxruntime and in torch.
 
@@ -146,7 +152,9 @@ def check_onnx_parity(
     state = model.initial_state()
     p_onnx = np.empty(len(inputs["hr"]), dtype=np.float64)
     for t in range(len(p_onnx)):
-        feed = {n: np.asarray(inputs[n][t : t + 1], dtype=np.float32) for n in model.input_names[:-1]}
+        feed = {
+            n: np.asarray(inputs[n][t : t + 1], dtype=np.float32) for n in model.input_names[:-1]
+        }
         p, state, _ = model.run(feed, state)
         p_onnx[t] = float(p[0])
     return float(np.max(np.abs(p_onnx - reference["p_sleep"]), initial=0.0))

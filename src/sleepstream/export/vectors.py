@@ -139,7 +139,11 @@ def expected(
     from sleepstream.export.onnx import scan_torch
 
     answers = scan_torch(net, variant, inputs)
-    names = ("accel", "counts", "hr", "hr_offset") if variant == "raw" else ("counts", "hr", "hr_offset")
+    names = (
+        ("accel", "counts", "hr", "hr_offset")
+        if variant == "raw"
+        else ("counts", "hr", "hr_offset")
+    )
     epochs = []
     for t in range(len(inputs["hr"])):
         row: dict[str, Any] = {}
@@ -169,7 +173,10 @@ def write_test_vectors(
         middle = float(recording.epoch_times[recording.n_epochs // 2])
         for night, note in (
             (fed, "from 1 h before the PSG start"),
-            (with_gap(fed, middle), "from 1 h before the PSG start, one hour of every stream removed"),
+            (
+                with_gap(fed, middle),
+                "from 1 h before the PSG start, one hour of every stream removed",
+            ),
         ):
             nights.append(
                 {
@@ -220,11 +227,17 @@ def night_arrays(night: dict[str, Any]) -> dict[str, NDArray[np.float32]]:
     """A night's inputs from the JSON as float32 arrays (null -> NaN)."""
     from sleepstream.step import ACCEL_SAMPLES
 
-    names = ("accel", "counts", "hr", "hr_offset") if night["variant"] == "raw" else ("counts", "hr", "hr_offset")
+    names = (
+        ("accel", "counts", "hr", "hr_offset")
+        if night["variant"] == "raw"
+        else ("counts", "hr", "hr_offset")
+    )
     out = {}
     for name in names:
         rows = [
-            [math.nan] * ACCEL_SAMPLES if e[name] is None else [math.nan if v is None else v for v in e[name]]
+            [math.nan] * ACCEL_SAMPLES
+            if e[name] is None
+            else [math.nan if v is None else v for v in e[name]]
             for e in night["epochs"]
         ]
         out[name] = np.asarray(rows, dtype=np.float32)

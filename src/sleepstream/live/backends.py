@@ -122,7 +122,10 @@ class TorchPipeline:
         from sleepstream.export.metadata import state_layout_with_initial
 
         self.thresholds = dict(thresholds or {})
-        self.metadata = {"thresholds": self.thresholds, "state_layout": state_layout_with_initial(self.step)}
+        self.metadata = {
+            "thresholds": self.thresholds,
+            "state_layout": state_layout_with_initial(self.step),
+        }
         self.input_names = self.step.input_names
 
     @classmethod

@@ -36,7 +36,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -48,7 +48,7 @@ from sleepstream.live.backends import PipelineModel
 from sleepstream.live.context import ACTIVITIES, CONFIDENCES, ContextVeto, MotionContext
 from sleepstream.live.units import check_acceleration_units
 from sleepstream.records import EPOCH_SECONDS
-from sleepstream.signal.grid import MAX_GAP_SECONDS, to_grid
+from sleepstream.signal.grid import to_grid
 from sleepstream.state_data import array, finite_or_none, integer, number, time_or_never
 
 COUNTS_DELAY_SECONDS = 2.0

@@ -9,10 +9,10 @@ per-second maxima over each 15 s window; ``count = max(0, (sum - 18) * 3.07)``.
 is the non-causal reference only: for comparison, never for live use nor for training.
 
 :func:`fir_taps` designs the filter that replaces it everywhere else: a linear-phase FIR with the
-zero-phase magnitude response, truncated to a look-ahead of a few seconds. It runs in
-:class:`~sleepstream.signal.live_counts.StreamingCounts`, live and (through
-:func:`~sleepstream.signal.live_counts.counts_fir`) on recorded raw acceleration, so training and
-live use see the same counts. ``docs/counts-agreement.md`` measures how close they are to the
+zero-phase magnitude response, truncated to a look-ahead of a few seconds. It runs inside the
+model file's step (:class:`~sleepstream.step.AccelCounts`), live and (through
+:func:`~sleepstream.step.accel_counts`) on recorded raw acceleration, so training and live use
+see the same counts. ``docs/counts-agreement.md`` measures how close they are to the
 published ones.
 """
 
