@@ -45,6 +45,7 @@ from sleepstream.step import (
     FeatureStep,
     initial_accel_state,
     initial_feature_state,
+    layout,
 )
 
 VARIANTS = ("raw", "counts")
@@ -151,11 +152,7 @@ def state_layout(step: PipelineStep) -> list[dict[str, object]]:
     """``{"name", "offset", "length"}`` of every part of the state vector, in order."""
     parts = list(ACCEL_STATE_LAYOUT) if step.variant == "raw" else []
     parts += [*FEATURE_STATE_LAYOUT, ("network", step.net.state_size)]
-    out, at = [], 0
-    for name, n in parts:
-        out.append({"name": name, "offset": at, "length": n})
-        at += n
-    return out
+    return layout(parts)
 
 
 __all__ = [

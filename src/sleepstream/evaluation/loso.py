@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import multiprocessing
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -180,7 +181,10 @@ def run_loso_many(
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task(f"LOSO {names}", total=len(tasks))
         if n_jobs > 1:
-            with ProcessPoolExecutor(n_jobs) as pool:
+            # Fresh interpreters, not forks: a fork of a process whose torch threads have run
+            # (the features of the warm-up, earlier training) can hang in its thread pool.
+            spawn = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(n_jobs, mp_context=spawn) as pool:
                 for scores in pool.map(_run_fold_star, tasks):
                     fold_scores.append(scores)
                     bar.advance(task)
