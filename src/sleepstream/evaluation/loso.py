@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import logging
 import multiprocessing
+import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -184,7 +185,10 @@ def run_loso_many(
             # Fresh interpreters, not forks: a fork of a process whose torch threads have run
             # (the features of the warm-up, earlier training) can hang in its thread pool.
             spawn = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(n_jobs, mp_context=spawn) as pool:
+            threads = max(1, (os.cpu_count() or 1) // n_jobs)
+            with ProcessPoolExecutor(
+                n_jobs, mp_context=spawn, initializer=_share_cores, initargs=(threads,)
+            ) as pool:
                 for scores in pool.map(_run_fold_star, tasks):
                     fold_scores.append(scores)
                     bar.advance(task)
@@ -198,6 +202,14 @@ def run_loso_many(
         mine = fold_scores[k * len(wanted) : (k + 1) * len(wanted)]
         out.append(assemble(template, by_id, dict(zip(wanted, mine, strict=True)), scenarios))
     return out
+
+
+def _share_cores(threads: int) -> None:
+    """In a fold process: torch uses its share of the cores, not all of them (several folds at
+    once would otherwise oversubscribe the machine many times over)."""
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def _warm_feature_cache(
