@@ -29,7 +29,7 @@ def to_grid(
     ``times`` must be increasing.
 
     >>> to_grid(np.array([0.0, 0.04, 5.0]), np.array([1.0, 2.0, 3.0]), 0.0, 4).tolist()
-    [1.0, 1.5, nan, nan]
+    [1.0, 1.5, 2.0, nan]
     """
     grid = first + np.arange(n_points) / sample_rate
     out = np.full(n_points, np.nan)
