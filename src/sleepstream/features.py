@@ -190,8 +190,8 @@ def epoch_inputs(
     first = float(times[0]) if n else 0.0
     counts = np.zeros((n, 2))
     present = np.zeros((n, 2), dtype=bool)
-    _, epoch, rank, offset = _epoch_slots(recording.count_times, first, n)
-    values = recording.counts[_epoch_slots(recording.count_times, first, n)[0]]
+    inside, epoch, rank, offset = _epoch_slots(recording.count_times, first, n)
+    values = recording.counts[inside]
     per_epoch = np.bincount(epoch, minlength=n)
     by_half = np.clip(np.floor(offset / COUNT_SECONDS), 0, 1).astype(np.int64)
     slot = np.where(per_epoch[epoch] == 2, rank, by_half)
@@ -242,18 +242,24 @@ def extract_many(
 
 
 def accel_epochs(
-    times: NDArray[np.float64], z: NDArray[np.float64], first_start: float, n_epochs: int
+    times: NDArray[np.float64],
+    z: NDArray[np.float64],
+    first_start: float,
+    n_epochs: int,
+    delay_seconds: float | None = None,
 ) -> NDArray[np.float64]:
     """The raw variant's acceleration input for ``n_epochs`` epochs from ``first_start``.
 
     Samples go onto the 50 Hz grid (:func:`~sleepstream.signal.grid.to_grid`: linear
     interpolation across gaps up to 1 s, NaN inside longer ones); epoch ``k`` gets the grid
-    from its start plus the counts filter's delay, ``(n_epochs, 1500)``.
+    from its start plus the counts filter's delay (default
+    :data:`~sleepstream.step.COUNTS_DELAY_SECONDS`), ``(n_epochs, 1500)``.
     """
     from sleepstream.signal.grid import to_grid
     from sleepstream.step import ACCEL_SAMPLES, COUNTS_DELAY_SECONDS
 
-    grid = to_grid(times, z, first_start + COUNTS_DELAY_SECONDS, n_epochs * ACCEL_SAMPLES)
+    delay = COUNTS_DELAY_SECONDS if delay_seconds is None else delay_seconds
+    grid = to_grid(times, z, first_start + delay, n_epochs * ACCEL_SAMPLES)
     return grid.reshape(n_epochs, ACCEL_SAMPLES)
 
 

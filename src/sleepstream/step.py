@@ -382,21 +382,19 @@ def accel_counts(
     and those without a count (a missing grid point in their filter input, as within the delay
     of either end) are left out. Returns the window starts and the counts.
     """
-    from sleepstream.signal.grid import to_grid
+    from sleepstream.features import accel_epochs
 
     t = np.asarray(times, dtype=np.float64)
     if len(t) == 0:
         return np.zeros(0), np.zeros(0)
     first = origin + EPOCH_SECONDS * math.floor((t[0] - origin) / EPOCH_SECONDS)
     n_epochs = math.floor((t[-1] - first) / EPOCH_SECONDS) + 1
-    grid = to_grid(
-        t, np.asarray(z, dtype=np.float64), first + delay_seconds, n_epochs * ACCEL_SAMPLES
-    )
+    grid = accel_epochs(t, np.asarray(z, dtype=np.float64), first, n_epochs, delay_seconds)
     counter = AccelCounts(delay_seconds, window)
     history = torch.full((1, counter.history), math.nan)
     out = np.empty((n_epochs, 2), dtype=np.float64)
     with torch.no_grad(), _OneThread():
-        x = torch.from_numpy(grid.astype(np.float32).reshape(n_epochs, ACCEL_SAMPLES))
+        x = torch.from_numpy(grid.astype(np.float32))
         for i in range(n_epochs):
             c, history = counter(x[i : i + 1], history)
             out[i] = c[0].double().numpy()
