@@ -69,15 +69,22 @@ def test_replay_matches_batch_predictions(
     detector = SleepDetector(step_model)
     rng = np.random.default_rng(3) if chunked else None
     results = replay(detector, _events(night), rng)
-    results += detector.advance(night.end_time)
+    results += detector.flush(night.end_time)
     # The detector reports from the epoch of its first sample, an hour before the PSG start.
     fed = night.started_at(results[0].start)
     assert fed.epoch_times[0] < night.epoch_times[0] - 3000
     batch = predict_night(step_model.step.net, fed)
     results = results[: fed.n_epochs]  # heart rate may go on after the PSG
     assert [r.start for r in results] == fed.epoch_times.tolist()
+    # Epochs without any sample are unknown; the others are the batch path's numbers.
+    hr_per_epoch = np.histogram(fed.hr_times, np.append(fed.epoch_times, fed.end_time))[0]
+    counts_per_epoch = np.histogram(fed.count_times, np.append(fed.epoch_times, fed.end_time))[0]
+    assert [r.hr_samples for r in results] == hr_per_epoch.tolist()
+    empty = (hr_per_epoch == 0) & (counts_per_epoch == 0)
+    assert [r.state == "unknown" for r in results] == empty.tolist()
     live = np.array([r.p_model for r in results])
-    assert np.max(np.abs(live - batch)) <= 1e-6
+    assert np.isnan(live[empty]).all() and np.isnan([r.p_sleep for r in results])[empty].all()
+    assert np.max(np.abs(live[~empty] - batch[~empty])) <= 1e-6
 
 
 def test_snapshot_and_restore_continue_identically(
@@ -86,7 +93,7 @@ def test_snapshot_and_restore_continue_identically(
     night = _night(recordings, "46343")
     events = _events(night)
     reference = SleepDetector(step_model)
-    expected = replay(reference, events) + reference.advance(night.end_time)
+    expected = replay(reference, events) + reference.flush(night.end_time)
     half = next(i for i, e in enumerate(events) if e[0] > 8000)
     first = SleepDetector(step_model)
     before = replay(first, events[:half])
@@ -94,7 +101,7 @@ def test_snapshot_and_restore_continue_identically(
     assert b"gru.weight" not in blob
     second = SleepDetector(step_model)
     second.restore(blob)
-    after = replay(second, events[half:]) + second.advance(night.end_time)
+    after = replay(second, events[half:]) + second.flush(night.end_time)
     assert before + after == expected
 
 
@@ -117,11 +124,11 @@ def test_late_samples_are_counted_not_merged(
 
 
 def _feed_hours(detector: SleepDetector, hours: range, rng: np.random.Generator) -> None:
-    for hour in hours:
-        t0 = hour * 3600.0
-        hr_t = t0 + np.arange(0, 3600, 10.0)
-        detector.add_heart_rate(hr_t, 60 + rng.normal(0, 2, len(hr_t)))
-        detector.add_counts(t0 + np.arange(0, 3600, 15.0), rng.exponential(5, 240))
+    """Heart rate every 10 s and counts every 15 s, a minute of each stream at a time."""
+    for minute in range(hours.start * 60, hours.stop * 60):
+        t0 = minute * 60.0
+        detector.add_heart_rate(t0 + np.arange(0, 60, 10.0), 60 + rng.normal(0, 2, 6))
+        detector.add_counts(t0 + np.arange(0, 60, 15.0), rng.exponential(5, 4))
 
 
 def test_memory_stays_bounded_over_a_day(step_model: TorchPipeline) -> None:
@@ -131,18 +138,6 @@ def test_memory_stays_bounded_over_a_day(step_model: TorchPipeline) -> None:
     after_a_day = len(detector.snapshot())
     _feed_hours(detector, range(25, 30), rng)
     assert len(detector.snapshot()) < 1.1 * after_a_day
-
-
-def test_hours_long_gap_is_handled(step_model: TorchPipeline) -> None:
-    detector = SleepDetector(step_model)
-    rng = np.random.default_rng(0)
-    _feed_hours(detector, range(1), rng)
-    _feed_hours(detector, range(6, 7), rng)  # five hours with no data at all
-    results = detector.advance(7 * 3600.0)
-    assert detector._next_start == 7 * 3600.0
-    assert all(np.isfinite(r.p_sleep) for r in results)
-    assert results[-1].features is not None
-    assert results[-1].features[FEATURE_NAMES.index("min_since_hr")] < 1
 
 
 def test_context_vetoes_sleep(recordings: list[Recording], step_model: TorchPipeline) -> None:
@@ -167,8 +162,8 @@ def test_context_vetoes_sleep(recordings: list[Recording], step_model: TorchPipe
 
 
 def test_acceleration_stream_feeds_counts(step_model: TorchPipeline) -> None:
-    # Chunks of 20 s from two streams: a 30 s lag lets each stream catch up before an epoch closes.
-    detector = SleepDetector(step_model, close_lag=30.0)
+    # Chunks of 20 s from two streams: each epoch waits until both have passed its end.
+    detector = SleepDetector(step_model)
     rng = np.random.default_rng(1)
     t = np.arange(0, 600, 0.02)
     xyz = np.column_stack([np.zeros_like(t), np.zeros_like(t), -np.ones_like(t)])
@@ -183,7 +178,8 @@ def test_acceleration_stream_feeds_counts(step_model: TorchPipeline) -> None:
         results += detector.add_heart_rate(hr_t[in_chunk], np.full(in_chunk.sum(), 62.0))
         results += detector.add_acceleration(t[chunk], xyz[chunk])
     assert detector.late_samples == {}
-    assert len(results) == 18
+    # Acceleration up to 600 s covers the epochs up to 570-600 s but for the filter's 2 s.
+    assert len(results) == 19 and results[-1].end == 570.0
     # The model file's features of each epoch: the movement shows in the counts, rest does not.
     log_counts = np.array([r.features[FEATURE_NAMES.index("log_count_epoch")] for r in results])
     assert np.nanmax(log_counts) > np.log1p(100) and np.nanmedian(log_counts) == 0
@@ -227,25 +223,32 @@ def test_detector_runs_an_exported_onnx_model(
     assert max(abs(a.p_model - b.p_model) for a, b in zip(got, expected, strict=True)) <= 1e-5
 
 
-def _mid_stream_detector(step_model: TorchPipeline) -> tuple[SleepDetector, list[EpochResult]]:
-    """A detector part-way through a generated stream with every kind of input."""
+def _feed_minutes(detector: SleepDetector, minutes: range) -> list[EpochResult]:
+    """A generated stream, heart rate and acceleration a minute at a time."""
     from sleepstream.signal.synthetic import as_xyz, generate
 
-    detector = SleepDetector(step_model, close_lag=10.0)
     t, z = generate("night", 600.0, 50.0, seed=2)
+    results = []
+    for minute in minutes:
+        lo, hi = minute * 60.0, (minute + 1) * 60.0
+        hr_t = np.arange(lo, hi, 5.0)
+        results += detector.add_heart_rate(hr_t, 60 + np.zeros(len(hr_t)))
+        inside = (t >= lo) & (t < hi)
+        results += detector.add_acceleration(t[inside], as_xyz(z[inside]))
+    return results
+
+
+def _mid_stream_detector(step_model: TorchPipeline) -> tuple[SleepDetector, list[EpochResult]]:
+    """A detector part-way through a generated stream with every kind of input."""
+    detector = SleepDetector(step_model, close_lag=10.0)
     results = detector.add_context(MotionContext(100.0, "cycling", "high"))
-    results += detector.add_heart_rate(np.arange(0.0, 600.0, 5.0), 60 + np.zeros(120))
-    results += detector.add_acceleration(t[: len(t) // 2], as_xyz(z[: len(t) // 2]))
+    results += _feed_minutes(detector, range(5))
     results += detector.add_context(MotionContext(400.0, "stationary", "high"))
     return detector, results
 
 
 def _rest_of_stream(detector: SleepDetector) -> list[EpochResult]:
-    from sleepstream.signal.synthetic import as_xyz, generate
-
-    t, z = generate("night", 600.0, 50.0, seed=2)
-    half = len(t) // 2
-    return detector.add_acceleration(t[half:], as_xyz(z[half:])) + detector.advance(700.0)
+    return _feed_minutes(detector, range(5, 10)) + detector.flush(700.0)
 
 
 def test_snapshot_is_data_and_restores_every_kind_of_input(step_model: TorchPipeline) -> None:

@@ -250,16 +250,17 @@ def accel_epochs(
 ) -> NDArray[np.float64]:
     """The raw variant's acceleration input for ``n_epochs`` epochs from ``first_start``.
 
-    Samples go onto the 50 Hz grid (:func:`~sleepstream.signal.grid.to_grid`: linear
-    interpolation across gaps up to 1 s, NaN inside longer ones); epoch ``k`` gets the grid
+    Samples go onto the 50 Hz grid (:func:`~sleepstream.signal.grid.resample_to_grid`: linear
+    interpolation across gaps up to 1 s, NaN inside longer ones, and a polyphase resampling
+    first for rates other than about 50 Hz); epoch ``k`` gets the grid
     from its start plus the counts filter's delay (default
     :data:`~sleepstream.step.COUNTS_DELAY_SECONDS`), ``(n_epochs, 1500)``.
     """
-    from sleepstream.signal.grid import to_grid
+    from sleepstream.signal.grid import resample_to_grid
     from sleepstream.step import ACCEL_SAMPLES, COUNTS_DELAY_SECONDS
 
     delay = COUNTS_DELAY_SECONDS if delay_seconds is None else delay_seconds
-    grid = to_grid(times, z, first_start + delay, n_epochs * ACCEL_SAMPLES)
+    grid = resample_to_grid(times, z, first_start + delay, n_epochs * ACCEL_SAMPLES)
     return grid.reshape(n_epochs, ACCEL_SAMPLES)
 
 

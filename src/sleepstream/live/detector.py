@@ -7,25 +7,57 @@ every epoch that has closed. For each epoch it collects exactly the inputs of th
 and runs the file's step, which holds the counts filter, the features and the network, so the
 numbers are those of training and evaluation. Then it applies the context veto and the
 hysteresis of :class:`~sleepstream.events.OnsetTracker`, the rules the file's metadata names.
+``docs/robustness.md`` lists every bad input and what it gets.
 
-Timing rules
+Time
+----
+- Times are Unix seconds (float64), or any other seconds (a recording's own clock, negative
+  times included). Times beyond 1e11 s (the year 5138) are refused with a message naming the
+  unit they look like (milliseconds, microseconds); ``time_unit="ms"`` or ``"us"`` takes them.
+- Epochs are ``[origin + 30 k, origin + 30 (k + 1))``: with ``origin = 0`` and Unix times they
+  start on the wall clock's :00 and :30 seconds, in every time zone. Results carry the IANA
+  ``timezone`` for their local times (:attr:`EpochResult.start_local`); a daylight-saving change
+  moves the local clock, never the epochs.
+- There is no start time to give: the first reported epoch is the one containing the first
+  sample, and no feature counts from the moment the detector was switched on (each looks back a
+  fixed window), so a watch worn all day is simply fed all day.
+
+When an epoch closes
+--------------------
+- Each stream *covers* time up to its newest sample (counts: to the end of the newest count's
+  15 s window; acceleration: its newest sample less the counts filter's look-ahead of 2 s,
+  and 1 s more when it is resampled). An epoch closes once every stream it waits for covers
+  its end: the streams named in ``expect``, or else every stream seen so far. Streams may
+  therefore arrive in any order and chunk size.
+- A stream that falls silent does not hold the others: an epoch also closes once the newest
+  sample of any stream (or :meth:`SleepDetector.advance`) is ``close_lag`` seconds past its
+  end. :meth:`SleepDetector.flush` closes every epoch up to a time at once (the streams ended).
+- A sample for an epoch that has already closed is *late*: it is not merged but counted per
+  stream (:attr:`SleepDetector.late_samples`, and in the next result). A stream whose first
+  samples arrive more than ``close_lag`` (at least 30 s) after their epochs closed is refused
+  with a ``ValueError`` instead: it was fed after the others, which needs ``expect``.
+
+Gaps
+----
+- Every result says what it saw: :attr:`EpochResult.hr_samples` and
+  :attr:`EpochResult.motion_seconds`. An epoch with neither has ``p_sleep`` NaN and the state
+  ``"unknown"`` (never asleep); the first of a run reports the event ``"unknown"``; the tracker
+  keeps its state across it.
+- After ``reset_after`` seconds (2 h) without data the stream starts afresh: the model state and
+  the tracker go back to their initial values and no more empty epochs are reported. The next
+  data reopens the grid at its epoch, preceded by one result covering the rest of the gap
+  (:attr:`EpochResult.is_gap`). A jump to any later time therefore costs at most
+  ``reset_after / 30`` epochs.
+
+Acceleration
 ------------
-- Epochs are ``[origin + 30 k, origin + 30 (k + 1))``. The first reported epoch is the one
-  containing the first sample. There is no start time to give: no feature counts from the
-  moment the detector was switched on (each looks back a fixed window), so a watch worn all day
-  is simply fed all day, and a detector switched on in the morning agrees with one switched on
-  at bedtime once their look-back windows hold the same samples.
-- The sensor clock is the newest sample time of any stream. An epoch closes once the clock
-  reaches its end plus ``close_lag`` seconds: a lag lets slower streams (heart rate is often
-  delivered seconds late) still count.
-- A sample older than the end of the last closed epoch is *late*: it is not merged into a closed
-  epoch but counted per stream (:attr:`SleepDetector.late_samples`) and reported in the next
-  results.
-- Counts made from raw acceleration come from a linear-phase filter that looks 2 s ahead
-  (:data:`~sleepstream.step.COUNTS_DELAY_SECONDS`): while acceleration flows, an epoch closes
-  that much later. Acceleration goes onto the 50 Hz grid by linear interpolation across gaps of
-  up to 1 s (:func:`~sleepstream.signal.grid.to_grid`); a count whose filter input has a missing
-  grid point is missing.
+- Raw acceleration in g at 10 Hz to 1 kHz goes onto the 50 Hz grid the counts need: linear
+  interpolation near 50 Hz, band-limited resampling otherwise
+  (:func:`~sleepstream.signal.grid.resample_to_grid`); the rate is the median interval of the
+  last 64 samples. Below 10 Hz, or above 1 kHz, it is refused.
+- The unit check (g, gravity present; :func:`~sleepstream.live.units.check_acceleration_units`)
+  runs once the first 50 samples of ``(n, 3)`` data have arrived, whatever the chunk sizes;
+  until then they are held back.
 """
 
 from __future__ import annotations
@@ -34,9 +66,11 @@ import heapq
 import json
 import logging
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -47,55 +81,140 @@ from sleepstream.live import state
 from sleepstream.live.backends import PipelineModel
 from sleepstream.live.context import ACTIVITIES, CONFIDENCES, ContextVeto, MotionContext
 from sleepstream.live.units import check_acceleration_units
-from sleepstream.records import EPOCH_SECONDS
-from sleepstream.signal.grid import to_grid
+from sleepstream.records import COUNT_SECONDS, EPOCH_SECONDS
+from sleepstream.signal.counts import SAMPLE_RATE
+from sleepstream.signal.grid import (
+    MAX_RATE_HZ,
+    MIN_RATE_HZ,
+    RATE_TOLERANCE,
+    RESAMPLE_PAD_SECONDS,
+    is_grid_rate,
+    resample_to_grid,
+)
 from sleepstream.state_data import array, finite_or_none, integer, number, time_or_never
 
 COUNTS_DELAY_SECONDS = 2.0
 """The counts filter's look-ahead (:data:`sleepstream.step.COUNTS_DELAY_SECONDS`)."""
 ACCEL_SAMPLES = 1500
+CLOSE_LAG_SECONDS = 60.0
+"""Default ``close_lag``: how long the detector waits for a stream that has fallen behind."""
+RESET_AFTER_SECONDS = 7200.0
+"""Default ``reset_after``: seconds without any data after which the stream starts afresh."""
+TIME_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6}
+MAX_SECONDS, MIN_SECONDS = 1e11, -1e10
+"""Accepted times, in seconds (the years 1653 to 5138)."""
+UNIT_CHECK_SAMPLES = 50
+RATE_INTERVALS = 64
+"""Sample intervals the acceleration rate is the median of (the rate needs at least 8)."""
+MIN_BPM, MAX_BPM = 25.0, 250.0
 
 log = logging.getLogger(__name__)
 
 _WHAT = "snapshot"
 Stream = Literal["acceleration", "heart_rate", "counts", "context"]
-MIN_BPM, MAX_BPM = 25.0, 250.0
+State = Literal["asleep", "awake", "unknown"]
+DATA_STREAMS: tuple[Stream, ...] = ("heart_rate", "acceleration", "counts")
+"""The streams whose samples are data (context is not): they decide whether an epoch saw any."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class EpochResult:
-    """What the detector says about one closed epoch.
+    """What the detector says about one closed epoch (or, :attr:`is_gap`, one long gap).
 
     Attributes
     ----------
     start, end
-        The epoch, in sensor seconds.
+        The epoch, in the detector's seconds (Unix seconds for wall-clock use).
     p_sleep
-        Probability of sleep after the context rule (0 when vetoed).
+        Probability of sleep after the context rule (0 when vetoed); NaN without data.
     p_model
-        The network's probability before the context rule.
-    asleep
-        The tracker's state after this epoch.
+        The network's probability before the context rule; NaN without data.
+    state
+        ``"asleep"`` / ``"awake"``: the tracker's state after this epoch; ``"unknown"`` when
+        the epoch saw no data.
     events
-        ``"fell_asleep"`` / ``"woke_up"`` completed at this epoch.
+        ``"fell_asleep"`` / ``"woke_up"`` completed at this epoch; ``"unknown"`` at the first
+        epoch without data after epochs with data.
     vetoed
         The context rule's reason when it vetoed sleep, else ``None``.
     late_samples
         Samples that arrived for already-closed epochs since the previous result, per stream.
+    hr_samples
+        Heart-rate samples inside the epoch.
+    motion_seconds
+        Seconds of motion the epoch saw: points of its acceleration grid (50 per second), or
+        15 s per activity count.
+    timezone
+        IANA name of the time zone of :attr:`start_local` and :attr:`end_local`.
     features
         The epoch's causal features (:data:`~sleepstream.features.FEATURE_NAMES` order), as
         the model file computed them; not compared between results.
+
+    Results compare equal when every attribute but ``features`` does, NaN equal to NaN.
     """
 
     start: float
     end: float
     p_sleep: float
     p_model: float
-    asleep: bool
+    state: State
     events: tuple[str, ...] = ()
     vetoed: str | None = None
     late_samples: dict[str, int] = field(default_factory=dict)
-    features: NDArray[np.float32] | None = field(default=None, compare=False, repr=False)
+    hr_samples: int = 0
+    motion_seconds: float = 0.0
+    timezone: str = "UTC"
+    features: NDArray[np.float32] | None = field(default=None, repr=False)
+
+    @property
+    def asleep(self) -> bool:
+        """Whether the state is ``"asleep"``."""
+        return self.state == "asleep"
+
+    @property
+    def has_data(self) -> bool:
+        """Whether the epoch saw any heart rate or motion."""
+        return self.hr_samples > 0 or self.motion_seconds > 0
+
+    @property
+    def is_gap(self) -> bool:
+        """Whether this result stands for a gap longer than one epoch (see the module doc)."""
+        return self.end - self.start > EPOCH_SECONDS
+
+    @property
+    def start_utc(self) -> datetime:
+        """:attr:`start` as an aware UTC datetime (for Unix times)."""
+        return datetime.fromtimestamp(self.start, UTC)
+
+    @property
+    def end_utc(self) -> datetime:
+        """:attr:`end` as an aware UTC datetime (for Unix times)."""
+        return datetime.fromtimestamp(self.end, UTC)
+
+    @property
+    def start_local(self) -> datetime:
+        """:attr:`start` as an aware datetime in :attr:`timezone`."""
+        return datetime.fromtimestamp(self.start, ZoneInfo(self.timezone))
+
+    @property
+    def end_local(self) -> datetime:
+        """:attr:`end` as an aware datetime in :attr:`timezone`."""
+        return datetime.fromtimestamp(self.end, ZoneInfo(self.timezone))
+
+    def _compared(self) -> tuple[object, ...]:
+        values = (self.start, self.end, self.p_sleep, self.p_model, self.state, self.events)
+        rest = (self.vetoed, self.late_samples, self.hr_samples, self.motion_seconds)
+        return tuple(
+            None if isinstance(v, float) and math.isnan(v) else v
+            for v in (*values, *rest, self.timezone)
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, EpochResult):
+            return NotImplemented
+        return self._compared() == other._compared()
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 @dataclass(order=True)
@@ -107,7 +226,7 @@ class _Event:
 
 
 class SleepDetector:
-    """Streaming sleep/wake detection; see the module docstring for the timing rules.
+    """Streaming sleep/wake detection; see the module docstring for the timing and gap rules.
 
     Parameters
     ----------
@@ -122,11 +241,32 @@ class SleepDetector:
     veto
         The motion-context rule (:class:`~sleepstream.live.context.ContextVeto`).
     origin
-        Anchor of the 30 s epoch grid (and of the 15 s count windows).
+        Anchor of the 30 s epoch grid (and of the 15 s count windows), in seconds.
     close_lag
-        Seconds the clock must pass an epoch's end before the epoch closes.
+        Seconds the newest sample of any stream must pass an epoch's end before the epoch
+        closes without a stream that has fallen behind (``math.inf``: wait for every stream).
     check_units
-        Check that acceleration looks like raw accelerometer data in g.
+        Check that ``(n, 3)`` acceleration looks like raw accelerometer data in g.
+    time_unit
+        Unit of every time given: ``"s"``, ``"ms"`` or ``"us"``; results are in seconds.
+    timezone
+        IANA time zone of the results' local times (``"Europe/Berlin"``).
+    expect
+        The streams every epoch waits for (``"heart_rate"``, ``"acceleration"``,
+        ``"counts"``); ``None`` waits for those seen so far. Naming them lets whole streams be
+        fed one after the other (with ``close_lag=math.inf``, then :meth:`flush`).
+    reset_after
+        Seconds without any data after which the stream starts afresh.
+
+    Examples
+    --------
+    >>> detector = SleepDetector(timezone="Europe/Berlin")
+    >>> t0 = 1_767_225_600.0  # 2026-01-01 00:00 UTC
+    >>> results = detector.add_heart_rate(t0 + np.arange(0, 120, 5.0), np.full(24, 55.0))
+    >>> [(r.start_local.strftime("%H:%M:%S"), r.hr_samples, r.motion_seconds) for r in results]
+    [('01:00:00', 6, 0.0), ('01:00:30', 6, 0.0), ('01:01:00', 6, 0.0)]
+    >>> detector.flush()[0].hr_samples
+    6
     """
 
     def __init__(
@@ -137,8 +277,12 @@ class SleepDetector:
         wake_up_epochs: int = 2,
         veto: ContextVeto | None = None,
         origin: float = 0.0,
-        close_lag: float = 0.0,
+        close_lag: float = CLOSE_LAG_SECONDS,
         check_units: bool = True,
+        time_unit: str = "s",
+        timezone: str = "UTC",
+        expect: Sequence[str] | None = None,
+        reset_after: float = RESET_AFTER_SECONDS,
     ):
         if model is None:
             from sleepstream.live.backends import OnnxPipeline
@@ -149,22 +293,54 @@ class SleepDetector:
         self.fall_asleep_epochs = fall_asleep_epochs
         self.wake_up_epochs = wake_up_epochs
         self.veto = veto if veto is not None else ContextVeto()
-        self.origin = origin
-        self.close_lag = close_lag
+        if not math.isfinite(origin):
+            raise ValueError(f"origin must be a finite number of seconds, got {origin!r}")
+        self.origin = float(origin)
+        if math.isnan(close_lag) or close_lag < 0:
+            raise ValueError(
+                f"close_lag must be 0 or more seconds (or math.inf), got {close_lag!r}"
+            )
+        self.close_lag = float(close_lag)
         self.check_units = check_units
+        if time_unit not in TIME_UNITS:
+            raise ValueError(f"time_unit must be one of {sorted(TIME_UNITS)}, got {time_unit!r}")
+        self.time_unit = time_unit
+        self.timezone = _checked_timezone(timezone)
+        if expect is not None:
+            unknown = sorted(set(expect) - set(DATA_STREAMS))
+            if unknown or not expect:
+                raise ValueError(
+                    f"expect names streams of {list(DATA_STREAMS)}, got {list(expect)!r}"
+                )
+        self.expect: tuple[Stream, ...] | None = (
+            None if expect is None else tuple(s for s in DATA_STREAMS if s in expect)
+        )
+        if not (math.isfinite(reset_after) and reset_after >= EPOCH_SECONDS):
+            raise ValueError(
+                f"reset_after must be a finite number of seconds >= {EPOCH_SECONDS:g}, "
+                f"got {reset_after!r}"
+            )
+        self.reset_after = float(reset_after)
         self._reset()
 
     def _reset(self) -> None:
         self._accel_t = np.zeros(0)
         self._accel_z = np.zeros(0)
         self._accel_last: float | None = None
+        self._intervals = np.zeros(0)
+        self._pending_t = np.zeros(0)
+        self._pending_xyz = np.zeros((0, 3))
         self._tracker = OnsetTracker(self.fall_asleep_epochs, self.wake_up_epochs)
         self._state = self.model.initial_state()
         self._queue: list[_Event] = []
+        self._context_queue: list[_Event] = []
         self._order = 0
         self._clock = -math.inf
+        self._newest: dict[Stream, float] = {}
         self._next_start: float | None = None
         self._closed_until = -math.inf
+        self._empty_run = 0
+        self._known = False
         self._context: list[MotionContext] = []
         self._units_checked = not self.check_units
         self.late_samples: dict[str, int] = {}
@@ -172,10 +348,10 @@ class SleepDetector:
 
     # -- input ---------------------------------------------------------------------------------
     def add_heart_rate(self, times: ArrayLike, bpm: ArrayLike) -> list[EpochResult]:
-        """Heart-rate samples (s, beats per minute); 25-250 bpm, else ``ValueError``."""
+        """Heart-rate samples: times and beats per minute (25-250, else ``ValueError``)."""
         if np.size(times) == 0 and np.size(bpm) == 0:
             return []
-        t, v = _pair(times, bpm, "heart rate")
+        t, v = self._pair(times, bpm, "heart rate")
         bad = (v < MIN_BPM) | (v > MAX_BPM)
         if bad.any():
             i = int(np.argmax(bad))
@@ -185,55 +361,177 @@ class SleepDetector:
         return self._ingest("heart_rate", t, v.tolist())
 
     def add_counts(self, times: ArrayLike, counts: ArrayLike) -> list[EpochResult]:
-        """Ready-made activity counts, each for the 15 s window starting at its time."""
-        t, v = _pair(times, counts, "activity count")
+        """Ready-made activity counts (e.g. from an ActiGraph or a published dataset).
+
+        Each count summarises the 15 s window starting at its time; an epoch takes the counts
+        whose windows start inside it (two, on the grid of ``origin``). Counts stand in for
+        raw acceleration: feed one or the other.
+        """
+        if np.size(times) == 0 and np.size(counts) == 0:
+            return []
+        t, v = self._pair(times, counts, "activity count")
         if (v < 0).any():
             i = int(np.argmax(v < 0))
             raise ValueError(f"activity count {v[i]:g} at t={t[i]:.3f} s is negative")
         return self._ingest("counts", t, v.tolist())
 
     def add_context(self, context: MotionContext | Sequence[MotionContext]) -> list[EpochResult]:
-        """Motion-activity context (as iOS CMMotionActivity reports it)."""
+        """Motion-activity context (as iOS CMMotionActivity reports it); not data for gaps."""
         items = [context] if isinstance(context, MotionContext) else list(context)
-        t = np.array([c.time for c in items], dtype=np.float64)
-        return self._ingest("context", t, items)
+        if not items:
+            return []
+        t = self._times([c.time for c in items], "context")
+        items = [replace(c, time=float(s)) for c, s in zip(items, t.tolist(), strict=True)]
+        late = t < self._closed_until
+        self._count_late("context", int(late.sum()))
+        for c, is_late in zip(items, late.tolist(), strict=True):
+            if not is_late:
+                heapq.heappush(self._context_queue, _Event(c.time, self._order, "context", c))
+                self._order += 1
+        return self._advance(float(t.max()))
 
     def add_acceleration(self, times: ArrayLike, xyz: ArrayLike) -> list[EpochResult]:
-        """Raw accelerometer samples: times (s) and ``(n, 3)`` x, y, z in g (or ``(n,)`` z)."""
-        t = np.asarray(times, dtype=np.float64)
+        """Raw accelerometer samples: times and ``(n, 3)`` x, y, z in g (or ``(n,)`` z).
+
+        Any rate from 10 Hz to 1 kHz (see the module docstring); times strictly increasing
+        within a chunk. Samples not after the newest one already given are late.
+        """
         a = np.asarray(xyz, dtype=np.float64)
-        if a.ndim == 2 and a.shape[1] == 3:
-            if not self._units_checked and len(a) >= 50:
-                check_acceleration_units(a)
-                self._units_checked = True
-            z = a[:, 2]
-        elif a.ndim == 1:
-            z = a
-        else:
+        if not (a.ndim == 2 and a.shape[1] == 3) and a.ndim != 1:
             raise ValueError(f"acceleration must have shape (n, 3) or (n,), got {a.shape}")
-        if len(t) != len(z):
-            raise ValueError(f"acceleration: {len(t)} times but {len(z)} samples")
+        if np.size(times) == 0 and len(a) == 0:
+            return []
+        t = self._times(times, "acceleration")
+        if len(t) != len(a):
+            raise ValueError(f"acceleration: {len(t)} times but {len(a)} samples")
+        if not np.isfinite(a).all():
+            i = int(np.argmax(~np.isfinite(a.reshape(len(a), -1)).all(axis=1)))
+            raise ValueError(f"acceleration: non-finite value at index {i} (t={t[i]:.3f} s)")
+        if len(t) > 1 and (np.diff(t) <= 0).any():
+            i = int(np.argmax(np.diff(t) <= 0)) + 1
+            raise ValueError(
+                f"acceleration: times must be strictly increasing, at index {i} "
+                f"({t[i - 1]:.3f} -> {t[i]:.3f} s)"
+            )
+        newest = self._pending_t[-1] if len(self._pending_t) else self._accel_last
+        late = 0 if newest is None else int(np.searchsorted(t, newest, side="right"))
+        late = max(late, int(np.searchsorted(t, self._closed_until)))
+        t, a = t[late:], a[late:]
+        intervals = np.diff(np.concatenate(([newest], t)) if newest is not None else t)
+        intervals = np.concatenate((self._intervals, intervals))[-RATE_INTERVALS:]
+        _check_rate(intervals)
+        self._check_new_stream("acceleration", t)
+        pending = a.ndim == 2 and not self._units_checked
+        if pending:
+            held_t = np.concatenate((self._pending_t, t))
+            held = np.concatenate((self._pending_xyz, a))
+            if len(held) < UNIT_CHECK_SAMPLES:
+                self._pending_t, self._pending_xyz, self._intervals = held_t, held, intervals
+                self._count_late("acceleration", late)
+                self._seen_stream("acceleration")
+                return []
+            try:
+                check_acceleration_units(held)
+            except ValueError as error:
+                self._pending_t, self._pending_xyz = np.zeros(0), np.zeros((0, 3))
+                raise ValueError(
+                    f"{error} (the {len(held)} samples from t={held_t[0]:.3f} to "
+                    f"{held_t[-1]:.3f} s were not used)"
+                ) from None
+            self._units_checked = True
+            self._pending_t, self._pending_xyz = np.zeros(0), np.zeros((0, 3))
+            t, a = held_t, held
+        self._intervals = intervals
+        self._count_late("acceleration", late)
         if len(t) == 0:
             return []
-        if not (np.isfinite(t).all() and np.isfinite(z).all()):
-            raise ValueError("acceleration: non-finite time or value")
-        if len(t) > 1 and (np.diff(t) <= 0).any():
-            raise ValueError("acceleration: times must be strictly increasing")
-        last = self._accel_last
-        if last is not None and t[0] <= last:
-            late = int(np.sum(t <= last))
-            self._count_late("acceleration", late)
-            t, z = t[late:], z[late:]
-            if len(t) == 0:
-                return []
+        z = a[:, 2] if a.ndim == 2 else a
         self._accel_t = np.concatenate([self._accel_t, t])
         self._accel_z = np.concatenate([self._accel_z, z])
         self._accel_last = float(t[-1])
+        self._seen_stream("acceleration", float(t[-1]))
         return self._advance(float(t[-1]))
 
     def advance(self, now: float) -> list[EpochResult]:
-        """Move the sensor clock to ``now`` (e.g. a timer while no samples arrive)."""
-        return self._advance(float(now))
+        """Move the clock to ``now`` (a timer while no samples arrive, in the detector's unit).
+
+        Epochs close that every awaited stream covers, or that ended ``close_lag`` before
+        ``now``; ``advance(math.inf)`` closes everything (the epochs without data up to
+        ``reset_after``, then nothing more).
+        """
+        now = float(now) * TIME_UNITS[self.time_unit]
+        if math.isnan(now):
+            raise ValueError("advance: now is NaN")
+        return self._advance(now)
+
+    def flush(self, until: float | None = None) -> list[EpochResult]:
+        """Close every epoch that ends by ``until`` as if every stream had reached it.
+
+        ``until`` defaults to the newest sample of any stream. Use it when the streams end (a
+        recording fed to the end) or after feeding whole streams one after the other; samples
+        for the closed epochs that arrive later are late.
+        """
+        if until is None:
+            covered = [self._covered(s, raw=True) for s in self._newest]
+            limit = max(covered, default=-math.inf)
+        else:
+            limit = float(until) * TIME_UNITS[self.time_unit]
+            if math.isnan(limit):
+                raise ValueError("flush: until is NaN")
+        return self._advance(None, lambda end: end <= limit)
+
+    # -- checks --------------------------------------------------------------------------------
+    def _times(self, times: ArrayLike, what: str) -> NDArray[np.float64]:
+        raw = np.atleast_1d(np.asarray(times))
+        if raw.dtype.kind not in "fiub" or raw.ndim != 1:
+            raise ValueError(
+                f"{what}: times must be a 1-D array of numbers (seconds), got "
+                f"{raw.dtype} of shape {raw.shape}; convert datetimes to Unix seconds"
+            )
+        t = raw.astype(np.float64) * TIME_UNITS[self.time_unit]
+        if not np.isfinite(t).all():
+            i = int(np.argmax(~np.isfinite(t)))
+            raise ValueError(f"{what}: non-finite time at index {i} ({raw[i]!r})")
+        beyond = (t >= MAX_SECONDS) | (t < MIN_SECONDS)
+        if beyond.any():
+            i = int(np.argmax(beyond))
+            raise ValueError(_unit_message(what, float(raw[i]), self.time_unit))
+        return t
+
+    def _pair(
+        self, times: ArrayLike, values: ArrayLike, what: str
+    ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        t = self._times(times, what)
+        v = np.atleast_1d(np.asarray(values, dtype=np.float64))
+        if t.shape != v.shape:
+            raise ValueError(
+                f"{what}: times {t.shape} and values {v.shape} must be equal 1-D shapes"
+            )
+        if not np.isfinite(v).all():
+            i = int(np.argmax(~np.isfinite(v)))
+            raise ValueError(f"{what}: non-finite value at index {i} (t={t[i]:.3f} s)")
+        if len(t) > 1 and (np.diff(t) < 0).any():
+            i = int(np.argmax(np.diff(t) < 0)) + 1
+            raise ValueError(
+                f"{what}: time goes backwards at index {i} ({t[i - 1]:.3f} -> {t[i]:.3f} s)"
+            )
+        return t, v
+
+    def _check_new_stream(self, stream: Stream, times: NDArray[np.float64]) -> None:
+        """Refuse a stream that starts long after epochs covering it have closed."""
+        if stream in self._newest or not len(times) or self._closed_until == -math.inf:
+            return
+        bound = max(self.close_lag, EPOCH_SECONDS)
+        if times[0] < self._closed_until - bound:
+            seen = ", ".join(s.replace("_", " ") for s in self._newest)
+            streams = tuple(dict.fromkeys([*self._newest, stream]))
+            raise ValueError(
+                f"{stream.replace('_', ' ')} starts at t={times[0]:.3f} s, but the epochs up to "
+                f"{self._closed_until:.3f} s have closed on {seen} alone: feed the streams "
+                f"together in time order (within close_lag={self.close_lag:g} s of each "
+                f"other), or name them all first: SleepDetector(expect={streams!r}, "
+                "close_lag=math.inf), and flush() at the end"
+            )
 
     # -- core ----------------------------------------------------------------------------------
     def _count_late(self, stream: str, n: int) -> None:
@@ -242,93 +540,161 @@ class SleepDetector:
             self._late_since_result[stream] = self._late_since_result.get(stream, 0) + n
             log.debug("%d late %s samples", n, stream)
 
-    def _push(self, stream: Stream, times: NDArray[np.float64], values: Sequence[object]) -> None:
+    def _seen_stream(self, stream: Stream, newest: float = -math.inf) -> None:
+        self._newest[stream] = max(self._newest.get(stream, -math.inf), newest)
+
+    def _ingest(
+        self, stream: Stream, times: NDArray[np.float64], values: Sequence[object]
+    ) -> list[EpochResult]:
+        self._check_new_stream(stream, times)
         late = times < self._closed_until
         self._count_late(stream, int(late.sum()))
         for t, value, is_late in zip(times.tolist(), values, late.tolist(), strict=True):
             if not is_late:
                 heapq.heappush(self._queue, _Event(t, self._order, stream, value))
                 self._order += 1
-
-    def _ingest(
-        self, stream: Stream, times: NDArray[np.float64], values: Sequence[object]
-    ) -> list[EpochResult]:
-        if len(times) == 0:
-            return []
-        self._push(stream, times, values)
+        self._seen_stream(stream, float(times.max()))
         return self._advance(float(times.max()))
 
-    def _advance(self, now: float) -> list[EpochResult]:
-        self._clock = max(self._clock, now)
-        if self._closed_until == -math.inf:
-            # Until an epoch closes, the first epoch is the one of the earliest sample so far.
-            first = self._earliest()
-            if first is None:
-                return []
-            k = math.floor((first - self.origin) / EPOCH_SECONDS)
-            self._next_start = self.origin + k * EPOCH_SECONDS
-        assert self._next_start is not None
-        results = []
-        # Counts made from raw acceleration need the filter's look-ahead after the epoch's end.
-        counts_delay = COUNTS_DELAY_SECONDS if self._accel_last is not None else 0.0
-        while self._next_start + EPOCH_SECONDS + self.close_lag + counts_delay <= self._clock:
-            results.append(self._close(self._next_start))
-            self._next_start += EPOCH_SECONDS
-        return results
+    def _accel_delay(self) -> float:
+        rate = 1.0 / float(np.median(self._intervals)) if len(self._intervals) else None
+        return COUNTS_DELAY_SECONDS + (0.0 if is_grid_rate(rate) else RESAMPLE_PAD_SECONDS)
 
-    def _earliest(self) -> float | None:
-        times = [e.time for e in self._queue[:1]]
-        if len(self._accel_t):
-            times.append(float(self._accel_t[0]))
-        return min(times) if times else None
+    def _covered(self, stream: Stream, raw: bool = False) -> float:
+        """The time up to which ``stream`` has delivered everything (``raw``: newest sample)."""
+        newest = self._newest.get(stream, -math.inf)
+        if stream == "counts":
+            return newest + COUNT_SECONDS
+        if stream == "acceleration":
+            if self._accel_last is None:
+                return -math.inf
+            return self._accel_last - (0.0 if raw else self._accel_delay())
+        return newest
 
-    def _inputs(self, start: float, end: float) -> dict[str, NDArray[np.float32]]:
-        """The model file's inputs for the epoch ``[start, end)`` (pops its queued samples)."""
+    def _due(self, end: float) -> bool:
+        delay = self._accel_delay() if "acceleration" in self._newest else 0.0
+        if self._clock >= end + delay + self.close_lag:
+            return True
+        waited = self.expect or tuple(self._newest)
+        return bool(waited) and all(self._covered(s) >= end for s in waited)
+
+    def _advance(
+        self, now: float | None, due: Callable[[float], bool] | None = None
+    ) -> list[EpochResult]:
+        if now is not None:
+            self._clock = max(self._clock, now)
+        due = due or self._due
+        results: list[EpochResult] = []
+        while True:
+            start = self._next_start if self._next_start is not None else self._anchor()
+            if start is None or not due(start + EPOCH_SECONDS):
+                return results
+            if self._next_start is None and -math.inf < self._closed_until < start:
+                results.append(self._gap(self._closed_until, start))
+            results.append(self._close(start))
+
+    def _anchor(self) -> float | None:
+        """Start of the epoch of the earliest data not yet used (after the start or a gap)."""
+        times = [self._queue[0].time] if self._queue else []
+        at = int(np.searchsorted(self._accel_t, self._closed_until))
+        if at < len(self._accel_t):
+            times.append(float(self._accel_t[at]))
+        if not times:
+            return None
+        k = math.floor((min(times) - self.origin) / EPOCH_SECONDS)
+        return self.origin + k * EPOCH_SECONDS
+
+    def _inputs(
+        self, start: float, end: float
+    ) -> tuple[dict[str, NDArray[np.float32]], int, float]:
+        """The model file's inputs for ``[start, end)`` (popping its samples), the number of
+        heart-rate samples and the seconds of motion in it."""
         hr_t, hr_v, count_t, count_v = [], [], [], []
         while self._queue and self._queue[0].time < end:
             event = heapq.heappop(self._queue)
             if event.stream == "heart_rate":
                 hr_t.append(event.time - start)
                 hr_v.append(float(event.value))  # type: ignore[arg-type]
-            elif event.stream == "counts":
+            else:
                 count_t.append(event.time - start)
                 count_v.append(float(event.value))  # type: ignore[arg-type]
-            elif isinstance(event.value, MotionContext):
-                self._context.append(event.value)
+        while self._context_queue and self._context_queue[0].time < end:
+            self._context.append(heapq.heappop(self._context_queue).value)  # type: ignore[arg-type]
         hr, hr_offset = pack_heart_rate(np.array(hr_t), np.array(hr_v))
         counts = pack_counts(np.array(count_t), np.array(count_v))
         accel = np.full(ACCEL_SAMPLES, np.nan)
         if len(self._accel_t):
             first = start + COUNTS_DELAY_SECONDS
-            accel = to_grid(self._accel_t, self._accel_z, first, ACCEL_SAMPLES)
-            # Keep the last sample before the next epoch's grid: it may bridge into it.
-            keep = max(0, int(np.searchsorted(self._accel_t, first + EPOCH_SECONDS)) - 1)
+            reach = RESAMPLE_PAD_SECONDS + 1.0
+            lo = max(0, int(np.searchsorted(self._accel_t, first - reach)) - 1)
+            hi = int(np.searchsorted(self._accel_t, first + EPOCH_SECONDS + reach)) + 1
+            accel = resample_to_grid(
+                self._accel_t[lo:hi], self._accel_z[lo:hi], first, ACCEL_SAMPLES
+            )
+            # Keep what the next epoch's grid may still need.
+            keep = max(0, int(np.searchsorted(self._accel_t, first + EPOCH_SECONDS - reach)) - 1)
             self._accel_t, self._accel_z = self._accel_t[keep:], self._accel_z[keep:]
+        motion = np.count_nonzero(np.isfinite(accel)) / SAMPLE_RATE + COUNT_SECONDS * len(count_v)
         rows = {"accel": accel, "counts": counts, "hr": hr, "hr_offset": hr_offset}
-        return {k: v.astype(np.float32)[None] for k, v in rows.items()}
+        inputs = {k: v.astype(np.float32)[None] for k, v in rows.items()}
+        return inputs, len(hr_v), min(float(motion), EPOCH_SECONDS)
 
     def _close(self, start: float) -> EpochResult:
         end = start + EPOCH_SECONDS
-        inputs = self._inputs(start, end)
-        self._closed_until = end
+        inputs, hr_samples, motion_seconds = self._inputs(start, end)
+        self._closed_until = self._next_start = end
         p, self._state, features = self.model.run(inputs, self._state)
-        p_model = float(p[0])
+        late, self._late_since_result = self._late_since_result, {}
         reason = self.veto.reason(self._context, start, end)
         self._context = self.veto.keep(self._context, end)
-        p_sleep = 0.0 if reason else p_model
-        event = self._tracker.update(p_sleep >= self.threshold)
-        late, self._late_since_result = self._late_since_result, {}
+        events: tuple[str, ...] = ()
+        if hr_samples == 0 and motion_seconds == 0:
+            p_sleep = p_model = math.nan
+            status: State = "unknown"
+            events, reason = ("unknown",) if self._known else (), None
+            self._known = False
+            self._empty_run += 1
+            if self._empty_run * EPOCH_SECONDS >= self.reset_after:
+                self._start_afresh()
+        else:
+            self._known, self._empty_run = True, 0
+            p_model = float(p[0])
+            p_sleep = 0.0 if reason else p_model
+            event = self._tracker.update(p_sleep >= self.threshold)
+            events = (event,) if event else ()
+            status = "asleep" if self._tracker.asleep else "awake"
         return EpochResult(
             start,
             end,
             p_sleep,
             p_model,
-            self._tracker.asleep,
-            (event,) if event else (),
+            status,
+            events,
             reason,
             late,
+            hr_samples,
+            motion_seconds,
+            self.timezone,
             features[0],
         )
+
+    def _gap(self, start: float, end: float) -> EpochResult:
+        """The one result for the rest of a gap after the stream started afresh."""
+        late, self._late_since_result = self._late_since_result, {}
+        return EpochResult(
+            start, end, math.nan, math.nan, "unknown", late_samples=late, timezone=self.timezone
+        )
+
+    def _start_afresh(self) -> None:
+        """After ``reset_after`` without data: initial model state and tracker, grid reopened."""
+        log.info(
+            "no data for %g s up to t=%.3f: starting afresh", self.reset_after, self._closed_until
+        )
+        self._state = self.model.initial_state()
+        self._tracker = self._tracker.clone()
+        self._next_start = None
+        self._empty_run = 0
+        self._context = []
 
     # -- persistence ---------------------------------------------------------------------------
     def _settings(self) -> dict[str, Any]:
@@ -341,8 +707,12 @@ class SleepDetector:
                 "min_confidence": self.veto.min_confidence,
             },
             "origin": self.origin,
-            "close_lag": self.close_lag,
+            "close_lag": finite_or_none(self.close_lag),
             "check_units": self.check_units,
+            "time_unit": self.time_unit,
+            "timezone": self.timezone,
+            "expect": None if self.expect is None else list(self.expect),
+            "reset_after": self.reset_after,
         }
 
     def snapshot(self) -> bytes:
@@ -351,7 +721,7 @@ class SleepDetector:
         The bytes are named arrays with a versioned JSON header (:mod:`sleepstream.live.state`),
         never a pickle: restoring them cannot run code.
         """
-        queue = sorted(self._queue)
+        queue, contexts = sorted(self._queue), sorted(self._context_queue)
         header = {
             "model_id": model_id(self.model),
             "settings": self._settings(),
@@ -364,17 +734,24 @@ class SleepDetector:
             "late_since_result": self._late_since_result,
             "tracker": self._tracker.get_state(),
             "accel_last": self._accel_last,
+            "newest": {k: finite_or_none(v) for k, v in self._newest.items()},
+            "empty_run": self._empty_run,
+            "known": self._known,
         }
         arrays: dict[str, NDArray[Any]] = {
             "state": np.asarray(self._state, dtype=np.float32),
             "accel_times": self._accel_t,
             "accel_z": self._accel_z,
+            "accel_intervals": self._intervals,
+            "pending_times": self._pending_t,
+            "pending_xyz": self._pending_xyz,
             "queue_time": np.array([e.time for e in queue], dtype=np.float64),
             "queue_order": np.array([e.order for e in queue], dtype=np.int64),
-            "queue_stream": np.array([_STREAMS.index(e.stream) for e in queue], dtype=np.int8),
-            "queue_value": np.array([_event_value(e) for e in queue], dtype=np.float64),
+            "queue_counts": np.array([e.stream == "counts" for e in queue], dtype=np.bool_),
+            "queue_value": np.array([float(e.value) for e in queue], dtype=np.float64),  # type: ignore[arg-type]
             "context": _context_array(self._context),
-            "queue_context": _context_array(_queued_contexts(queue)),
+            "queue_context": _context_array([e.value for e in contexts]),  # type: ignore[misc]
+            "queue_context_order": np.array([e.order for e in contexts], dtype=np.int64),
         }
         return state.pack(header, arrays)
 
@@ -410,33 +787,36 @@ class SleepDetector:
             self.model,
             np.shape(self._state),
         )
-        self._accel_t = array(arrays, "accel_times", np.float64, what=_WHAT)
+        self._accel_t = _increasing(array(arrays, "accel_times", np.float64, what=_WHAT))
         self._accel_z = array(arrays, "accel_z", np.float64, (len(self._accel_t),), what=_WHAT)
-        if len(self._accel_t) > 1 and np.any(np.diff(self._accel_t) <= 0):
-            raise ValueError("snapshot acceleration times are not increasing")
+        self._intervals = array(arrays, "accel_intervals", np.float64, what=_WHAT)
+        if len(self._intervals) > RATE_INTERVALS or (self._intervals <= 0).any():
+            raise ValueError("snapshot acceleration intervals are malformed")
+        self._pending_t = _increasing(array(arrays, "pending_times", np.float64, what=_WHAT))
+        self._pending_xyz = array(
+            arrays, "pending_xyz", np.float64, (len(self._pending_t), 3), what=_WHAT
+        )
         last = header.get("accel_last")
         self._accel_last = None if last is None else number(header, "accel_last", what=_WHAT)
         times = array(arrays, "queue_time", np.float64, what=_WHAT)
-        orders = array(arrays, "queue_order", np.int64, what=_WHAT)
-        streams = array(arrays, "queue_stream", np.int8, what=_WHAT)
-        values = array(arrays, "queue_value", np.float64, finite=False, what=_WHAT)
-        if not len(times) == len(orders) == len(streams) == len(values):
-            raise ValueError("snapshot queue arrays differ in length")
-        if np.any((streams < 0) | (streams >= len(_STREAMS))):
-            raise ValueError("snapshot queue names an unknown stream")
+        orders = array(arrays, "queue_order", np.int64, (len(times),), what=_WHAT)
+        is_counts = array(arrays, "queue_counts", np.bool_, (len(times),), what=_WHAT)
+        values = array(arrays, "queue_value", np.float64, (len(times),), what=_WHAT)
+        self._queue = [
+            _Event(t, order, "counts" if counts else "heart_rate", value)
+            for t, order, counts, value in zip(
+                times.tolist(), orders.tolist(), is_counts.tolist(), values.tolist(), strict=True
+            )
+        ]
+        heapq.heapify(self._queue)
         self._context = _contexts(array(arrays, "context", np.float64, (None, 3), what=_WHAT))
         queued = _contexts(array(arrays, "queue_context", np.float64, (None, 3), what=_WHAT))
-        queued_iter = iter(queued)
-        self._queue = []
-        for t, order, stream, value in zip(
-            times.tolist(), orders.tolist(), streams.tolist(), values.tolist(), strict=True
-        ):
-            name = _STREAMS[stream]
-            item: object = next(queued_iter, None) if name == "context" else value
-            if item is None or (name != "context" and not math.isfinite(value)):
-                raise ValueError("snapshot queue holds a malformed entry")
-            self._queue.append(_Event(t, order, name, item))
-        heapq.heapify(self._queue)
+        context_orders = array(arrays, "queue_context_order", np.int64, (len(queued),), what=_WHAT)
+        self._context_queue = [
+            _Event(c.time, order, "context", c)
+            for c, order in zip(queued, context_orders.tolist(), strict=True)
+        ]
+        heapq.heapify(self._context_queue)
         self._order = integer(header, "order", what=_WHAT)
         self._clock = time_or_never(header, "clock", what=_WHAT)
         self._next_start = (
@@ -447,6 +827,16 @@ class SleepDetector:
         self.late_samples = _counts_dict(header.get("late_samples"))
         self._late_since_result = _counts_dict(header.get("late_since_result"))
         self._tracker.set_state(header.get("tracker") or {})
+        newest = header.get("newest")
+        if not isinstance(newest, dict) or not set(newest) <= set(DATA_STREAMS):
+            raise ValueError(f"snapshot stream times {newest!r:.80} are malformed")
+        self._newest = {
+            s: time_or_never(newest, s, what=_WHAT) for s in DATA_STREAMS if s in newest
+        }
+        self._empty_run = integer(header, "empty_run", what=_WHAT)
+        if not 0 <= self._empty_run * EPOCH_SECONDS < self.reset_after:
+            raise ValueError(f"snapshot empty_run {self._empty_run} is out of range")
+        self._known = bool(header.get("known"))
 
     def clone(self) -> SleepDetector:
         """A fresh detector with the same parameters and model, no samples seen."""
@@ -459,6 +849,10 @@ class SleepDetector:
             self.origin,
             self.close_lag,
             self.check_units,
+            self.time_unit,
+            self.timezone,
+            self.expect,
+            self.reset_after,
         )
 
 
@@ -492,41 +886,60 @@ def _resolve_threshold(model: PipelineModel, threshold: float | str) -> float:
     return float(threshold)
 
 
-def _pair(
-    times: ArrayLike, values: ArrayLike, what: str
-) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    t = np.atleast_1d(np.asarray(times, dtype=np.float64))
-    v = np.atleast_1d(np.asarray(values, dtype=np.float64))
-    if t.shape != v.shape or t.ndim != 1:
-        raise ValueError(f"{what}: times {t.shape} and values {v.shape} must be equal 1-D shapes")
-    bad = ~(np.isfinite(t) & np.isfinite(v))
-    if bad.any():
-        i = int(np.argmax(bad))
-        raise ValueError(
-            f"{what}: non-finite time or value at index {i} (t={t[i]!r}, value={v[i]!r})"
-        )
-    if len(t) > 1 and (np.diff(t) < 0).any():
-        i = int(np.argmax(np.diff(t) < 0)) + 1
-        raise ValueError(
-            f"{what}: time goes backwards at index {i} ({t[i - 1]:.3f} -> {t[i]:.3f} s)"
-        )
-    return t, v
+def _increasing(times: NDArray[np.float64]) -> NDArray[np.float64]:
+    if len(times) > 1 and np.any(np.diff(times) <= 0):
+        raise ValueError("snapshot acceleration times are not increasing")
+    return times
 
 
-_STREAMS: tuple[Stream, ...] = ("acceleration", "heart_rate", "counts", "context")
+def _checked_timezone(name: str) -> str:
+    """``name`` if it is an IANA time zone; ``ValueError`` otherwise."""
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, TypeError):
+        raise ValueError(
+            f"unknown time zone {name!r}: give an IANA name such as 'Europe/Berlin' or 'UTC'"
+        ) from None
+    return name
+
+
+def _unit_message(what: str, value: float, unit: str) -> str:
+    """Why a time is refused: beyond the accepted range, with the unit it looks like."""
+    for name, scale in (("milliseconds", 1e3), ("microseconds", 1e6), ("nanoseconds", 1e9)):
+        if abs(value) * TIME_UNITS[unit] / scale < MAX_SECONDS and unit == "s":
+            code = {"milliseconds": "ms", "microseconds": "us"}.get(name)
+            how = f"; or create the detector with time_unit={code!r}" if code else ""
+            return (
+                f"{what}: time {value:.6g} is not in seconds: it looks like {name} since "
+                f"1970. Pass Unix seconds (divide by {scale:g}){how}"
+            )
+    return f"{what}: time {value:.6g} {unit} is outside the years 1653-5138 the detector accepts"
+
+
+def _check_rate(intervals: NDArray[np.float64]) -> None:
+    """Refuse acceleration whose median interval is not that of 10 Hz to 1 kHz."""
+    if len(intervals) < 8:
+        return
+    step = float(np.median(intervals))
+    rate = 1.0 / step
+    if rate < MIN_RATE_HZ * (1 - RATE_TOLERANCE):
+        hint = (
+            " (intervals of a second or more: are the times in milliseconds?)" if step >= 1 else ""
+        )
+        raise ValueError(
+            f"acceleration at about {rate:.3g} Hz: the counts need at least {MIN_RATE_HZ:g} Hz"
+            f"{hint}"
+        )
+    if rate > MAX_RATE_HZ * (1 + RATE_TOLERANCE):
+        raise ValueError(
+            f"acceleration at about {rate:.4g} Hz: above the {MAX_RATE_HZ:g} Hz the detector "
+            "resamples (are the times in seconds?)"
+        )
 
 
 def model_id(model: PipelineModel) -> str:
     """The model's identity for snapshots (its weights' hash where the backend knows it)."""
     return str(getattr(model, "model_id", None) or type(model).__name__)
-
-
-def _event_value(event: _Event) -> float:
-    return math.nan if isinstance(event.value, MotionContext) else float(event.value)  # type: ignore[arg-type]
-
-
-def _queued_contexts(queue: Sequence[_Event]) -> list[MotionContext]:
-    return [e.value for e in queue if isinstance(e.value, MotionContext)]
 
 
 def _context_array(contexts: Sequence[MotionContext]) -> NDArray[np.float64]:

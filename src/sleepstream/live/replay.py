@@ -8,10 +8,14 @@ the replay to a multiple of real time for watching it.
 from __future__ import annotations
 
 import itertools
+import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
 
 import numpy as np
 from numpy.typing import NDArray
@@ -19,9 +23,14 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from sleepstream.data.times import is_unix_time, time_zone
 from sleepstream.live.backends import PipelineModel
 from sleepstream.live.detector import EpochResult, SleepDetector
 from sleepstream.records import EPOCH_SECONDS, Recording, Stage
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 
 @dataclass(frozen=True)
@@ -87,59 +96,194 @@ def replay(
             wait = (piece.start - origin) / speed - (time.monotonic() - started)
             if wait > 0:
                 time.sleep(wait)
-    results += detector.advance(recording.end_time)
+    results += detector.flush(recording.end_time)
     return results
 
 
-def plot_replay(
-    recording: Recording, results: list[EpochResult], threshold: float, path: Path
-) -> Path:
-    """PNG of p(sleep), the threshold and the events over the PSG hypnogram (when scored)."""
-    import matplotlib
+def time_text(t: float, zone: ZoneInfo) -> str:
+    """A result's time for the terminal: local ``HH:MM`` and the zone's abbreviation for Unix
+    times (so the repeated hour of a daylight-saving change reads ``02:30 CEST``, then
+    ``02:30 CET``), hours for relative ones.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Examples
+    --------
+    >>> berlin = ZoneInfo("Europe/Berlin")
+    >>> time_text(1774745970.0, berlin), time_text(1774746000.0, berlin), time_text(5400.0, berlin)
+    ('01:59 CET', '03:00 CEST', '  1.50 h')
+    """
+    if not is_unix_time(t):
+        return f"{t / 3600:6.2f} h"
+    return datetime.fromtimestamp(t, tz=zone).strftime("%H:%M %Z")
 
-    hours = np.array([r.end for r in results]) / 3600
-    has_labels = recording.n_epochs > 0 and recording.scored.any()
-    fig, axes = plt.subplots(
-        2 if has_labels else 1, 1, figsize=(12, 5 if has_labels else 3), sharex=True, squeeze=False
-    )
+
+@dataclass(frozen=True)
+class TimeAxis:
+    """The x axis of the replay plot: hours since ``origin``, ticks in the zone's clock time for
+    Unix times, else labelled as hours since the start of the recording."""
+
+    origin: float
+    zone: ZoneInfo | None
+
+    @classmethod
+    def for_times(cls, first: float, zone: ZoneInfo) -> TimeAxis:
+        """Clock time in ``zone`` when ``first`` is a Unix time, else hours of relative time."""
+        return cls(first, zone) if is_unix_time(first) else cls(0.0, None)
+
+    def x(self, t: NDArray[np.float64] | float) -> NDArray[np.float64]:
+        """Positions of times ``t`` (s) on the axis (hours)."""
+        return (np.asarray(t, dtype=np.float64) - self.origin) / 3600
+
+    @property
+    def label(self) -> str:
+        if self.zone is None:
+            return "hours since the start of the recording"
+        return f"local time ({self.zone.key})"
+
+    def ticks(self, start: float, end: float, max_ticks: int = 12) -> tuple[list[float], list[str]]:
+        """Ticks at whole local hours from ``start`` to ``end`` (s) and their ``HH:MM`` labels
+        (with the date at midnight); empty for relative times (matplotlib's own ticks then).
+
+        Ticks are equally spaced in real time, so across a daylight-saving change the labels
+        jump (``01:00``, ``03:00``) or repeat (``02:00``, ``02:00``) as the clock did.
+        """
+        if self.zone is None or not end > start:
+            return [], []
+        span_hours = (end - start) / 3600
+        hours = next((h for h in (1, 2, 3, 6, 12) if span_hours / h <= max_ticks), None)
+        step = 3600.0 * (hours or 24 * math.ceil(span_hours / 24 / max_ticks))
+        offset = datetime.fromtimestamp(start, tz=self.zone).utcoffset()
+        shift = offset.total_seconds() if offset is not None else 0.0
+        first = math.ceil((start + shift) / step) * step - shift
+        positions, labels = [], []
+        for t in np.arange(first, end + 1e-6, step):
+            local = datetime.fromtimestamp(float(t), tz=self.zone)
+            midnight = local.hour == 0 and local.minute == 0
+            positions.append(float(self.x(float(t))))
+            labels.append(f"{local:%H:%M}" + (f"\n{local:%d %b}" if midnight else ""))
+        return positions, labels
+
+
+def _with_gaps(
+    results: Sequence[EpochResult], value: Callable[[EpochResult], float]
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Epoch ends and values, with a NaN wherever epochs are missing, so lines break there."""
+    times: list[float] = []
+    values: list[float] = []
+    previous_end: float | None = None
+    for r in results:
+        if previous_end is not None and r.start > previous_end:
+            times.append(r.start)
+            values.append(math.nan)
+        times.append(r.end)
+        values.append(value(r))
+        previous_end = r.end
+    return np.asarray(times, dtype=np.float64), np.asarray(values, dtype=np.float64)
+
+
+def _no_data(r: EpochResult) -> bool:
+    return getattr(r, "state", None) == "unknown" or not math.isfinite(r.p_sleep)
+
+
+def no_data_spans(results: Sequence[EpochResult]) -> list[tuple[float, float]]:
+    """Stretches (s) without an answer: epochs without data (state "unknown" or p(sleep) NaN)
+    and epochs missing between results, merged where they touch."""
+    spans: list[tuple[float, float]] = []
+
+    def add(start: float, end: float) -> None:
+        if spans and start <= spans[-1][1]:
+            spans[-1] = (spans[-1][0], max(end, spans[-1][1]))
+        else:
+            spans.append((start, end))
+
+    previous_end: float | None = None
+    for r in results:
+        if previous_end is not None and r.start > previous_end:
+            add(previous_end, r.start)
+        if _no_data(r):
+            add(r.start, r.end)
+        previous_end = r.end
+    return spans
+
+
+def replay_figure(
+    recording: Recording,
+    results: Sequence[EpochResult],
+    threshold: float,
+    timezone: str | ZoneInfo = "UTC",
+) -> Figure:
+    """The figure of :func:`plot_replay`: p(sleep), the threshold and the events over the PSG
+    hypnogram (when scored), against local clock time in ``timezone`` for Unix times."""
+    from matplotlib.figure import Figure
+
+    zone = timezone if isinstance(timezone, ZoneInfo) else time_zone(timezone)
+    start, end = _span(recording, results)
+    axis = TimeAxis.for_times(start, zone)
+    has_labels = recording.n_epochs > 0 and bool(recording.scored.any())
+    fig = Figure(figsize=(12, 5 if has_labels else 3))
+    axes = fig.subplots(2 if has_labels else 1, 1, sharex=True, squeeze=False)
     ax = axes[0, 0]
-    ax.plot(hours, [r.p_model for r in results], color="0.6", lw=0.8, label="model p(sleep)")
-    ax.plot(hours, [r.p_sleep for r in results], color="C0", lw=1.2, label="p(sleep)")
+    t, p_model = _with_gaps(results, lambda r: r.p_model)
+    _, p_sleep = _with_gaps(results, lambda r: r.p_sleep)
+    ax.plot(axis.x(t), p_model, color="0.6", lw=0.8, label="model p(sleep)")
+    ax.plot(axis.x(t), p_sleep, color="C0", lw=1.2, label="p(sleep)")
+    for n, (gap_start, gap_end) in enumerate(no_data_spans(results)):
+        shade = "no data" if n == 0 else None
+        ax.axvspan(*axis.x(np.array([gap_start, gap_end])), color="0.9", lw=0, label=shade)
     ax.axhline(threshold, color="C3", ls="--", lw=0.8, label=f"threshold {threshold:.2f}")
     for r in results:
         for event in r.events:
             color = "C2" if event == "fell_asleep" else "C1"
-            ax.axvline(r.end / 3600, color=color, lw=1.0, alpha=0.8)
+            ax.axvline(float(axis.x(r.end)), color=color, lw=1.0, alpha=0.8)
     ax.plot([], [], color="C2", label="fell asleep")
     ax.plot([], [], color="C1", label="woke up")
     ax.set_ylim(-0.02, 1.02)
     ax.set_ylabel("p(sleep)")
     ax.legend(loc="lower right", fontsize=8, ncol=3)
-    ax.set_title(f"Subject {recording.subject_id}: live detection replayed")
+    title = f"Subject {recording.subject_id}: live detection replayed"
+    if axis.zone is not None:
+        title += f" from {datetime.fromtimestamp(start, tz=axis.zone):%Y-%m-%d %H:%M %Z}"
+    ax.set_title(title)
     if has_labels:
-        stage_axis = {
-            Stage.WAKE: 4,
-            Stage.REM: 3,
-            Stage.N1: 2,
-            Stage.N2: 1,
-            Stage.N3: 0,
-            Stage.N4: 0,
-        }
-        levels = np.array(
-            [stage_axis.get(Stage(int(s)), np.nan) for s in recording.stages], dtype=float
-        )
-        hyp = axes[1, 0]
-        hyp.step((recording.epoch_times + EPOCH_SECONDS) / 3600, levels, where="pre", color="k")
-        hyp.set_yticks([0, 1, 2, 3, 4], ["N3", "N2", "N1", "REM", "Wake"])
-        hyp.set_ylabel("PSG")
-    axes[-1, 0].set_xlabel("hours since the start of the recording")
+        _hypnogram(axes[1, 0], recording, axis)
+    positions, labels = axis.ticks(start, end)
+    if positions:
+        axes[-1, 0].set_xticks(positions, labels)
+    axes[-1, 0].set_xlabel(axis.label)
     fig.tight_layout()
+    return fig
+
+
+def _span(recording: Recording, results: Sequence[EpochResult]) -> tuple[float, float]:
+    """Start and end (s) of what the plot shows: the results and the recording's epochs."""
+    starts = [r.start for r in results[:1]] + [float(t) for t in recording.epoch_times[:1]]
+    ends = [r.end for r in results[-1:]] + [recording.end_time] * bool(recording.n_epochs)
+    return min(starts, default=0.0), max(ends, default=0.0)
+
+
+def _hypnogram(hyp: Axes, recording: Recording, axis: TimeAxis) -> None:
+    stage_axis = {Stage.WAKE: 4, Stage.REM: 3, Stage.N1: 2, Stage.N2: 1, Stage.N3: 0, Stage.N4: 0}
+    levels = np.array(
+        [stage_axis.get(Stage(int(s)), np.nan) for s in recording.stages], dtype=float
+    )
+    hyp.step(axis.x(recording.epoch_times + EPOCH_SECONDS), levels, where="pre", color="k")
+    hyp.set_yticks([0, 1, 2, 3, 4], ["N3", "N2", "N1", "REM", "Wake"])
+    hyp.set_ylabel("PSG")
+
+
+def plot_replay(
+    recording: Recording,
+    results: Sequence[EpochResult],
+    threshold: float,
+    path: Path,
+    timezone: str | ZoneInfo = "UTC",
+) -> Path:
+    """PNG (or PDF, SVG) of :func:`replay_figure` at ``path``; returns ``path``.
+
+    Epochs without data and missing epochs are gaps in the lines, shaded grey.
+    """
+    fig = replay_figure(recording, results, threshold, timezone)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
@@ -155,15 +299,24 @@ def load_step_model(path: str | None) -> PipelineModel:
     return OnnxPipeline.shipped()
 
 
-def live_table(result: EpochResult, subject: str, stage: int) -> Table:
-    """One epoch's result (and the PSG stage, -1 if none) as the terminal's live table."""
+def live_table(
+    result: EpochResult, subject: str, stage: int, timezone: str | ZoneInfo = "UTC"
+) -> Table:
+    """One epoch's result (and the PSG stage, -1 if none) as the terminal's live table; its
+    time is the end of the epoch (:func:`time_text`)."""
+    zone = timezone if isinstance(timezone, ZoneInfo) else time_zone(timezone)
     table = Table(title=f"sleepstream live, subject {subject}")
     for column in ("time", "p(sleep)", "state", "events", "PSG"):
         table.add_column(column)
+    if _no_data(result):
+        p_text, state = "-", "[dim]unknown (no data)"
+    else:
+        p_text = f"{result.p_sleep:.2f}"
+        state = "[green]asleep" if result.asleep else "[yellow]awake"
     table.add_row(
-        f"{result.end / 3600:6.2f} h",
-        f"{result.p_sleep:.2f}" + (f" (vetoed: {result.vetoed})" if result.vetoed else ""),
-        "[green]asleep" if result.asleep else "[yellow]awake",
+        time_text(result.end, zone),
+        p_text + (f" (vetoed: {result.vetoed})" if result.vetoed else ""),
+        state,
         ", ".join(result.events),
         {-1: "-", 0: "wake", 5: "REM"}.get(stage, f"N{min(stage, 3)}"),
     )
@@ -177,15 +330,18 @@ def replay_live(
     *,
     speed: float = 0.0,
     transient: bool = False,
+    timezone: str | ZoneInfo = "UTC",
 ) -> list[EpochResult]:
-    """:func:`replay` with the live state shown in the terminal and events logged."""
+    """:func:`replay` with the live state shown in the terminal and events logged; Unix times
+    are shown as clock times in ``timezone``."""
+    zone = timezone if isinstance(timezone, ZoneInfo) else time_zone(timezone)
     labels = dict(zip(recording.epoch_times.tolist(), recording.stages.tolist(), strict=True))
     with Live(console=console, transient=transient, auto_refresh=False) as live:
 
         def show(result: EpochResult) -> None:
             stage = int(labels.get(result.start, -1))
-            live.update(live_table(result, recording.subject_id, stage), refresh=True)
+            live.update(live_table(result, recording.subject_id, stage, zone), refresh=True)
             if result.events:
-                console.log(f"{result.end / 3600:.2f} h: {', '.join(result.events)}")
+                console.log(f"{time_text(result.end, zone).strip()}: {', '.join(result.events)}")
 
         return replay(recording, detector, speed=speed, on_result=show)

@@ -19,7 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 FORMAT = "sleepstream-detector-state"
-VERSION = 1
+VERSION = 2
 MAX_BYTES = 64 * 2**20
 """Snapshots larger than this are refused before they are read (a day of state is ~1 MB)."""
 
