@@ -10,6 +10,8 @@
     sleepstream report --out DIR                          rebuild a cv report from its predictions
     sleepstream ship -c CONFIG --loso DIR                 train on all nights, save with LOSO card
     sleepstream replay --subject ID [--history H]         a night through the live detector
+    sleepstream replay --heart-rate F --motion F|--counts F [--labels F] [--timezone ZONE]
+                       [--time-unit s|ms|us]              a user's own files through it
     sleepstream export [--ckpt PATH] --out DIR            ONNX + Core ML of the one-epoch step
 
 Every output path (``--out``, ``--docs``, ``--dest``) is checked before any work starts
@@ -167,6 +169,12 @@ def _ship(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
+    from sleepstream.data.times import TimeFormat, time_zone
+
+    TimeFormat(args.time_unit, args.timezone)  # both checked before any work
+    zone = time_zone(args.timezone or "UTC")
+    if args.subject and args.time_unit:
+        raise ValueError("--time-unit is for --heart-rate files; the data folder's are seconds")
     name = args.subject or Path(args.heart_rate).stem
     out = check_output_file(args.out or f"replay_{name}.png", "--out file", FIGURE_SUFFIXES)
 
@@ -181,13 +189,20 @@ def _replay(args: argparse.Namespace) -> int:
     else:
         optional = {k: Path(getattr(args, k)) if getattr(args, k) else None for k in PATH_ARGS}
         recording = read_user_recording(
-            Path(args.heart_rate), optional["motion"], optional["counts"], optional["labels"]
+            Path(args.heart_rate),
+            optional["motion"],
+            optional["counts"],
+            optional["labels"],
+            time_unit=args.time_unit,
+            timezone=args.timezone,
         )
     threshold = args.threshold if args.threshold is not None else "wasa93"
     detector = SleepDetector(load_step_model(args.model), threshold=threshold)
-    results = replay_live(recording, detector, console, speed=args.speed, transient=args.quiet)
+    results = replay_live(
+        recording, detector, console, speed=args.speed, transient=args.quiet, timezone=zone
+    )
     with atomic_path(out) as partial:
-        plot_replay(recording, results, detector.threshold, partial)
+        plot_replay(recording, results, detector.threshold, partial, timezone=zone)
     events = sum(len(r.events) for r in results)
     console.print(f"{len(results)} epochs, {events} events; plot in {out}")
     return 0
@@ -287,10 +302,25 @@ def build_parser() -> argparse.ArgumentParser:
     rep = commands.add_parser("replay", help="play a night through the live detector")
     source = rep.add_mutually_exclusive_group(required=True)
     source.add_argument("--subject", help="a subject of the data folder")
-    source.add_argument("--heart-rate", help="a user's heart-rate file (seconds,bpm)")
-    rep.add_argument("--motion", help="with --heart-rate: raw acceleration (seconds x y z, g)")
-    rep.add_argument("--counts", help="with --heart-rate: activity counts (seconds,count)")
-    rep.add_argument("--labels", help="with --heart-rate: PSG labels (seconds stage)")
+    source.add_argument(
+        "--heart-rate", help="a user's heart-rate file (time,bpm; time: see --time-unit)"
+    )
+    rep.add_argument("--motion", help="with --heart-rate: raw acceleration (time x y z, g)")
+    rep.add_argument("--counts", help="with --heart-rate: activity counts (time,count)")
+    rep.add_argument("--labels", help="with --heart-rate: PSG labels (time stage)")
+    rep.add_argument(
+        "--time-unit",
+        metavar="UNIT",
+        help="unit of numeric times in the files: s, ms or us (default: seconds, relative or "
+        "since 1970; files that look like ms or us are refused). ISO-8601 times with a UTC "
+        "offset (2026-03-29T01:59:30+01:00) are read as they are",
+    )
+    rep.add_argument(
+        "--timezone",
+        metavar="ZONE",
+        help="IANA time zone (e.g. Europe/Berlin) for the clock times shown, and of ISO-8601 "
+        "times without an offset in the files (default: show UTC; such times refused)",
+    )
     rep.add_argument(
         "--history",
         type=float,

@@ -5,6 +5,12 @@ line of the file, blank ones included. A file that is not UTF-8 text (e.g. a bin
 reported with the line and byte offset of its first undecodable byte. Rows are never dropped
 silently: out-of-order rows are sorted and duplicate timestamps removed, each with a logged
 warning that counts them. Blank lines hold no data and are skipped.
+
+The readers of timed rows (heart rate, counts, motion, labels) take a
+:class:`~sleepstream.data.times.TimeFormat`: times may be seconds (relative, as in the
+sleep-accel layout, or since 1970), milliseconds or microseconds with an explicit unit, or
+ISO-8601 times (see :mod:`sleepstream.data.times`). A numeric time column is read exactly as a
+numeric table, so the sleep-accel files parse as they always have.
 """
 
 from __future__ import annotations
@@ -19,6 +25,22 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
+from sleepstream.data.times import (
+    COUNT_SPACING,
+    HEART_RATE_SPACING,
+    LABEL_SPACING,
+    MOTION_SPACING,
+    Spacing,
+    TimeFormat,
+    TimeUnit,
+    TimeValueError,
+    check_spacing,
+    looks_like_iso,
+    recording_span,
+    seconds_from_iso,
+    seconds_from_numbers,
+    wall_clock_epochs,
+)
 from sleepstream.records import EPOCH_SECONDS, Recording, Stage
 
 log = logging.getLogger(__name__)
@@ -26,6 +48,8 @@ log = logging.getLogger(__name__)
 MIN_BPM = 25.0
 MAX_BPM = 250.0
 GRID_TOLERANCE = 1e-6
+DEFAULT_TIMES = TimeFormat()
+"""Seconds (milliseconds and microseconds refused), or ISO-8601 times with a UTC offset."""
 
 
 class DataFormatError(ValueError):
@@ -69,15 +93,18 @@ def _not_text_error(path: Path) -> DataFormatError:
     return DataFormatError(f"{path}: not UTF-8 text; expected a text table")
 
 
-def _scan_for_error(path: Path, sep: str | None, n_cols: int) -> None:
-    """Slow path: find and raise the first malformed line (1-based line numbers)."""
+def _scan_for_error(path: Path, sep: str | None, n_cols: int, text_times: bool = False) -> None:
+    """Slow path: find and raise the first malformed line (1-based line numbers).
+
+    ``text_times``: the first field is an ISO-8601 time, checked elsewhere, not a number.
+    """
     try:
-        _scan_lines(path, sep, n_cols)
+        _scan_lines(path, sep, n_cols, text_times)
     except UnicodeDecodeError:
         raise _not_text_error(path) from None
 
 
-def _scan_lines(path: Path, sep: str | None, n_cols: int) -> None:
+def _scan_lines(path: Path, sep: str | None, n_cols: int, text_times: bool) -> None:
     with path.open(encoding="utf-8") as lines:
         for number, line in enumerate(lines, start=1):
             if not line.strip():
@@ -89,7 +116,7 @@ def _scan_lines(path: Path, sep: str | None, n_cols: int) -> None:
                     f"{sep or 'whitespace'!r}, got {line.strip()!r}"
                 )
             try:
-                values = [float(f) for f in fields]
+                values = [float(f) for f in fields[1 if text_times else 0 :]]
             except ValueError:
                 raise DataFormatError(
                     f"{path}, line {number}: cannot parse {line.strip()!r} as numbers"
@@ -115,18 +142,43 @@ def line_of_row(path: Path, row: int) -> int:
     return row + 1  # the file changed since it was read: the best guess left
 
 
-def read_table(path: Path, sep: str | None, n_cols: int) -> NDArray[np.float64]:
+def read_table(
+    path: Path, sep: str | None, n_cols: int, time_format: TimeFormat | None = None
+) -> NDArray[np.float64]:
     """Read a headerless numeric text table, shape ``(rows, n_cols)``.
 
     ``sep=None`` means whitespace. Raises :class:`DataFormatError` for an empty file, a file
     that is not UTF-8 text, a row with the wrong number of fields, an unparsable value, NaN or
     infinity, naming the line (counting blank lines, which are skipped).
+
+    With ``time_format`` (a :class:`~sleepstream.data.times.TimeFormat`), the first column
+    holds times as it describes them (numbers, or ISO-8601 text) and is returned in seconds
+    (Unix seconds for ISO-8601 times); a time that cannot be read is named with its line.
     """
+    return _read_table(path, sep, n_cols, time_format)[0]
+
+
+def _read_table(
+    path: Path, sep: str | None, n_cols: int, time_format: TimeFormat | None
+) -> tuple[NDArray[np.float64], bool]:
+    """:func:`read_table` and whether the times were ISO-8601 text."""
     if not path.exists():
         raise FileNotFoundError(f"{path}: file not found")
     with path.open("rb") as head:
         if not head.read(4096).strip():
             raise DataFormatError(f"{path}: file is empty")
+    if time_format is not None and _first_time_is_text(path, sep):
+        return _read_text_times(path, sep, n_cols, time_format), True
+    table = _read_numbers(path, sep, n_cols)
+    if time_format is not None:
+        try:
+            table[:, 0] = seconds_from_numbers(table[:, 0], time_format.unit)
+        except TimeValueError as error:
+            raise _time_error(path, error) from None
+    return table, False
+
+
+def _read_numbers(path: Path, sep: str | None, n_cols: int) -> NDArray[np.float64]:
     try:
         frame = pd.read_csv(
             path,
@@ -146,6 +198,67 @@ def read_table(path: Path, sep: str | None, n_cols: int) -> NDArray[np.float64]:
     if table.shape[1] != n_cols or not np.isfinite(table).all():
         _scan_for_error(path, sep, n_cols)
         raise DataFormatError(f"{path}: expected {n_cols} finite values per line")
+    return table
+
+
+def _first_time_is_text(path: Path, sep: str | None) -> bool:
+    """Whether the first field of the first data line is an ISO-8601 time, not a number."""
+    try:
+        with path.open(encoding="utf-8") as lines:
+            first = next((line for line in lines if line.strip()), "")
+    except UnicodeDecodeError:
+        raise _not_text_error(path) from None
+    return looks_like_iso(first.strip().split(sep)[0].strip())
+
+
+def _read_text_times(
+    path: Path, sep: str | None, n_cols: int, time_format: TimeFormat
+) -> NDArray[np.float64]:
+    """A table whose first column holds ISO-8601 times, the times as Unix seconds."""
+    try:
+        frame = pd.read_csv(
+            path,
+            sep=r"\s+" if sep is None else sep,
+            header=None,
+            dtype=str,
+            keep_default_na=False,
+            skip_blank_lines=True,
+            engine="c",
+            encoding="utf-8",
+        )
+    except UnicodeDecodeError:
+        raise _not_text_error(path) from None
+    except (ValueError, pd.errors.ParserError):
+        _scan_for_error(path, sep, n_cols, text_times=True)
+        raise DataFormatError(f"{path}: cannot be parsed as a table of times and numbers") from None
+    values = frame.iloc[:, 1:].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+    if frame.shape[1] != n_cols or not np.isfinite(values).all():
+        _scan_for_error(path, sep, n_cols, text_times=True)
+        raise DataFormatError(f"{path}: expected a time and {n_cols - 1} finite values per line")
+    try:
+        seconds = seconds_from_iso(frame[0], time_format.zone)
+    except TimeValueError as error:
+        raise _time_error(path, error) from None
+    return np.column_stack([seconds, values])
+
+
+def _time_error(path: Path, error: TimeValueError) -> DataFormatError:
+    """``error`` as a :class:`DataFormatError` naming the file and, if known, the line."""
+    where = f"{path}" if error.row is None else f"{path}, line {line_of_row(path, error.row)}"
+    return DataFormatError(f"{where}: {error}")
+
+
+def _read_times(
+    path: Path, sep: str | None, n_cols: int, time_format: TimeFormat, spacing: Spacing
+) -> NDArray[np.float64]:
+    """A table of timed rows, times in seconds; numeric times without a unit must also be
+    spaced like ``spacing`` in seconds (relative milliseconds are refused)."""
+    table, text_times = _read_table(path, sep, n_cols, time_format)
+    if not text_times and time_format.unit is None:
+        try:
+            check_spacing(table[:, 0], spacing)
+        except TimeValueError as error:
+            raise _time_error(path, error) from None
     return table
 
 
@@ -188,9 +301,11 @@ def _first_row(mask: NDArray[np.bool_]) -> int:
     return int(np.argmax(mask))
 
 
-def read_labels(path: Path) -> tuple[NDArray[np.float64], NDArray[np.int8]]:
+def read_labels(
+    path: Path, time_format: TimeFormat = DEFAULT_TIMES
+) -> tuple[NDArray[np.float64], NDArray[np.int8]]:
     """Epoch start times (s, on a 30 s grid) and :class:`Stage` codes from ``seconds stage`` rows."""
-    table = read_table(path, None, 2)
+    table = _read_times(path, None, 2, time_format, LABEL_SPACING)
     times, stages = table[:, 0], table[:, 1]
     off_grid = np.abs(times / EPOCH_SECONDS - np.round(times / EPOCH_SECONDS)) > GRID_TOLERANCE
     if off_grid.any():
@@ -210,9 +325,11 @@ def read_labels(path: Path) -> tuple[NDArray[np.float64], NDArray[np.int8]]:
     return times, stages.astype(np.int8)
 
 
-def read_heart_rate(path: Path) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+def read_heart_rate(
+    path: Path, time_format: TimeFormat = DEFAULT_TIMES
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Heart-rate sample times (s) and beats per minute from ``seconds,bpm`` rows."""
-    table = read_table(path, ",", 2)
+    table = _read_times(path, ",", 2, time_format, HEART_RATE_SPACING)
     bpm = table[:, 1]
     impossible = (bpm < MIN_BPM) | (bpm > MAX_BPM)
     if impossible.any():
@@ -225,9 +342,11 @@ def read_heart_rate(path: Path) -> tuple[NDArray[np.float64], NDArray[np.float64
     return times, bpm
 
 
-def read_counts(path: Path) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+def read_counts(
+    path: Path, time_format: TimeFormat = DEFAULT_TIMES
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Activity-count times (s, start of each 15 s window) and counts from ``seconds,count``."""
-    table = read_table(path, ",", 2)
+    table = _read_times(path, ",", 2, time_format, COUNT_SPACING)
     negative = table[:, 1] < 0
     if negative.any():
         row = _first_row(negative)
@@ -238,9 +357,11 @@ def read_counts(path: Path) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     return times, counts
 
 
-def read_acceleration(path: Path) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+def read_acceleration(
+    path: Path, time_format: TimeFormat = DEFAULT_TIMES
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Raw acceleration times (s) and ``(n, 3)`` x, y, z in g from ``seconds x y z`` rows."""
-    table = read_table(path, None, 4)
+    table = _read_times(path, None, 4, time_format, MOTION_SPACING)
     _, times, (xyz,) = sort_by_time(path, table[:, 0], table[:, 1:])
     return times, xyz
 
@@ -250,24 +371,57 @@ def read_user_recording(
     motion: Path | None = None,
     counts: Path | None = None,
     labels: Path | None = None,
+    *,
+    time_unit: TimeUnit | None = None,
+    timezone: str | None = None,
 ) -> Recording:
     """A user's own night: heart rate with raw motion (seconds x y z, g) or counts, and labels.
 
-    Without labels, every epoch from t = 0 to the last sample is unscored.
+    Parameters
+    ----------
+    heart_rate, motion, counts, labels
+        The files (``time,bpm``; ``time x y z``; ``time,count``; ``time stage``). Motion is
+        used when both motion and counts are given.
+    time_unit
+        Unit of numeric times, ``"s"``, ``"ms"`` or ``"us"``; ``None``: seconds, and files
+        whose times look like milliseconds or microseconds are refused.
+    timezone
+        IANA time zone of ISO-8601 times without a UTC offset; ``None`` refuses such times.
+
+    Returns
+    -------
+    Recording
+        Times in seconds: Unix seconds when the files hold times since 1970 or ISO-8601 times,
+        else relative seconds. Without labels, the epochs are the 30 s wall-clock epochs
+        (:func:`~sleepstream.data.times.wall_clock_epochs`) from the one holding the first
+        sample to the one holding the last, all unscored.
+
+    Raises
+    ------
+    DataFormatError
+        A file cannot be read; the message names the file and line.
+    ValueError
+        Neither motion nor counts; files mixing Unix and relative times; files spanning more
+        than :data:`~sleepstream.data.times.MAX_SPAN_DAYS` days.
     """
-    hr_t, hr = read_heart_rate(heart_rate)
+    if motion is None and counts is None:
+        raise ValueError("give --motion FILE (seconds x y z, in g) or --counts FILE")
+    time_format = TimeFormat(time_unit, timezone)
+    hr_t, hr = read_heart_rate(heart_rate, time_format)
+    spans = {str(heart_rate): hr_t}
     accel_t = accel = None
     count_t, count_v = np.zeros(0), np.zeros(0)
     if motion is not None:
-        accel_t, accel = read_acceleration(motion)
+        accel_t, accel = read_acceleration(motion, time_format)
+        spans[str(motion)] = accel_t
     elif counts is not None:
-        count_t, count_v = read_counts(counts)
-    else:
-        raise ValueError("give --motion FILE (seconds x y z, in g) or --counts FILE")
+        count_t, count_v = read_counts(counts, time_format)
+        spans[str(counts)] = count_t
     if labels is not None:
-        epoch_t, stages = read_labels(labels)
-    else:
-        end = max(hr_t[-1], accel_t[-1] if accel_t is not None else count_t[-1])
-        epoch_t = np.arange(0.0, float(end), EPOCH_SECONDS)
-        stages = np.full(len(epoch_t), -1, dtype=np.int8)
+        epoch_t, stages = read_labels(labels, time_format)
+        spans[str(labels)] = epoch_t
+    first, last = recording_span(spans)
+    if labels is None:
+        epoch_t = wall_clock_epochs(first, last)
+        stages = np.full(len(epoch_t), Stage.UNSCORED, dtype=np.int8)
     return Recording(heart_rate.stem, epoch_t, stages, hr_t, hr, count_t, count_v, accel_t, accel)
