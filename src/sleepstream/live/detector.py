@@ -90,6 +90,7 @@ from sleepstream.signal.grid import (
     RESAMPLE_PAD_SECONDS,
     is_grid_rate,
     resample_to_grid,
+    sample_rate,
 )
 from sleepstream.state_data import array, finite_or_none, integer, number, time_or_never
 
@@ -376,7 +377,12 @@ class SleepDetector:
         return self._ingest("counts", t, v.tolist())
 
     def add_context(self, context: MotionContext | Sequence[MotionContext]) -> list[EpochResult]:
-        """Motion-activity context (as iOS CMMotionActivity reports it); not data for gaps."""
+        """Motion-activity context (as iOS CMMotionActivity reports it).
+
+        A report holds until the next one and vetoes sleep in the epochs it covers (``veto``).
+        It is not data: it neither closes epochs nor makes an epoch known. Reports for closed
+        epochs are late.
+        """
         items = [context] if isinstance(context, MotionContext) else list(context)
         if not items:
             return []
@@ -388,7 +394,7 @@ class SleepDetector:
             if not is_late:
                 heapq.heappush(self._context_queue, _Event(c.time, self._order, "context", c))
                 self._order += 1
-        return self._advance(float(t.max()))
+        return []
 
     def add_acceleration(self, times: ArrayLike, xyz: ArrayLike) -> list[EpochResult]:
         """Raw accelerometer samples: times and ``(n, 3)`` x, y, z in g (or ``(n,)`` z).
@@ -413,6 +419,7 @@ class SleepDetector:
                 f"acceleration: times must be strictly increasing, at index {i} "
                 f"({t[i - 1]:.3f} -> {t[i]:.3f} s)"
             )
+        self._check_new_stream("acceleration", t)
         newest = self._pending_t[-1] if len(self._pending_t) else self._accel_last
         late = 0 if newest is None else int(np.searchsorted(t, newest, side="right"))
         late = max(late, int(np.searchsorted(t, self._closed_until)))
@@ -420,7 +427,6 @@ class SleepDetector:
         intervals = np.diff(np.concatenate(([newest], t)) if newest is not None else t)
         intervals = np.concatenate((self._intervals, intervals))[-RATE_INTERVALS:]
         _check_rate(intervals)
-        self._check_new_stream("acceleration", t)
         pending = a.ndim == 2 and not self._units_checked
         if pending:
             held_t = np.concatenate((self._pending_t, t))
@@ -560,6 +566,14 @@ class SleepDetector:
         rate = 1.0 / float(np.median(self._intervals)) if len(self._intervals) else None
         return COUNTS_DELAY_SECONDS + (0.0 if is_grid_rate(rate) else RESAMPLE_PAD_SECONDS)
 
+    def _window_rate(self, times: NDArray[np.float64]) -> float | None:
+        """The rate of an epoch's samples; that of the latest samples when they are too few
+        (or a gap makes their median interval meaningless)."""
+        rate = sample_rate(times)
+        if rate is not None and MIN_RATE_HZ * (1 - RATE_TOLERANCE) <= rate:
+            return rate
+        return 1.0 / float(np.median(self._intervals)) if len(self._intervals) else None
+
     def _covered(self, stream: Stream, raw: bool = False) -> float:
         """The time up to which ``stream`` has delivered everything (``raw``: newest sample)."""
         newest = self._newest.get(stream, -math.inf)
@@ -628,8 +642,9 @@ class SleepDetector:
             reach = RESAMPLE_PAD_SECONDS + 1.0
             lo = max(0, int(np.searchsorted(self._accel_t, first - reach)) - 1)
             hi = int(np.searchsorted(self._accel_t, first + EPOCH_SECONDS + reach)) + 1
+            window_t = self._accel_t[lo:hi]
             accel = resample_to_grid(
-                self._accel_t[lo:hi], self._accel_z[lo:hi], first, ACCEL_SAMPLES
+                window_t, self._accel_z[lo:hi], first, ACCEL_SAMPLES, self._window_rate(window_t)
             )
             # Keep what the next epoch's grid may still need.
             keep = max(0, int(np.searchsorted(self._accel_t, first + EPOCH_SECONDS - reach)) - 1)
