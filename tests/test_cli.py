@@ -274,6 +274,85 @@ def test_binary_input_file_is_one_line_naming_the_byte(
     assert message.startswith(f"{heart_rate}, line 3: not UTF-8 text: byte 0x9c at byte offset 11")
 
 
+# --- times in a user's files ----------------------------------------------------------------
+
+EVENING = 1774731600.0
+"""2026-03-28 21:00 UTC."""
+
+
+def _user_files(folder: Path, times: np.ndarray, fmt: str = "{:.3f}") -> list[str]:
+    """``--heart-rate`` (every 5 s) and ``--counts`` (every 15 s) arguments over ``times``,
+    which hold every 5 s; times written with ``fmt``."""
+    hr, counts = folder / "hr.csv", folder / "counts.csv"
+    hr.write_text("".join(f"{fmt.format(t)},{60 + i % 7}\n" for i, t in enumerate(times)))
+    counts.write_text("".join(f"{fmt.format(t)},{i % 4}\n" for i, t in enumerate(times[::3])))
+    return ["replay", "--heart-rate", str(hr), "--counts", str(counts)]
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--timezone", "Europe/Berln"], "Unknown time zone 'Europe/Berln'"),
+        (["--timezone", "../../etc/passwd"], "Unknown time zone '../../etc/passwd'"),
+        (["--time-unit", "sec"], "Unknown time unit 'sec'"),
+    ],
+)
+def test_replay_checks_time_zone_and_unit_before_any_work(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, option: list[str], message: str
+) -> None:
+    missing = str(tmp_path / "missing.csv")  # reading it would fail differently
+    argv = ["replay", "--heart-rate", missing, "--counts", missing, *option]
+    assert main([*argv, "--out", str(tmp_path / "night.png")]) == 1
+    assert _one_error(caplog).startswith(message)
+
+
+def test_replay_of_unix_seconds_builds_epochs_from_the_first_sample(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = _user_files(tmp_path, EVENING + np.arange(0.0, 3600.0, 5.0))
+    out = tmp_path / "night.png"
+    assert main(["-q", *argv, "--timezone", "Europe/Berlin", "--out", str(out)]) == 0
+    assert "120 epochs" in capsys.readouterr().err
+    assert out.stat().st_size > 10_000
+
+
+def test_replay_refuses_milliseconds_in_one_line_unless_told(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = _user_files(tmp_path, 1000 * (EVENING + np.arange(0.0, 600.0, 5.0)), "{:.0f}")
+    out = ["--out", str(tmp_path / "night.png")]
+    assert main(["-q", *argv, *out]) == 1
+    message = _one_error(caplog)
+    assert message.startswith(f"{argv[2]}, line 1: time 1774731600000 looks like milliseconds")
+    assert "--time-unit ms" in message
+    assert main(["-q", *argv, "--time-unit", "ms", *out]) == 0
+    assert "20 epochs" in capsys.readouterr().err
+
+
+def test_replay_of_a_night_across_the_fall_back_change(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """ISO-8601 times with offsets, 23:00 to 06:00 in Berlin on the night the clocks go back:
+    8 hours of real time, so 960 epochs (the clock times shown: ``test_times.py``)."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    berlin = ZoneInfo("Europe/Berlin")
+    start = datetime(2026, 10, 24, 23, 0, tzinfo=berlin).timestamp()
+    times = start + np.arange(0.0, 8 * 3600, 5.0)
+    argv = _user_files(tmp_path, times)
+    for name in ("hr.csv", "counts.csv"):
+        path = tmp_path / name
+        rows = [line.split(",") for line in path.read_text().splitlines()]
+        local = [datetime.fromtimestamp(float(t), berlin).isoformat() for t, _ in rows]
+        path.write_text("".join(f"{t},{v}\n" for t, (_, v) in zip(local, rows, strict=True)))
+    assert "2026-10-25T02:30:00+02:00" in (tmp_path / "hr.csv").read_text()
+    assert "2026-10-25T02:30:00+01:00" in (tmp_path / "hr.csv").read_text()
+    out = tmp_path / "night.png"
+    assert main(["-q", *argv, "--timezone", "Europe/Berlin", "--out", str(out)]) == 0
+    assert "960 epochs" in capsys.readouterr().err
+
+
 # --- files are written whole or not at all -----------------------------------------------------
 
 
@@ -410,3 +489,44 @@ def test_interrupted_report_leaves_metrics_and_results_together_or_not_at_all(
     written = _files(out)
     assert "metrics.json" not in written and "results.md" not in written
     assert all(name.endswith(".png") and not name.startswith(".") for name in written)
+
+
+def test_atomic_directory_interrupted_leaves_the_old_package_or_none(tmp_path: Path) -> None:
+    package = tmp_path / "SleepStream_raw.mlpackage"
+
+    def half_a_package(folder: Path) -> None:
+        folder.mkdir()
+        (folder / "Manifest.json").write_text("{")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt), paths.atomic_directory(package) as partial:
+        half_a_package(partial)
+    assert _files(tmp_path) == [] and list(tmp_path.iterdir()) == []
+    with paths.atomic_directory(package) as partial:
+        partial.mkdir()
+        (partial / "Manifest.json").write_text("{}")
+    with pytest.raises(KeyboardInterrupt), paths.atomic_directory(package) as partial:
+        half_a_package(partial)
+    assert (package / "Manifest.json").read_text() == "{}"
+    assert [p.name for p in tmp_path.iterdir()] == [package.name]
+
+
+def test_interrupted_export_leaves_complete_files_or_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C while the exporter writes the first ONNX file: the metadata written before it is
+    complete and the ONNX file absent (the exporter writes to a temporary file)."""
+    import torch
+
+    from sleepstream.export import export_all
+    from sleepstream.export.metadata import ModelMetadata
+    from sleepstream.models.net import SleepMLP
+
+    def interrupted_export(model: object, args: object, f: str, **kwargs: object) -> None:
+        _half_then_interrupt(f)
+
+    monkeypatch.setattr(torch.onnx, "export", interrupted_export)
+    with pytest.raises(KeyboardInterrupt):
+        export_all(SleepMLP(), {"wasa93": 0.8}, tmp_path / "export", coreml=False)
+    assert _files(tmp_path) == ["export/model_raw.json"]
+    ModelMetadata.from_json((tmp_path / "export" / "model_raw.json").read_text())

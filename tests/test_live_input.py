@@ -264,7 +264,7 @@ def _deliver(
     """Each stream cut into random chunks of 10 s on average, each delivered up to
     ``max_delay`` s late."""
     deliveries = []
-    for name, (t, v) in streams.items():
+    for name, (t, _) in streams.items():
         n_cuts = int((t[-1] - t[0]) / 10.0)
         cuts = np.sort(rng.choice(np.arange(1, len(t)), size=n_cuts, replace=False))
         due = -math.inf
@@ -329,7 +329,7 @@ def test_the_readme_live_example_runs_as_written(capsys: pytest.CaptureFixture[s
     assert len(blocks) == 2
     namespace: dict[str, object] = {}
     for block in blocks:
-        exec(compile(block, str(README), "exec"), namespace)  # noqa: S102 - our own README
+        exec(compile(block, str(README), "exec"), namespace)  # the project's own README
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 19 and lines[0].startswith("00:00:00 ")
     assert lines[-1].startswith("00:09:00 ") and " 0.00 " in lines[-1]  # vetoed: cycling

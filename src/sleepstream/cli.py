@@ -197,7 +197,7 @@ def _replay(args: argparse.Namespace) -> int:
             timezone=args.timezone,
         )
     threshold = args.threshold if args.threshold is not None else "wasa93"
-    detector = SleepDetector(load_step_model(args.model), threshold=threshold)
+    detector = SleepDetector(load_step_model(args.model), threshold=threshold, timezone=zone.key)
     results = replay_live(
         recording, detector, console, speed=args.speed, transient=args.quiet, timezone=zone
     )

@@ -4,13 +4,14 @@ The commands call :func:`check_output_dir` or :func:`check_output_file` on every
 were given before they read data or train, so a path that cannot be written fails at once
 instead of after an hour of evaluation.
 
-Every writer goes through :func:`atomic_file`, :func:`atomic_path`, :func:`write_atomic` or
-:func:`copy_atomic`: the bytes go to a hidden temporary file in the target's folder, which
-replaces the target (``os.replace``) only once it is complete. An interrupted run (Ctrl-C, a
-full disk, an exception) leaves either the complete new file, the old file, or nothing; never a
-partial one. Temporary names start with ``.`` and end with ``.tmp`` (``.tmp<suffix>`` for
-:func:`atomic_path`), so a crash that kills the process outright leaves only files that no
-glob of the outputs (``*.npz``, ``*.json``) picks up.
+Every writer goes through :func:`atomic_file`, :func:`atomic_path`, :func:`write_atomic`,
+:func:`copy_atomic` or (for a folder written as a whole, such as a Core ML ``.mlpackage``)
+:func:`atomic_directory`: the bytes go to a hidden temporary file or folder in the target's
+folder, which replaces the target (``os.replace``) only once it is complete. An interrupted run
+(Ctrl-C, a full disk, an exception) leaves either the complete new file, the old file, or
+nothing; never a partial one. Temporary names start with ``.`` and end with ``.tmp``
+(``.tmp<suffix>`` for :func:`atomic_path`), so a crash that kills the process outright leaves
+only files that no glob of the outputs (``*.npz``, ``*.json``, ``*.mlpackage``) picks up.
 """
 
 from __future__ import annotations
@@ -222,6 +223,47 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         _remove_quietly(temporary)
         raise
+
+
+@contextmanager
+def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """A path for a writer that creates a whole folder at ``path``; moved into place when done.
+
+    The path handed out does not exist yet (writers such as Core ML's ``save`` insist on
+    creating it) and has the name of ``path``, inside a hidden temporary folder
+    (``.NAME.xxxxxxxx.tmp``) beside it. When the block ends, an existing ``path`` is moved
+    aside and the new folder renamed into place; then the temporary folder is removed. If the
+    block raises (including ``KeyboardInterrupt``), ``path`` is left as it was.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> with atomic_directory(folder / "model.mlpackage") as partial:
+    ...     partial.mkdir()
+    ...     _ = (partial / "weights.bin").write_bytes(b"complete")
+    >>> sorted(p.name for p in folder.rglob("*"))
+    ['model.mlpackage', 'weights.bin']
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(
+        tempfile.mkdtemp(prefix=f".{target.name[:_NAME_KEEP]}.", suffix=".tmp", dir=target.parent)
+    )
+    try:
+        written = scratch / target.name
+        yield written
+        if not written.exists():
+            raise FileNotFoundError(
+                errno.ENOENT, "the writer created nothing to move into place", str(written)
+            )
+        if target.exists():
+            os.replace(target, scratch / f"{target.name}.replaced")
+        os.replace(written, target)
+    except OSError as error:
+        raise _naming(error, target) from error
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def write_atomic(path: str | os.PathLike[str], data: str | bytes) -> Path:

@@ -8,7 +8,9 @@
     SleepStream_raw.mlpackage, SleepStream_counts.mlpackage     Core ML ML Programs (coreml.py)
     test_vectors.json           whole nights of inputs and expected outputs (vectors.py)
 
-See ``docs/on-device.md`` for what an app collects and runs. The Core ML functions live in
+Every file and package is written through :mod:`sleepstream.paths` (a temporary file or folder
+renamed into place), so an interrupted export leaves complete files or none. See
+``docs/on-device.md`` for what an app collects and runs. The Core ML functions live in
 :mod:`sleepstream.export.coreml` and are not imported here: coremltools is missing on some
 platforms (it has no Windows build), and ONNX export must work without it.
 """
@@ -27,6 +29,7 @@ from sleepstream.export.metadata import ModelMetadata, metadata_for
 from sleepstream.export.onnx import check_onnx_parity, export_onnx, read_onnx_metadata
 from sleepstream.export.vectors import counts_night, generated_night, write_test_vectors
 from sleepstream.models.net import SleepNet
+from sleepstream.paths import write_atomic
 from sleepstream.pipeline import VARIANTS
 from sleepstream.records import Recording
 
@@ -94,7 +97,7 @@ def export_all(
     nights = parity_inputs(recording)
     for variant in VARIANTS:
         meta = metadata_for(net, thresholds, variant, **dict(metadata_extra or {}))
-        (out / f"model_{variant}.json").write_text(meta.to_json() + "\n")
+        write_atomic(out / f"model_{variant}.json", meta.to_json() + "\n")
         path = export_onnx(net, out / f"model_{variant}.onnx", meta)
         files[f"onnx_{variant}"] = str(path)
         inputs, source = nights[variant]

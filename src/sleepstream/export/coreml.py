@@ -39,10 +39,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
-import shutil
 import sys
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -61,7 +58,7 @@ from numpy.typing import NDArray
 from sleepstream.export.metadata import METADATA_KEY, ModelMetadata
 from sleepstream.export.onnx import inference_copy, scan_torch
 from sleepstream.models.net import SleepNet
-from sleepstream.paths import atomic_path
+from sleepstream.paths import atomic_directory, atomic_path
 from sleepstream.pipeline import PipelineStep, pipeline_step
 
 log = logging.getLogger(__name__)
@@ -248,24 +245,6 @@ def _annotate(model: ct.models.MLModel, metadata: ModelMetadata, precision: str)
         model.output_description[name] = text
 
 
-def _save_package(model: ct.models.MLModel, package: Path) -> None:
-    """Save an ML Program so that ``package`` appears only once complete.
-
-    The package (a folder) is written into a temporary folder beside it and renamed into
-    place; an existing package is moved aside first and removed afterwards.
-    """
-    scratch = Path(tempfile.mkdtemp(prefix=f".{package.name}.", dir=package.parent))
-    try:
-        written = scratch / package.name
-        model.save(str(written))
-        if package.exists():
-            old = scratch / "replaced"
-            os.replace(package, old)
-        os.replace(written, package)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-
-
 def export_coreml(
     net: SleepNet,
     path: str | Path,
@@ -317,7 +296,8 @@ def export_coreml(
         program = _convert(traced, metadata, "mlprogram", precision)
         _annotate(program, metadata, precision)
         package = base.parent / f"{base.name}.mlpackage"
-        _save_package(program, package)
+        with atomic_directory(package) as partial:
+            program.save(str(partial))
         written["mlpackage"] = str(package)
         if neuralnetwork:
             try:

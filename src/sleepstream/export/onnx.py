@@ -22,7 +22,7 @@ from numpy.typing import NDArray
 
 from sleepstream.export.metadata import METADATA_KEY, ModelMetadata
 from sleepstream.models.net import SleepNet
-from sleepstream.paths import atomic_file
+from sleepstream.paths import atomic_path
 from sleepstream.pipeline import pipeline_step
 
 OPSET = 18
@@ -71,25 +71,25 @@ def export_onnx(net: SleepNet, path: str | Path, metadata: ModelMetadata) -> Pat
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     step = pipeline_step(inference_copy(net), metadata.variant)
-    with warnings.catch_warnings():
-        _exporter_warning_filters()
-        torch.onnx.export(
-            step,
-            step.example_inputs(2),
-            str(path),
-            dynamo=True,
-            external_data=False,
-            opset_version=OPSET,
-            input_names=list(step.input_names),
-            output_names=list(OUTPUT_NAMES),
-            dynamic_shapes={name: {0: "batch"} for name in step.input_names},
-            verbose=False,
-        )
-    model = onnx.load(str(path))
-    _set_metadata(model, metadata)
-    onnx.checker.check_model(model)
-    with atomic_file(path) as handle:
-        handle.write(model.SerializeToString())
+    with atomic_path(path) as partial:  # the exporter writes the file: only complete ones land
+        with warnings.catch_warnings():
+            _exporter_warning_filters()
+            torch.onnx.export(
+                step,
+                step.example_inputs(2),
+                str(partial),
+                dynamo=True,
+                external_data=False,
+                opset_version=OPSET,
+                input_names=list(step.input_names),
+                output_names=list(OUTPUT_NAMES),
+                dynamic_shapes={name: {0: "batch"} for name in step.input_names},
+                verbose=False,
+            )
+        model = onnx.load(str(partial))
+        _set_metadata(model, metadata)
+        onnx.checker.check_model(model)
+        partial.write_bytes(model.SerializeToString())
     return path
 
 

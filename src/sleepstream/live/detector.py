@@ -570,7 +570,7 @@ class SleepDetector:
         """The rate of an epoch's samples; that of the latest samples when they are too few
         (or a gap makes their median interval meaningless)."""
         rate = sample_rate(times)
-        if rate is not None and MIN_RATE_HZ * (1 - RATE_TOLERANCE) <= rate:
+        if rate is not None and rate >= MIN_RATE_HZ * (1 - RATE_TOLERANCE):
             return rate
         return 1.0 / float(np.median(self._intervals)) if len(self._intervals) else None
 

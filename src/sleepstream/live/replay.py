@@ -230,10 +230,11 @@ def replay_figure(
         shade = "no data" if n == 0 else None
         ax.axvspan(*axis.x(np.array([gap_start, gap_end])), color="0.9", lw=0, label=shade)
     ax.axhline(threshold, color="C3", ls="--", lw=0.8, label=f"threshold {threshold:.2f}")
+    event_colors = {"fell_asleep": "C2", "woke_up": "C1"}  # "unknown": shaded as no data
     for r in results:
         for event in r.events:
-            color = "C2" if event == "fell_asleep" else "C1"
-            ax.axvline(float(axis.x(r.end)), color=color, lw=1.0, alpha=0.8)
+            if event in event_colors:
+                ax.axvline(float(axis.x(r.end)), color=event_colors[event], lw=1.0, alpha=0.8)
     ax.plot([], [], color="C2", label="fell asleep")
     ax.plot([], [], color="C1", label="woke up")
     ax.set_ylim(-0.02, 1.02)
