@@ -295,14 +295,21 @@ def _user_files(folder: Path, times: np.ndarray, fmt: str = "{:.3f}") -> list[st
         (["--timezone", "Europe/Berln"], "Unknown time zone 'Europe/Berln'"),
         (["--timezone", "../../etc/passwd"], "Unknown time zone '../../etc/passwd'"),
         (["--time-unit", "sec"], "Unknown time unit 'sec'"),
+        (["--subject", "46343", "--time-unit", "ms"], "--time-unit is for --heart-rate files"),
     ],
 )
 def test_replay_checks_time_zone_and_unit_before_any_work(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, option: list[str], message: str
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    option: list[str],
+    message: str,
 ) -> None:
+    _no_work(monkeypatch)
     missing = str(tmp_path / "missing.csv")  # reading it would fail differently
-    argv = ["replay", "--heart-rate", missing, "--counts", missing, *option]
-    assert main([*argv, "--out", str(tmp_path / "night.png")]) == 1
+    files = [] if "--subject" in option else ["--heart-rate", missing, "--counts", missing]
+    argv = ["replay", *files, *option, "--out", str(tmp_path / "night.png")]
+    assert main(argv) == 1
     assert _one_error(caplog).startswith(message)
 
 
