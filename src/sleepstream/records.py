@@ -1,7 +1,8 @@
 """One night of sensor data with its polysomnography labels, sleep stages and label maps.
 
 Times everywhere are float seconds relative to the start of the PSG recording (t = 0), as in the
-sleep-accel data. Labels are one per 30 s epoch; ``epoch_times`` holds each epoch's *start*.
+sleep-accel data; a user's own files may give Unix seconds instead (:mod:`sleepstream.data.times`).
+Labels are one per 30 s epoch; ``epoch_times`` holds each epoch's *start*.
 """
 
 from __future__ import annotations

@@ -135,6 +135,7 @@ class TimeAxis:
 
     @property
     def label(self) -> str:
+        """What the axis shows, for its label."""
         if self.zone is None:
             return "hours since the start of the recording"
         return f"local time ({self.zone.key})"
