@@ -96,7 +96,8 @@ def test_milliseconds_and_microseconds_are_named_or_taken_with_time_unit(
 
 
 def test_negative_times_are_ordinary_times(model: OnnxPipeline) -> None:
-    results = SleepDetector(model).add_heart_rate(-3000 + np.arange(0, 300, 5.0), np.full(60, 60.0))
+    detector = SleepDetector(model, expect=("heart_rate",))
+    results = detector.add_heart_rate(-3000 + np.arange(0, 300, 5.0), np.full(60, 60.0))
     assert [r.start for r in results][:2] == [-3000.0, -2970.0] and len(results) == 9
 
 
@@ -173,7 +174,7 @@ def test_every_result_says_what_it_saw(model: OnnxPipeline) -> None:
     assert [r.hr_samples for r in results] == [6, 3, 0]
     # The grid of epoch k covers [30 k + 2, 30 k + 32): the samples end at 75 s.
     assert [r.motion_seconds for r in results] == [30.0, 30.0, 13.0]
-    counts = SleepDetector(model).add_counts([0.0, 15.0, 30.0], [0.0, 4.0, 0.0])
+    counts = SleepDetector(model, expect=("counts",)).add_counts([0.0, 15.0, 30.0], [0, 4.0, 0])
     assert [r.motion_seconds for r in counts] == [30.0]
 
 

@@ -27,8 +27,8 @@ When an epoch closes
 - Each stream *covers* time up to its newest sample (counts: to the end of the newest count's
   15 s window; acceleration: its newest sample less the counts filter's look-ahead of 2 s,
   and 1 s more when it is resampled). An epoch closes once every stream it waits for covers
-  its end: the streams named in ``expect``, or else every stream seen so far. Streams may
-  therefore arrive in any order and chunk size.
+  its end: the streams named in ``expect``, or else heart rate and motion (acceleration or
+  counts, whichever comes). Streams may therefore arrive in any order and chunk size.
 - A stream that falls silent does not hold the others: an epoch also closes once the newest
   sample of any stream (or :meth:`SleepDetector.advance`) is ``close_lag`` seconds past its
   end. :meth:`SleepDetector.flush` closes every epoch up to a time at once (the streams ended).
@@ -254,19 +254,21 @@ class SleepDetector:
         IANA time zone of the results' local times (``"Europe/Berlin"``).
     expect
         The streams every epoch waits for (``"heart_rate"``, ``"acceleration"``,
-        ``"counts"``); ``None`` waits for those seen so far. Naming them lets whole streams be
-        fed one after the other (with ``close_lag=math.inf``, then :meth:`flush`).
+        ``"counts"``); ``None`` waits for heart rate and motion (acceleration or counts). A
+        device with one stream names it (``("heart_rate",)``), else each epoch waits
+        ``close_lag`` for the other. Naming the streams also lets whole streams be fed one
+        after the other (with ``close_lag=math.inf``, then :meth:`flush`).
     reset_after
         Seconds without any data after which the stream starts afresh.
 
     Examples
     --------
-    >>> detector = SleepDetector(timezone="Europe/Berlin")
+    >>> detector = SleepDetector(timezone="Europe/Berlin", expect=("heart_rate",))
     >>> t0 = 1_767_225_600.0  # 2026-01-01 00:00 UTC
     >>> results = detector.add_heart_rate(t0 + np.arange(0, 120, 5.0), np.full(24, 55.0))
     >>> [(r.start_local.strftime("%H:%M:%S"), r.hr_samples, r.motion_seconds) for r in results]
     [('01:00:00', 6, 0.0), ('01:00:30', 6, 0.0), ('01:01:00', 6, 0.0)]
-    >>> detector.flush()[0].hr_samples
+    >>> detector.flush(t0 + 120)[0].hr_samples
     6
     """
 
@@ -589,8 +591,10 @@ class SleepDetector:
         delay = self._accel_delay() if "acceleration" in self._newest else 0.0
         if self._clock >= end + delay + self.close_lag:
             return True
-        waited = self.expect or tuple(self._newest)
-        return bool(waited) and all(self._covered(s) >= end for s in waited)
+        if self.expect is not None:
+            return all(self._covered(s) >= end for s in self.expect)
+        motion = max(self._covered("acceleration"), self._covered("counts"))
+        return self._covered("heart_rate") >= end and motion >= end
 
     def _advance(
         self, now: float | None, due: Callable[[float], bool] | None = None
