@@ -334,3 +334,24 @@ def test_the_readme_live_example_runs_as_written(capsys: pytest.CaptureFixture[s
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 19 and lines[0].startswith("00:00:00 ")
     assert lines[-1].startswith("00:09:00 ") and " 0.00 " in lines[-1]  # vetoed: cycling
+
+
+@pytest.mark.parametrize(
+    "settings,message",
+    [
+        ({"timezone": "Europe/Berlln"}, "unknown time zone 'Europe/Berlln'"),
+        ({"time_unit": "min"}, "time_unit must be one of"),
+        ({"expect": ("heart_rate", "steps")}, "expect names streams of"),
+        ({"expect": ()}, "expect names streams of"),
+        ({"close_lag": -1.0}, "close_lag must be 0 or more"),
+        ({"close_lag": math.nan}, "close_lag must be 0 or more"),
+        ({"reset_after": 10.0}, "reset_after must be a finite number of seconds >= 30"),
+        ({"reset_after": math.inf}, "reset_after must be a finite number"),
+        ({"origin": math.inf}, "origin must be a finite number"),
+    ],
+)
+def test_bad_settings_are_refused_naming_the_parameter(
+    model: OnnxPipeline, settings: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        SleepDetector(model, **settings)  # type: ignore[arg-type]

@@ -54,7 +54,8 @@ Acceleration
 - Raw acceleration in g at 10 Hz to 1 kHz goes onto the 50 Hz grid the counts need: linear
   interpolation near 50 Hz, band-limited resampling otherwise
   (:func:`~sleepstream.signal.grid.resample_to_grid`); the rate is the median interval of the
-  last 64 samples. Below 10 Hz, or above 1 kHz, it is refused.
+  last 64 samples. Below 10 Hz, or above 1 kHz, it is refused; below 24 Hz part of the 3-11 Hz
+  band the counts use is gone, and a warning says so.
 - The unit check (g, gravity present; :func:`~sleepstream.live.units.check_acceleration_units`)
   runs once the first 50 samples of ``(n, 3)`` data have arrived, whatever the chunk sizes;
   until then they are held back.
@@ -105,6 +106,8 @@ TIME_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6}
 MAX_SECONDS, MIN_SECONDS = 1e11, -1e10
 """Accepted times, in seconds (the years 1653 to 5138)."""
 UNIT_CHECK_SAMPLES = 50
+FULL_BAND_HZ = 24.0
+"""Acceleration below this rate cannot carry the counts' 3-11 Hz band (a warning says so)."""
 RATE_INTERVALS = 64
 """Sample intervals the acceleration rate is the median of (the rate needs at least 8)."""
 MIN_BPM, MAX_BPM = 25.0, 250.0
@@ -346,6 +349,7 @@ class SleepDetector:
         self._known = False
         self._context: list[MotionContext] = []
         self._units_checked = not self.check_units
+        self._rate_warned = False
         self.late_samples: dict[str, int] = {}
         self._late_since_result: dict[str, int] = {}
 
@@ -429,6 +433,16 @@ class SleepDetector:
         intervals = np.diff(np.concatenate(([newest], t)) if newest is not None else t)
         intervals = np.concatenate((self._intervals, intervals))[-RATE_INTERVALS:]
         _check_rate(intervals)
+        if len(intervals) >= 8 and not self._rate_warned:
+            rate = 1.0 / float(np.median(intervals))
+            if rate < FULL_BAND_HZ:
+                log.warning(
+                    "acceleration at about %.3g Hz: the counts use 3-11 Hz, which needs %g Hz; "
+                    "they will be lower than at 50 Hz",
+                    rate,
+                    FULL_BAND_HZ,
+                )
+            self._rate_warned = True
         pending = a.ndim == 2 and not self._units_checked
         if pending:
             held_t = np.concatenate((self._pending_t, t))

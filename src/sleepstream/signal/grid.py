@@ -30,6 +30,9 @@ RESAMPLE_PAD_SECONDS = 1.0
 """Samples needed on either side of the grid by the resampling filter, in seconds."""
 UPSAMPLED_HZ = 200.0
 ANTI_ALIAS_HZ = 22.5
+ANTI_ALIAS_FRACTION = 0.45
+"""The low-pass cut-off: this fraction of the input rate (below its Nyquist frequency, so the
+images of upsampling stay out), at most :data:`ANTI_ALIAS_HZ`."""
 FILTER_HALF_SECONDS = 0.5
 
 
@@ -95,7 +98,7 @@ def resample_to_grid(
     uniform grid at their own rate (``rate``, default :func:`sample_rate`), starting at the
     first sample used (linear interpolation, gaps as in :func:`to_grid`);
     :func:`scipy.signal.resample_poly` takes that to at least 200 Hz through a low-pass
-    filter at the lower of its Nyquist frequency and 22.5 Hz (what is above would alias into
+    filter at the lower of 0.45 times its rate and 22.5 Hz (what is above would alias into
     the 50 Hz grid); and the 50 Hz grid is interpolated linearly from there, which at 200 Hz
     keeps 99 % of an 11 Hz movement. A missing point spoils the output its filter reaches
     (up to 0.5 s either side). The grid needs samples from :data:`RESAMPLE_PAD_SECONDS` before
@@ -129,7 +132,7 @@ def resample_to_grid(
     native = to_grid(times, values, start, math.ceil((hi - start) * rate) + 1, max_gap, rate)
     up = math.ceil(UPSAMPLED_HZ / rate)
     half = math.ceil(FILTER_HALF_SECONDS * rate * up)
-    cutoff = min(rate / 2, ANTI_ALIAS_HZ)
+    cutoff = min(ANTI_ALIAS_FRACTION * rate, ANTI_ALIAS_HZ)
     taps = signal.firwin(2 * half + 1, cutoff, window=("kaiser", 8.0), fs=rate * up)
     fine = signal.resample_poly(native, up, 1, window=taps)  # scales the taps by up
     fine_times = start + np.arange(len(fine)) / (rate * up)
