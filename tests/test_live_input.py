@@ -339,7 +339,7 @@ def test_the_readme_live_example_runs_as_written(capsys: pytest.CaptureFixture[s
 @pytest.mark.parametrize(
     "settings,message",
     [
-        ({"timezone": "Europe/Berlln"}, "unknown time zone 'Europe/Berlln'"),
+        ({"timezone": "Europe/Berlln"}, "Unknown time zone 'Europe/Berlln'"),
         ({"time_unit": "min"}, "time_unit must be one of"),
         ({"expect": ("heart_rate", "steps")}, "expect names streams of"),
         ({"expect": ()}, "expect names streams of"),

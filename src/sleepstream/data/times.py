@@ -26,14 +26,16 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 import numpy as np
-import pandas as pd
 from numpy.typing import NDArray
 
 from sleepstream.records import EPOCH_SECONDS
+
+if TYPE_CHECKING:  # pandas is imported where ISO text is read: the live detector needs none
+    import pandas as pd
 
 TimeUnit = Literal["s", "ms", "us"]
 TIME_UNITS: tuple[TimeUnit, ...] = get_args(TimeUnit)
@@ -143,6 +145,20 @@ def utc_text(t: float) -> str:
 # -- numeric times -----------------------------------------------------------------------------
 
 
+def since_1970_unit(values: NDArray[np.float64]) -> tuple[int, str] | None:
+    """The first time too large for seconds since 1970 and the unit it looks like, if any.
+
+    >>> since_1970_unit(np.array([0.0, 1.7e9, 1.7e12]))
+    (2, 'ms')
+    """
+    magnitude = np.abs(values)
+    for guess, floor in SINCE_1970_FROM.items():
+        too_large = magnitude >= floor
+        if too_large.any():
+            return int(np.argmax(too_large)), guess
+    return None
+
+
 def seconds_from_numbers(values: NDArray[np.float64], unit: TimeUnit | None) -> NDArray[np.float64]:
     """Numeric times in seconds: divided by the size of ``unit``, or (no unit) checked.
 
@@ -161,22 +177,20 @@ def seconds_from_numbers(values: NDArray[np.float64], unit: TimeUnit | None) -> 
     """
     if unit is not None:
         return values if unit == "s" else values / PER_SECOND[unit]
-    magnitude = np.abs(values)
-    for guess, floor in SINCE_1970_FROM.items():
-        too_large = magnitude >= floor
-        if too_large.any():
-            row = int(np.argmax(too_large))
-            value = float(values[row])
-            advice = (
-                f"give the unit (--time-unit {guess}) or convert the times to seconds"
-                if guess in TIME_UNITS
-                else "convert the times to seconds"
-            )
-            raise TimeValueError(
-                row,
-                f"time {value:.17g} looks like {UNIT_NAMES[guess]} since 1970 "
-                f"({utc_text(value / PER_SECOND[guess])} if so), not seconds: {advice}",
-            )
+    found = since_1970_unit(values)
+    if found is not None:
+        row, guess = found
+        value = float(values[row])
+        advice = (
+            f"give the unit (--time-unit {guess}) or convert the times to seconds"
+            if guess in TIME_UNITS
+            else "convert the times to seconds"
+        )
+        raise TimeValueError(
+            row,
+            f"time {value:.17g} looks like {UNIT_NAMES[guess]} since 1970 "
+            f"({utc_text(value / PER_SECOND[guess])} if so), not seconds: {advice}",
+        )
     return values
 
 
@@ -234,6 +248,8 @@ def check_spacing(times: NDArray[np.float64], spacing: Spacing) -> None:
 
 def looks_like_iso(text: str) -> bool:
     """Whether ``text`` (one time field) is an ISO-8601 date or date-time, not a number."""
+    import pandas as pd
+
     try:
         float(text)
     except ValueError:
@@ -250,10 +266,12 @@ def seconds_from_iso(texts: pd.Series, zone: ZoneInfo | None) -> NDArray[np.floa
 
     Examples
     --------
+    >>> import pandas as pd
     >>> seconds_from_iso(pd.Series(["2026-03-29T01:59:30+01:00", "2026-03-29T03:00:00+02:00"]),
     ...                  None).tolist()
     [1774745970.0, 1774746000.0]
     """
+
     texts = texts.astype(str).str.strip()
     aware = texts.str.contains(_UTC_OFFSET).to_numpy(dtype=bool)
     seconds = np.empty(len(texts), dtype=np.float64)
@@ -275,6 +293,8 @@ def seconds_from_iso(texts: pd.Series, zone: ZoneInfo | None) -> NDArray[np.floa
 
 def _parsed(texts: pd.Series, *, utc: bool) -> pd.DatetimeIndex:
     """``texts`` parsed by pandas' ISO-8601 reader; the first unreadable one is named."""
+    import pandas as pd
+
     try:
         parsed = pd.to_datetime(texts, format="ISO8601", utc=utc, errors="coerce")
     except (ValueError, TypeError):  # e.g. mixed offsets the pattern above did not recognise
@@ -324,6 +344,8 @@ def _localized(
 
 def _unix_seconds(index: pd.DatetimeIndex) -> NDArray[np.float64]:
     """Seconds since 1970 of tz-aware times, whatever pandas' resolution (ns, us, s)."""
+    import pandas as pd
+
     since = index.tz_convert("UTC") - pd.Timestamp(0, tz="UTC")
     return np.asarray(since / pd.Timedelta(1, "s"), dtype=np.float64)
 

@@ -71,11 +71,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from sleepstream.data.times import (
+    PER_SECOND,
+    SINCE_1970_FROM,
+    TIME_UNITS,
+    UNIT_NAMES,
+    since_1970_unit,
+    time_zone,
+)
 from sleepstream.events import OnsetTracker
 from sleepstream.features import pack_counts, pack_heart_rate
 from sleepstream.live import state
@@ -102,8 +110,7 @@ CLOSE_LAG_SECONDS = 60.0
 """Default ``close_lag``: how long the detector waits for a stream that has fallen behind."""
 RESET_AFTER_SECONDS = 7200.0
 """Default ``reset_after``: seconds without any data after which the stream starts afresh."""
-TIME_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6}
-MAX_SECONDS, MIN_SECONDS = 1e11, -1e10
+MAX_SECONDS, MIN_SECONDS = SINCE_1970_FROM["ms"], -1e10
 """Accepted times, in seconds (the years 1653 to 5138)."""
 UNIT_CHECK_SAMPLES = 50
 FULL_BAND_HZ = 24.0
@@ -311,7 +318,7 @@ class SleepDetector:
         if time_unit not in TIME_UNITS:
             raise ValueError(f"time_unit must be one of {sorted(TIME_UNITS)}, got {time_unit!r}")
         self.time_unit = time_unit
-        self.timezone = _checked_timezone(timezone)
+        self.timezone = time_zone(timezone).key
         if expect is not None:
             unknown = sorted(set(expect) - set(DATA_STREAMS))
             if unknown or not expect:
@@ -481,7 +488,7 @@ class SleepDetector:
         ``now``; ``advance(math.inf)`` closes everything (the epochs without data up to
         ``reset_after``, then nothing more).
         """
-        now = float(now) * TIME_UNITS[self.time_unit]
+        now = float(now) / PER_SECOND[self.time_unit]
         if math.isnan(now):
             raise ValueError("advance: now is NaN")
         return self._advance(now)
@@ -497,7 +504,7 @@ class SleepDetector:
             covered = [self._covered(s, raw=True) for s in self._newest]
             limit = max(covered, default=-math.inf)
         else:
-            limit = float(until) * TIME_UNITS[self.time_unit]
+            limit = float(until) / PER_SECOND[self.time_unit]
             if math.isnan(limit):
                 raise ValueError("flush: until is NaN")
         return self._advance(None, lambda end: end <= limit)
@@ -510,14 +517,13 @@ class SleepDetector:
                 f"{what}: times must be a 1-D array of numbers (seconds), got "
                 f"{raw.dtype} of shape {raw.shape}; convert datetimes to Unix seconds"
             )
-        t = raw.astype(np.float64) * TIME_UNITS[self.time_unit]
+        t = raw.astype(np.float64) / PER_SECOND[self.time_unit]
         if not np.isfinite(t).all():
             i = int(np.argmax(~np.isfinite(t)))
             raise ValueError(f"{what}: non-finite time at index {i} ({raw[i]!r})")
         beyond = (t >= MAX_SECONDS) | (t < MIN_SECONDS)
         if beyond.any():
-            i = int(np.argmax(beyond))
-            raise ValueError(_unit_message(what, float(raw[i]), self.time_unit))
+            raise ValueError(_unit_message(what, raw.astype(np.float64), self.time_unit))
         return t
 
     def _pair(
@@ -925,28 +931,21 @@ def _increasing(times: NDArray[np.float64]) -> NDArray[np.float64]:
     return times
 
 
-def _checked_timezone(name: str) -> str:
-    """``name`` if it is an IANA time zone; ``ValueError`` otherwise."""
-    try:
-        ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError, TypeError):
-        raise ValueError(
-            f"unknown time zone {name!r}: give an IANA name such as 'Europe/Berlin' or 'UTC'"
-        ) from None
-    return name
-
-
-def _unit_message(what: str, value: float, unit: str) -> str:
-    """Why a time is refused: beyond the accepted range, with the unit it looks like."""
-    for name, scale in (("milliseconds", 1e3), ("microseconds", 1e6), ("nanoseconds", 1e9)):
-        if abs(value) * TIME_UNITS[unit] / scale < MAX_SECONDS and unit == "s":
-            code = {"milliseconds": "ms", "microseconds": "us"}.get(name)
-            how = f"; or create the detector with time_unit={code!r}" if code else ""
-            return (
-                f"{what}: time {value:.6g} is not in seconds: it looks like {name} since "
-                f"1970. Pass Unix seconds (divide by {scale:g}){how}"
-            )
-    return f"{what}: time {value:.6g} {unit} is outside the years 1653-5138 the detector accepts"
+def _unit_message(what: str, values: NDArray[np.float64], unit: str) -> str:
+    """Why times are refused: beyond the accepted range, with the unit they look like."""
+    found = since_1970_unit(values) if unit == "s" else None
+    if found is not None:
+        row, guess = found
+        how = f"; or create the detector with time_unit={guess!r}" if guess in TIME_UNITS else ""
+        return (
+            f"{what}: time {values[row]:.6g} is not in seconds: it looks like "
+            f"{UNIT_NAMES[guess]} since 1970. Pass Unix seconds (divide by "
+            f"{PER_SECOND[guess]:g}){how}"
+        )
+    row = int(np.argmax((values >= MAX_SECONDS) | (values < MIN_SECONDS)))
+    return (
+        f"{what}: time {values[row]:.6g} {unit} is outside the years 1653-5138 the detector accepts"
+    )
 
 
 def _check_rate(intervals: NDArray[np.float64]) -> None:
