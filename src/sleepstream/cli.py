@@ -13,6 +13,7 @@
     sleepstream replay --heart-rate F --motion F|--counts F [--labels F] [--timezone ZONE]
                        [--time-unit s|ms|us]              a user's own files through it
     sleepstream export [--ckpt PATH] --out DIR            ONNX + Core ML of the one-epoch step
+    sleepstream serve [--host H] [--port N] [--db FILE]   the API for many watches (SQLite)
 
 Every output path (``--out``, ``--docs``, ``--dest``) is checked before any work starts
 (:mod:`sleepstream.paths`), and every file is written whole or not at all.
@@ -238,6 +239,12 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from sleepstream.serve.app import run
+
+    return run(args.host, args.port, args.db)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sleepstream", description="Real-time sleep detection from Apple Watch sensors."
@@ -344,6 +351,12 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--precision", choices=["float32", "float16"], default="float32")
     exp.add_argument("--data", help="data folder (default: $SLEEPSTREAM_DATA)")
     exp.set_defaults(run=_export)
+
+    serve = commands.add_parser("serve", help="the API for many watches (docs at /docs)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--db", default="sleepstream.sqlite3", help="SQLite store, made if new")
+    serve.set_defaults(run=_serve)
     return parser
 
 

@@ -1,0 +1,322 @@
+"""The HTTP and WebSocket API of ``sleepstream serve`` (FastAPI; OpenAPI at ``/docs``).
+
+=========================================  ============================  ====================
+endpoint                                   token                         what
+=========================================  ============================  ====================
+``POST /devices``                          none                          register a device
+``POST /devices/{id}/batches``             the device's                  send samples
+``POST /devices/{id}/viewers``             the device's                  make a viewer token
+``GET /devices/{id}``                      the device's or a viewer's    state and night
+``WS /devices/{id}/events?token=...``      the device's or a viewer's    results as they come
+``GET /health``                            none                          liveness
+=========================================  ============================  ====================
+
+Tokens go in ``Authorization: Bearer TOKEN`` (the WebSocket takes ``?token=``, as browsers
+cannot set headers there). Every error is a 4xx with a JSON body ``{"detail": ...}``; see
+``docs/robustness.md`` ("The service") for each one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Body, Depends, FastAPI, HTTPException, Query, Request, WebSocket
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from sleepstream.live.backends import PipelineModel
+from sleepstream.serve.devices import Devices, SequenceError
+from sleepstream.serve.schema import (
+    JSON,
+    MSGPACK,
+    BatchAck,
+    DeviceCreated,
+    DeviceSettings,
+    DeviceView,
+    EpochOut,
+    Limits,
+    ViewerCreated,
+    parse_batch,
+)
+from sleepstream.serve.store import Store
+from sleepstream.serve.subscribers import Subscribers, messages
+from sleepstream.serve.tokens import Grant, Role
+
+log = logging.getLogger(__name__)
+
+POLICY_VIOLATION = 1008
+"""WebSocket close code for a refused token."""
+TRY_AGAIN_LATER = 1013
+"""WebSocket close code for a subscriber cut off for falling behind."""
+_bearer = HTTPBearer(auto_error=False, description="a device token or a viewer token")
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+def create_app(
+    store: Store, model: PipelineModel | None = None, limits: Limits | None = None
+) -> FastAPI:
+    """The API over ``store``, running ``model`` (default: the shipped model file).
+
+    The caller owns the store (and closes it after the app has stopped).
+    """
+    if model is None:
+        from sleepstream.live.backends import OnnxPipeline
+
+        model = OnnxPipeline.shipped()
+    limits = limits or Limits()
+    devices = Devices(store, model)
+    subscribers = Subscribers()
+    app = FastAPI(
+        title="sleepstream",
+        summary="Live sleep state for many watches, pushed to whoever may see it.",
+    )
+    app.state.devices, app.state.subscribers = devices, subscribers
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    _add_error_handlers(app)
+
+    def grant(device_id: str, credentials: Credentials, role: Role | None) -> Grant:
+        """The grant of the request's token for ``device_id`` (``role``: only that role)."""
+        found = devices.grant(credentials.credentials) if credentials else None
+        if found is None:
+            raise HTTPException(
+                401,
+                "a valid token is needed (Authorization: Bearer TOKEN)",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        if found.device_id != device_id:
+            raise HTTPException(403, f"this token is not for device {device_id}")
+        if role is not None and found.role != role:
+            raise HTTPException(
+                403, "a viewer token can only read; this needs the device's own token"
+            )
+        return found
+
+    @app.get("/health")
+    def health() -> dict[str, str]:
+        """Whether the server answers."""
+        return {"status": "ok"}
+
+    @app.post("/devices", status_code=201)
+    def register(settings: Annotated[DeviceSettings | None, Body()] = None) -> DeviceCreated:
+        """Register a device; the answer holds its device token, shown this once."""
+        try:
+            device, token = devices.register(settings or DeviceSettings.model_validate({}))
+        except ValueError as error:
+            raise HTTPException(422, str(error)) from None
+        return DeviceCreated(
+            device_id=device.id,
+            token=token.text,
+            threshold=device.threshold,
+            timezone=device.timezone,
+        )
+
+    @app.post(
+        "/devices/{device_id}/batches",
+        openapi_extra={"requestBody": _batch_body()},
+        responses={409: {"description": "the sequence number skips or contradicts batches"}},
+    )
+    async def add_batch(device_id: str, request: Request, credentials: Credentials) -> BatchAck:
+        """Send a batch of samples (JSON, or msgpack with ``Content-Type: application/msgpack``).
+
+        Acknowledged once stored: the detector state, the new epoch results and ``seq``
+        are committed together. A batch sent again (``seq`` at or below the last stored) is
+        acknowledged as a duplicate and not applied again.
+        """
+        await run_in_threadpool(grant, device_id, credentials, Role.DEVICE)
+        body = await request.body()
+
+        def apply() -> Any:
+            batch = parse_batch(body, request.headers.get("content-type"), limits)
+            return devices.add_batch(device_id, batch)
+
+        try:
+            outcome = await run_in_threadpool(apply)
+        except SequenceError as error:
+            raise HTTPException(409, str(error)) from None
+        except ValueError as error:
+            raise HTTPException(422, str(error)) from None
+        subscribers.publish(device_id, messages(device_id, outcome.results))
+        return BatchAck(
+            seq=outcome.seq,
+            duplicate=outcome.duplicate,
+            last_seq=outcome.last_seq,
+            results=[EpochOut.model_validate(r) for r in outcome.results],
+        )
+
+    @app.post("/devices/{device_id}/viewers", status_code=201)
+    def add_viewer(device_id: str, credentials: Credentials) -> ViewerCreated:
+        """Make a viewer token: it reads this device's state and events, nothing else."""
+        grant(device_id, credentials, Role.DEVICE)
+        token = devices.add_viewer(device_id)
+        return ViewerCreated(viewer_id=token.grant.key, token=token.text)
+
+    @app.get("/devices/{device_id}")
+    def night(
+        device_id: str,
+        credentials: Credentials,
+        since: Annotated[
+            float | None,
+            Query(description="Unix seconds; default: the last night_hours (12 h)"),
+        ] = None,
+    ) -> DeviceView:
+        """The device's current state and its night so far (results ending after ``since``)."""
+        grant(device_id, credentials, None)
+        found = devices.night(device_id, since, limits.night_hours, limits.max_results)
+        current = None if found.current is None else EpochOut.model_validate(found.current)
+        return DeviceView(
+            device_id=device_id,
+            threshold=found.device.threshold,
+            timezone=found.device.timezone,
+            last_seq=found.last_seq,
+            state=None if current is None else current.state,
+            current=current,
+            results=[EpochOut.model_validate(r) for r in found.results],
+            more=found.more,
+        )
+
+    @app.websocket("/devices/{device_id}/events")
+    async def events(websocket: WebSocket, device_id: str, token: str = "") -> None:
+        """Every new epoch result of the device (``{"type": "epoch", ...}``) and each event
+        (``{"type": "event", "event": "fell_asleep" | "woke_up" | "unknown", ...}``),
+        after a first ``{"type": "state", ...}`` message with the device's current state."""
+        found = await run_in_threadpool(devices.grant, token)
+        if found is None or found.device_id != device_id:
+            await websocket.close(POLICY_VIOLATION, "a valid token for this device is needed")
+            return
+        await websocket.accept()
+        subscription = subscribers.subscribe(device_id)
+        closed = asyncio.ensure_future(_until_closed(websocket))
+        try:
+            state = await run_in_threadpool(devices.night, device_id, None, 0.0, 0)
+            last = None if state.current is None else EpochOut.model_validate(state.current)
+            await websocket.send_json(
+                {
+                    "type": "state",
+                    "device_id": device_id,
+                    "last_seq": state.last_seq,
+                    "current": None if last is None else last.model_dump(mode="json"),
+                }
+            )
+            while True:
+                message = asyncio.ensure_future(subscription.queue.get())
+                await asyncio.wait({message, closed}, return_when=asyncio.FIRST_COMPLETED)
+                if closed.done():
+                    message.cancel()
+                    return
+                if message.result() is None:
+                    await websocket.close(TRY_AGAIN_LATER, "fell too far behind")
+                    return
+                await websocket.send_json(message.result())
+        finally:
+            closed.cancel()
+            subscribers.unsubscribe(subscription)
+
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+async def _until_closed(websocket: WebSocket) -> None:
+    """Returns when the client closes the WebSocket (what it sends is ignored)."""
+    while (await websocket.receive())["type"] != "websocket.disconnect":
+        pass
+
+
+def _batch_body() -> dict[str, Any]:
+    schema = {"$ref": "#/components/schemas/Batch"}
+    return {"required": True, "content": {JSON: {"schema": schema}, MSGPACK: {"schema": schema}}}
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """The OpenAPI document, with the batch schema the batch endpoint reads by hand."""
+    from sleepstream.serve.schema import Batch
+
+    if app.openapi_schema is None:
+        document = get_openapi(
+            title=app.title, version=app.version, summary=app.summary, routes=app.routes
+        )
+        batch = Batch.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        schemas.update({**batch.pop("$defs", {}), "Batch": batch})
+        app.openapi_schema = document
+    return app.openapi_schema
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """4xx answers as ``{"detail": ...}`` without echoing the input; 500 as JSON too."""
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
+        detail = [
+            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+            for e in error.errors()[:20]
+        ]
+        return JSONResponse({"detail": detail}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def failed(request: Request, error: Exception) -> JSONResponse:
+        log.exception("%s %s failed", request.method, request.url.path)
+        return JSONResponse({"detail": "internal error; nothing was stored"}, status_code=500)
+
+
+class BodyLimit:
+    """ASGI middleware: request bodies over ``max_bytes`` get 413 (declared or counted)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            too_large = declared.isdigit()
+            detail = (
+                f"the body is over {self.max_bytes} bytes" if too_large else "bad Content-Length"
+            )
+            await JSONResponse({"detail": detail}, 413 if too_large else 400)(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise HTTPException(413, f"the body is over {self.max_bytes} bytes")
+            return message
+
+        await self.app(scope, counted, send)
+
+
+def run(host: str, port: int, db: str | Path) -> int:
+    """Serve the API on ``host:port`` with the SQLite store ``db`` until stopped."""
+    import uvicorn
+
+    from sleepstream.paths import check_output_file
+    from sleepstream.serve.sqlite import SQLiteStore
+
+    store = SQLiteStore(check_output_file(db, "--db file"))
+    try:
+        uvicorn.run(
+            create_app(store),
+            host=host,
+            port=port,
+            ws="websockets-sansio",
+            ws_max_size=2**16,
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            timeout_graceful_shutdown=5,
+        )
+    finally:
+        store.close()
+    return 0

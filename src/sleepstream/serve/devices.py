@@ -1,0 +1,206 @@
+"""The devices of a server: registration, tokens, and each device's detector fed batch by batch.
+
+A device's detector lives in memory between its batches (at most ``max_detectors`` of them,
+the least recently used dropped first) and in the store after each one. The stored snapshot is
+the truth: a detector is rebuilt from it after a restart, after it was dropped, when the
+device's last sequence number in the store is not the one the cached detector has seen
+(another server process wrote it), and whenever a batch fails half-way (bad samples, a failed
+commit), so a refused batch leaves no trace in memory either.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sleepstream.live.backends import PipelineModel
+from sleepstream.live.detector import SleepDetector
+from sleepstream.serve.feed import feed, record
+from sleepstream.serve.schema import Batch, DeviceSettings
+from sleepstream.serve.store import Device, EpochRecord, StaleSequenceError, Store
+from sleepstream.serve.tokens import Grant, NewToken, Role, matches, new_token, split_token
+
+log = logging.getLogger(__name__)
+
+DEVICE_ID_BYTES = 12
+MAX_DETECTORS = 10_000
+"""Detectors kept in memory by default (a day's state is about 1 MB, a night's far less)."""
+
+
+class SequenceError(Exception):
+    """A batch that does not fit the device's sequence (answered with 409)."""
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    """What became of a batch: stored with its ``results``, or a ``duplicate`` of a stored
+    one; ``last_seq`` is the device's last stored batch afterwards."""
+
+    seq: int
+    duplicate: bool
+    last_seq: int
+    results: list[EpochRecord]
+
+
+@dataclass(frozen=True)
+class DeviceNight:
+    """A device, its last stored batch, and its results from ``since`` (``more``: more follow)."""
+
+    device: Device
+    last_seq: int
+    current: EpochRecord | None
+    results: list[EpochRecord]
+    more: bool
+
+
+class Devices:
+    """The devices of a :class:`~sleepstream.serve.store.Store`, run with ``model``.
+
+    Parameters
+    ----------
+    store
+        Where devices, tokens, detector states and results are kept.
+    model
+        The pipeline model every detector runs (shared: it holds no stream's state).
+    max_detectors
+        Detectors kept in memory between batches.
+    clock
+        Unix seconds now (registration times).
+
+    The methods may be called from several threads; batches are applied one at a time.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        model: PipelineModel,
+        max_detectors: int = MAX_DETECTORS,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.store = store
+        self.model = model
+        self.max_detectors = max_detectors
+        self.clock = clock
+        self._detectors: OrderedDict[str, tuple[SleepDetector, int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    # -- devices and tokens -------------------------------------------------------------------
+    def register(self, settings: DeviceSettings) -> tuple[Device, NewToken]:
+        """A new device with ``settings`` and its device token.
+
+        Raises ``ValueError`` naming a threshold that is not one of the model's.
+        """
+        if settings.threshold not in self.model.thresholds:
+            raise ValueError(
+                f"threshold {settings.threshold!r:.40} is not one of the model's "
+                f"{sorted(self.model.thresholds)}"
+            )
+        now = self.clock()
+        device = Device(
+            secrets.token_urlsafe(DEVICE_ID_BYTES), settings.threshold, settings.timezone, now
+        )
+        self._new_detector(device)  # the settings make a detector, or raise here
+        token = new_token(device.id, Role.DEVICE, now)
+        self.store.add_device(device, token.grant)
+        log.info("registered device %s (%s, %s)", device.id, device.threshold, device.timezone)
+        return device, token
+
+    def add_viewer(self, device_id: str) -> NewToken:
+        """A new viewer token for the device."""
+        token = new_token(device_id, Role.VIEWER, self.clock())
+        self.store.add_grant(token.grant)
+        return token
+
+    def grant(self, token: str) -> Grant | None:
+        """The stored grant of ``token``, or ``None`` when it is not a valid token."""
+        parts = split_token(token)
+        if parts is None:
+            return None
+        grant = self.store.grant(parts[0])
+        return grant if grant is not None and matches(grant, parts[1]) else None
+
+    # -- batches ------------------------------------------------------------------------------
+    def add_batch(self, device_id: str, batch: Batch) -> BatchOutcome:
+        """Apply ``batch`` to the device's detector and store it, or recognise a duplicate.
+
+        Raises :class:`SequenceError` for a sequence number that skips batches or repeats one
+        with other samples, and the detector's ``ValueError`` for bad samples; either way
+        nothing is stored.
+        """
+        digest = batch.digest()
+        with self._lock:
+            state = self.store.state(device_id)
+            if batch.seq <= state.last_seq:
+                stored = self.store.batch_digest(device_id, batch.seq)
+                if stored is not None and not hmac.compare_digest(stored, digest):
+                    raise SequenceError(
+                        f"batch {batch.seq} was already stored with other samples; the device's "
+                        f"last batch is {state.last_seq}, send {state.last_seq + 1} next"
+                    )
+                return BatchOutcome(batch.seq, True, state.last_seq, [])
+            if batch.seq != state.last_seq + 1:
+                raise SequenceError(
+                    f"batch {batch.seq} does not follow the last stored batch "
+                    f"{state.last_seq}: send batch {state.last_seq + 1} first"
+                )
+            detector = self._detector(device_id, state.snapshot, state.last_seq)
+            try:
+                results = [record(r, batch.seq) for r in feed(detector, batch)]
+                self.store.commit_batch(device_id, batch.seq, digest, detector.snapshot(), results)
+            except StaleSequenceError:
+                self._detectors.pop(device_id, None)
+                raise SequenceError(
+                    f"batch {batch.seq} was stored meanwhile by another server process; send "
+                    "it again to be told whether it is a duplicate"
+                ) from None
+            except BaseException:
+                self._detectors.pop(device_id, None)
+                raise
+            self._detectors[device_id] = (detector, batch.seq)
+            return BatchOutcome(batch.seq, False, batch.seq, results)
+
+    def _detector(self, device_id: str, snapshot: bytes | None, last_seq: int) -> SleepDetector:
+        """The device's detector after batch ``last_seq``: the cached one, or restored."""
+        cached = self._detectors.pop(device_id, None)
+        if cached is not None and cached[1] == last_seq:
+            detector = cached[0]
+        else:
+            device = self.store.device(device_id)
+            if device is None:
+                raise KeyError(f"unknown device {device_id!r}")
+            detector = self._new_detector(device)
+            if snapshot is not None:
+                try:
+                    detector.restore(snapshot)
+                except ValueError as error:
+                    raise RuntimeError(
+                        f"the stored detector state of device {device_id} cannot be restored "
+                        f"({error})"
+                    ) from None
+        self._detectors[device_id] = (detector, last_seq)
+        while len(self._detectors) > self.max_detectors:
+            self._detectors.popitem(last=False)
+        return detector
+
+    def _new_detector(self, device: Device) -> SleepDetector:
+        return SleepDetector(self.model, threshold=device.threshold, timezone=device.timezone)
+
+    # -- reading ------------------------------------------------------------------------------
+    def night(self, device_id: str, since: float | None, hours: float, limit: int) -> DeviceNight:
+        """The device's results that end after ``since`` (default: ``hours`` before its
+        newest result's end), at most ``limit``."""
+        device = self.store.device(device_id)
+        if device is None:
+            raise KeyError(f"unknown device {device_id!r}")
+        last_seq = self.store.state(device_id).last_seq
+        current = self.store.last_epoch(device_id)
+        if since is None:
+            since = -float("inf") if current is None else current.end - hours * 3600.0
+        results = self.store.epochs(device_id, since, limit + 1)
+        return DeviceNight(device, last_seq, current, results[:limit], len(results) > limit)

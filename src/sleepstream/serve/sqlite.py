@@ -1,0 +1,292 @@
+"""The default store: one SQLite file (stdlib :mod:`sqlite3`), WAL mode, no setup.
+
+Every write is a transaction committed with ``synchronous=FULL``, so what a method has
+returned survives a crash of the process (and of the machine). One connection is shared by the
+server's threads under a lock; SQLite runs one writer at a time anyway. The schema carries its
+version (``PRAGMA user_version``); a file of another version is refused, never altered.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sleepstream.serve.store import Device, DeviceState, EpochRecord, StaleSequenceError
+from sleepstream.serve.tokens import Grant, Role
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+SCHEMA = """
+CREATE TABLE devices (
+    id TEXT PRIMARY KEY,
+    threshold TEXT NOT NULL,
+    timezone TEXT NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE tokens (
+    key TEXT PRIMARY KEY,
+    secret_hash BLOB NOT NULL,
+    device_id TEXT NOT NULL REFERENCES devices(id),
+    role TEXT NOT NULL CHECK (role IN ('device', 'viewer')),
+    created REAL NOT NULL
+);
+CREATE TABLE detector_state (
+    device_id TEXT PRIMARY KEY REFERENCES devices(id),
+    snapshot BLOB,
+    last_seq INTEGER NOT NULL,
+    updated REAL
+);
+CREATE TABLE batches (
+    device_id TEXT NOT NULL REFERENCES devices(id),
+    seq INTEGER NOT NULL,
+    digest BLOB NOT NULL,
+    PRIMARY KEY (device_id, seq)
+);
+CREATE TABLE epochs (
+    device_id TEXT NOT NULL REFERENCES devices(id),
+    start REAL NOT NULL,
+    "end" REAL NOT NULL,
+    start_local TEXT NOT NULL,
+    end_local TEXT NOT NULL,
+    p_sleep REAL,
+    p_model REAL,
+    state TEXT NOT NULL,
+    events TEXT NOT NULL,
+    vetoed TEXT,
+    late_samples TEXT NOT NULL,
+    hr_samples INTEGER NOT NULL,
+    motion_seconds REAL NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (device_id, start)
+);
+"""
+_EPOCH_COLUMNS = (
+    'start, "end", start_local, end_local, p_sleep, p_model, state, events, vetoed, '
+    "late_samples, hr_samples, motion_seconds, seq"
+)
+
+
+class SQLiteStore:
+    """A :class:`~sleepstream.serve.store.Store` in the SQLite file ``path``.
+
+    The file and its tables are created on first use. ``RuntimeError`` names the file when it
+    is not an SQLite database or holds another schema version.
+
+    Examples
+    --------
+    >>> store = SQLiteStore(":memory:")
+    >>> store.device("nobody") is None
+    True
+    >>> store.close()
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = str(path)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            self._setup()
+        except sqlite3.DatabaseError as error:
+            self._db.close()
+            raise RuntimeError(f"{self.path}: cannot be used as the store ({error})") from None
+        except RuntimeError:
+            self._db.close()
+            raise
+
+    def _setup(self) -> None:
+        db = self._db
+        db.execute("PRAGMA busy_timeout = 10000")
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = FULL")
+        db.execute("PRAGMA foreign_keys = ON")
+        version = int(db.execute("PRAGMA user_version").fetchone()[0])
+        if version == 0:
+            if db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+                raise RuntimeError(
+                    f"{self.path} is an SQLite database of something else (tables but no "
+                    "sleepstream schema version); give another --db file"
+                )
+            with self._transaction():
+                db.executescript(f"BEGIN; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+            log.info("created the store %s", self.path)
+        elif version != SCHEMA_VERSION:
+            raise RuntimeError(
+                f"{self.path} has store schema version {version}; this sleepstream reads "
+                f"version {SCHEMA_VERSION}"
+            )
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._db, self._lock)
+
+    def _query(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    # -- devices and tokens -------------------------------------------------------------------
+    def add_device(self, device: Device, grant: Grant) -> None:
+        """Register ``device`` with its device token, and an empty detector state."""
+        with self._transaction() as db:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute(
+                "INSERT INTO devices VALUES (?, ?, ?, ?)",
+                (device.id, device.threshold, device.timezone, device.created),
+            )
+            db.execute("INSERT INTO detector_state VALUES (?, NULL, 0, NULL)", (device.id,))
+            _insert_grant(db, grant)
+
+    def device(self, device_id: str) -> Device | None:
+        """The device, or ``None`` if unknown."""
+        rows = self._query("SELECT * FROM devices WHERE id = ?", (device_id,))
+        return Device(*rows[0]) if rows else None
+
+    def add_grant(self, grant: Grant) -> None:
+        """Store a token record (its device must exist)."""
+        with self._transaction() as db:
+            db.execute("BEGIN IMMEDIATE")
+            _insert_grant(db, grant)
+
+    def grant(self, key: str) -> Grant | None:
+        """The token record with ``key``, or ``None``."""
+        rows = self._query("SELECT * FROM tokens WHERE key = ?", (key,))
+        if not rows:
+            return None
+        key, secret_hash, device_id, role, created = rows[0]
+        return Grant(key, bytes(secret_hash), device_id, Role(role), created)
+
+    # -- detector state and results -----------------------------------------------------------
+    def state(self, device_id: str) -> DeviceState:
+        """The device's detector snapshot and last sequence number."""
+        rows = self._query(
+            "SELECT snapshot, last_seq FROM detector_state WHERE device_id = ?", (device_id,)
+        )
+        if not rows:
+            raise KeyError(f"no detector state for device {device_id!r}")
+        snapshot, last_seq = rows[0]
+        return DeviceState(None if snapshot is None else bytes(snapshot), int(last_seq))
+
+    def batch_digest(self, device_id: str, seq: int) -> bytes | None:
+        """The digest of the applied batch ``seq`` of the device, or ``None``."""
+        rows = self._query(
+            "SELECT digest FROM batches WHERE device_id = ? AND seq = ?", (device_id, seq)
+        )
+        return bytes(rows[0][0]) if rows else None
+
+    def commit_batch(
+        self,
+        device_id: str,
+        seq: int,
+        digest: bytes,
+        snapshot: bytes,
+        results: Sequence[EpochRecord],
+    ) -> None:
+        """Durably store batch ``seq``, the snapshot after it and its results (all or nothing;
+        :class:`StaleSequenceError` unless the device's last sequence number is ``seq - 1``)."""
+        with self._transaction() as db:
+            db.execute("BEGIN IMMEDIATE")
+            updated = db.execute(
+                "UPDATE detector_state SET snapshot = ?, last_seq = ?, updated = ? "
+                "WHERE device_id = ? AND last_seq = ?",
+                (snapshot, seq, time.time(), device_id, seq - 1),
+            )
+            if updated.rowcount != 1:
+                raise StaleSequenceError(f"device {device_id} is no longer at batch {seq - 1}")
+            db.execute("INSERT INTO batches VALUES (?, ?, ?)", (device_id, seq, digest))
+            db.executemany(
+                f"INSERT INTO epochs (device_id, {_EPOCH_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(device_id, *_epoch_row(r)) for r in results],
+            )
+
+    def epochs(self, device_id: str, since: float, limit: int) -> list[EpochRecord]:
+        """Up to ``limit`` results of the device that end after ``since``, oldest first."""
+        rows = self._query(
+            f'SELECT {_EPOCH_COLUMNS} FROM epochs WHERE device_id = ? AND "end" > ? '
+            "ORDER BY start LIMIT ?",
+            (device_id, since, limit),
+        )
+        return [_epoch(row) for row in rows]
+
+    def last_epoch(self, device_id: str) -> EpochRecord | None:
+        """The device's newest result, or ``None``."""
+        rows = self._query(
+            f"SELECT {_EPOCH_COLUMNS} FROM epochs WHERE device_id = ? ORDER BY start DESC LIMIT 1",
+            (device_id,),
+        )
+        return _epoch(rows[0]) if rows else None
+
+    def close(self) -> None:
+        """Close the connection (everything acknowledged is already on disk)."""
+        with self._lock:
+            self._db.close()
+
+
+class _Transaction:
+    """The lock, then a transaction the body opens (``BEGIN ...``): committed when the body
+    returns, rolled back when it raises."""
+
+    def __init__(self, db: sqlite3.Connection, lock: threading.Lock):
+        self._db, self._lock = db, lock
+
+    def __enter__(self) -> sqlite3.Connection:
+        self._lock.acquire()
+        return self._db
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        try:
+            if self._db.in_transaction:
+                self._db.execute("COMMIT" if kind is None else "ROLLBACK")
+        finally:
+            self._lock.release()
+
+
+def _insert_grant(db: sqlite3.Connection, grant: Grant) -> None:
+    db.execute(
+        "INSERT INTO tokens VALUES (?, ?, ?, ?, ?)",
+        (grant.key, grant.secret_hash, grant.device_id, str(grant.role), grant.created),
+    )
+
+
+def _epoch_row(r: EpochRecord) -> tuple[Any, ...]:
+    return (
+        r.start,
+        r.end,
+        r.start_local,
+        r.end_local,
+        r.p_sleep,
+        r.p_model,
+        r.state,
+        json.dumps(list(r.events)),
+        r.vetoed,
+        json.dumps(r.late_samples, sort_keys=True),
+        r.hr_samples,
+        r.motion_seconds,
+        r.seq,
+    )
+
+
+def _epoch(row: tuple[Any, ...]) -> EpochRecord:
+    (start, end, start_local, end_local, p_sleep, p_model, state) = row[:7]
+    events, vetoed, late, hr_samples, motion_seconds, seq = row[7:]
+    return EpochRecord(
+        start,
+        end,
+        start_local,
+        end_local,
+        None if p_sleep is None or math.isnan(p_sleep) else p_sleep,
+        None if p_model is None or math.isnan(p_model) else p_model,
+        state,
+        tuple(json.loads(events)),
+        vetoed,
+        json.loads(late),
+        hr_samples,
+        motion_seconds,
+        seq,
+    )

@@ -1,0 +1,132 @@
+"""What the service keeps, and the interface of the stores that keep it.
+
+A store holds the devices, their tokens (hashed, :mod:`sleepstream.serve.tokens`), each
+device's detector state (the snapshot bytes of :meth:`SleepDetector.snapshot
+<sleepstream.live.detector.SleepDetector.snapshot>`, portable data, never a pickle), its epoch
+results and the sequence numbers of the batches it has applied. :class:`Store` is all the
+service needs from one; :class:`~sleepstream.serve.sqlite.SQLiteStore` is the default, and
+another engine (Redis, for several server processes) implements the same methods.
+
+The one rule a store must keep: :meth:`Store.commit_batch` writes the new snapshot, the new
+results and the batch's sequence number together or not at all, and only if the device's last
+sequence number is still the one the batch follows. A batch is acknowledged after it returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from sleepstream.serve.tokens import Grant
+
+
+@dataclass(frozen=True)
+class Device:
+    """A registered device and its detector settings.
+
+    Attributes
+    ----------
+    id
+        The device's public identifier (in URLs).
+    threshold
+        Name of the model's operating threshold (``"wasa93"``, ``"wasa95"``, ``"operating"``).
+    timezone
+        IANA time zone of the local times in its results.
+    created
+        Unix seconds of the registration.
+    """
+
+    id: str
+    threshold: str
+    timezone: str
+    created: float
+
+
+@dataclass(frozen=True)
+class DeviceState:
+    """A device's detector state: the snapshot (``None`` before its first batch) and the
+    sequence number of the last batch applied to it (0 before the first)."""
+
+    snapshot: bytes | None
+    last_seq: int
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """One epoch result as stored and sent: the :class:`~sleepstream.live.detector.EpochResult`
+    without its features, ``NaN`` as ``None``, local times as ISO-8601 text, and the sequence
+    number of the batch that closed it."""
+
+    start: float
+    end: float
+    start_local: str
+    end_local: str
+    p_sleep: float | None
+    p_model: float | None
+    state: str
+    events: tuple[str, ...]
+    vetoed: str | None
+    late_samples: dict[str, int] = field(default_factory=dict)
+    hr_samples: int = 0
+    motion_seconds: float = 0.0
+    seq: int = 0
+
+
+class StaleSequenceError(Exception):
+    """The device's last sequence number is no longer the one the batch follows."""
+
+
+class Store(Protocol):
+    """Persistent state of the service (see the module docstring for its one rule)."""
+
+    def add_device(self, device: Device, grant: Grant) -> None:
+        """Register ``device`` with its device token, and an empty detector state."""
+        ...
+
+    def device(self, device_id: str) -> Device | None:
+        """The device, or ``None`` if unknown."""
+        ...
+
+    def add_grant(self, grant: Grant) -> None:
+        """Store a token record (its device must exist)."""
+        ...
+
+    def grant(self, key: str) -> Grant | None:
+        """The token record with ``key``, or ``None``."""
+        ...
+
+    def state(self, device_id: str) -> DeviceState:
+        """The device's detector snapshot and last sequence number."""
+        ...
+
+    def batch_digest(self, device_id: str, seq: int) -> bytes | None:
+        """The digest of the applied batch ``seq`` of the device, or ``None``."""
+        ...
+
+    def commit_batch(
+        self,
+        device_id: str,
+        seq: int,
+        digest: bytes,
+        snapshot: bytes,
+        results: Sequence[EpochRecord],
+    ) -> None:
+        """Durably store batch ``seq`` (its digest), the snapshot after it and its results.
+
+        All or nothing; raises :class:`StaleSequenceError`, storing nothing, unless the device's last
+        sequence number is ``seq - 1``.
+        """
+        ...
+
+    def epochs(self, device_id: str, since: float, limit: int) -> list[EpochRecord]:
+        """Up to ``limit`` results of the device that end after ``since``, oldest first."""
+        ...
+
+    def last_epoch(self, device_id: str) -> EpochRecord | None:
+        """The device's newest result, or ``None``."""
+        ...
+
+    def close(self) -> None:
+        """Release the store's resources."""
+        ...
