@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -297,6 +298,27 @@ class BodyLimit:
         await self.app(scope, counted, send)
 
 
+class HideTokens(logging.Filter):
+    """Log records with the ``token=`` of WebSocket URLs blanked out.
+
+    Examples
+    --------
+    >>> record = logging.LogRecord("uvicorn.error", 20, "", 0, '"%s" [accepted]', ("/e?token=ab.cd",), None)
+    >>> HideTokens().filter(record), record.getMessage()
+    (True, '"/e?token=..." [accepted]')
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Blank the tokens out of ``record``; always keep it."""
+        message = record.getMessage()
+        if "token=" in message:
+            record.msg, record.args = _TOKEN_IN_URL.sub("token=...", message), ()
+        return True
+
+
+_TOKEN_IN_URL = re.compile(r"token=[^&\s\"']*")
+
+
 def run(host: str, port: int, db: str | Path) -> int:
     """Serve the API on ``host:port`` with the SQLite store ``db`` until stopped."""
     import uvicorn
@@ -305,6 +327,8 @@ def run(host: str, port: int, db: str | Path) -> int:
     from sleepstream.serve.sqlite import SQLiteStore
 
     store = SQLiteStore(check_output_file(db, "--db file"))
+    for name in ("uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).addFilter(HideTokens())
     try:
         uvicorn.run(
             create_app(store),
