@@ -3,6 +3,7 @@ server process killed mid-night (docs/robustness.md, "The service")."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -33,6 +34,7 @@ from sleepstream.serve.app import create_app
 from sleepstream.serve.feed import record
 from sleepstream.serve.schema import EpochOut, Limits
 from sleepstream.serve.sqlite import SQLiteStore
+from sleepstream.serve.subscribers import Subscribers
 from sleepstream.signal import synthetic
 
 T0 = 1_767_308_400.0
@@ -345,6 +347,38 @@ def test_a_failed_commit_is_a_500_that_stores_nothing(
     assert service.results(device_id, headers) == reference(model, batches)
 
 
+def test_the_night_so_far_comes_in_pages(
+    serve: Callable[..., Service], model: OnnxPipeline, batches: list[Batch]
+) -> None:
+    service = serve(Limits(max_results=5))
+    device_id, headers = service.register()
+    empty = service.client.get(f"/devices/{device_id}", headers=headers).json()
+    assert (empty["state"], empty["current"], empty["results"]) == (None, None, [])
+    for batch in batches:
+        assert service.send(device_id, headers, batch).status_code == 200
+    expected, pages, since = reference(model, batches), [], 0.0
+    while True:
+        page = service.client.get(
+            f"/devices/{device_id}", params={"since": since}, headers=headers
+        ).json()
+        pages.append(page["results"])
+        if not page["more"]:
+            break
+        since = page["results"][-1]["end"]
+    assert [len(p) for p in pages] == [5, 5, 5, 4]
+    assert [r for page in pages for r in page] == expected
+    latest = service.client.get(f"/devices/{device_id}", headers=headers).json()
+    assert latest["results"] == expected[:5] and latest["current"] == expected[-1]
+    for since in ("nan", "inf", "yesterday"):
+        answer = service.client.get(
+            f"/devices/{device_id}", params={"since": since}, headers=headers
+        )
+        assert answer.status_code == 422 and answer.json()["detail"][0]["loc"] == [
+            "query",
+            "since",
+        ]
+
+
 # -- limits and malformed requests -------------------------------------------------------------
 def test_bodies_and_batches_over_the_limits_are_413(
     serve: Callable[..., Service], batches: list[Batch]
@@ -487,6 +521,22 @@ def test_a_subscriber_receives_every_epoch_and_event(
     assert received == expected
     events = [m["event"] for m in received if m["type"] == "event"]
     assert "fell_asleep" in events
+
+
+def test_a_subscriber_that_falls_behind_is_cut_off() -> None:
+    async def scenario() -> tuple[list[object], int]:
+        subscribers = Subscribers(max_queue=3)
+        slow, other = subscribers.subscribe("a"), subscribers.subscribe("b")
+        subscribers.publish("a", [{"n": n} for n in range(5)])
+        subscribers.publish("a", [{"n": 5}])
+        queued = [slow.queue.get_nowait() for _ in range(slow.queue.qsize())]
+        subscribers.unsubscribe(slow)
+        subscribers.unsubscribe(slow)
+        return queued, other.queue.qsize() + subscribers.count("a")
+
+    queued, left = asyncio.run(scenario())
+    assert queued == [{"n": 0}, {"n": 1}, {"n": 2}, None]
+    assert left == 0
 
 
 @pytest.mark.parametrize("token", ["", "nonsense", "other device"])

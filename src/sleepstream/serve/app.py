@@ -164,7 +164,10 @@ def create_app(
         credentials: Credentials,
         since: Annotated[
             float | None,
-            Query(description="Unix seconds; default: the last night_hours (12 h)"),
+            Query(
+                description="Unix seconds; default: 12 h before the newest result's end",
+                allow_inf_nan=False,
+            ),
         ] = None,
     ) -> DeviceView:
         """The device's current state and its night so far (results ending after ``since``)."""

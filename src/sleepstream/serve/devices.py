@@ -29,8 +29,8 @@ from sleepstream.serve.tokens import Grant, NewToken, Role, matches, new_token, 
 log = logging.getLogger(__name__)
 
 DEVICE_ID_BYTES = 12
-MAX_DETECTORS = 10_000
-"""Detectors kept in memory by default (a day's state is about 1 MB, a night's far less)."""
+MAX_DETECTORS = 4096
+"""Detectors kept in memory by default (each about as large as its snapshot, 50-100 kB)."""
 
 
 class SequenceError(Exception):
