@@ -8,6 +8,7 @@ import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -325,7 +326,8 @@ def test_streams_in_any_order_on_a_real_night(
 
 def test_the_readme_live_example_runs_as_written(capsys: pytest.CaptureFixture[str]) -> None:
     text = README.read_text()
-    section = text[text.index("## Live use") : text.index("## The evaluation")]
+    start = text.index("## Live use")
+    section = text[start : text.index("\n## ", start + 1)]
     blocks = re.findall(r"```python\n(.*?)```", section, re.S)
     assert len(blocks) == 2
     namespace: dict[str, object] = {}
@@ -355,3 +357,50 @@ def test_bad_settings_are_refused_naming_the_parameter(
 ) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
         SleepDetector(model, **settings)  # type: ignore[arg-type]
+
+
+def test_epochs_closing_together_are_stepped_in_one_batched_call(model: OnnxPipeline) -> None:
+    """What a service does with many watches: the same results as stepping each alone."""
+    from sleepstream.live.detector import close_together
+
+    nights = [_night_streams(1200.0, start=T0, seed=seed) for seed in range(3)]
+    t, xyz = nights[2]["acceleration"]  # one watch without motion for ten minutes
+    keep = (t < T0 + 300) | (t >= T0 + 900)
+    nights[2]["acceleration"] = (t[keep], xyz[keep])
+    alone = [SleepDetector(model) for _ in nights]
+    together = [SleepDetector(model) for _ in nights]
+    calls = []
+    real_run = model.run
+
+    def counting_run(inputs: dict[str, np.ndarray], state: np.ndarray):  # type: ignore[no-untyped-def]
+        calls.append(len(state))
+        return real_run(inputs, state)
+
+    expected: list[list[EpochResult]] = [[] for _ in nights]
+    got: list[list[EpochResult]] = [[] for _ in nights]
+
+    def feed(detector: SleepDetector, streams: dict[str, Any], lo: float) -> list[EpochResult]:
+        results = []
+        for name, (times, values) in streams.items():
+            inside = (times >= lo) & (times < lo + 20.0)
+            add = detector.add_acceleration if name == "acceleration" else detector.add_heart_rate
+            results += add(times[inside], values[inside])
+        return results
+
+    for lo in np.arange(T0, T0 + 1200.0, 20.0):
+        for i, streams in enumerate(nights):
+            expected[i] += feed(alone[i], streams, lo)
+            together[i].hold = True
+            assert feed(together[i], streams, lo) == []
+        model.run = counting_run  # type: ignore[method-assign]
+        for i, results in enumerate(close_together(together)):
+            got[i] += results
+        model.run = real_run  # type: ignore[method-assign]
+    assert max(calls) == 3 and len(calls) < sum(len(r) for r in got)
+    for mine, theirs in zip(got, expected, strict=True):
+        assert [(r.start, r.state, r.events, r.hr_samples) for r in mine] == [
+            (r.start, r.state, r.events, r.hr_samples) for r in theirs
+        ]
+        assert np.allclose([r.p_sleep for r in mine], [r.p_sleep for r in theirs], atol=1e-6)
+    with pytest.raises(ValueError, match="share one model"):
+        close_together([SleepDetector(model), SleepDetector(OnnxPipeline.shipped())])

@@ -228,6 +228,16 @@ class EpochResult:
     __hash__ = None  # type: ignore[assignment]
 
 
+@dataclass(frozen=True)
+class _Epoch:
+    """An epoch whose inputs are taken, waiting for its step."""
+
+    start: float
+    inputs: dict[str, NDArray[np.float32]]
+    hr_samples: int
+    motion_seconds: float
+
+
 @dataclass(order=True)
 class _Event:
     time: float
@@ -334,6 +344,8 @@ class SleepDetector:
                 f"got {reset_after!r}"
             )
         self.reset_after = float(reset_after)
+        self.hold = False
+        """While true, samples are taken but no epoch closes (:func:`close_together` does)."""
         self._reset()
 
     def _reset(self) -> None:
@@ -621,15 +633,29 @@ class SleepDetector:
     ) -> list[EpochResult]:
         if now is not None:
             self._clock = max(self._clock, now)
-        due = due or self._due
+        if self.hold and due is None:
+            return []
         results: list[EpochResult] = []
-        while True:
-            start = self._next_start if self._next_start is not None else self._anchor()
-            if start is None or not due(start + EPOCH_SECONDS):
-                return results
-            if self._next_start is None and -math.inf < self._closed_until < start:
-                results.append(self._gap(self._closed_until, start))
-            results.append(self._close(start))
+        while (step := self._next_epoch(due)) is not None:
+            epoch, gap = step
+            p, self._state, features = self.model.run(epoch.inputs, self._state)
+            results += [*gap, self._finish(epoch, float(p[0]), features[0])]
+        return results
+
+    def _next_epoch(
+        self, due: Callable[[float], bool] | None = None
+    ) -> tuple[_Epoch, list[EpochResult]] | None:
+        """The next epoch if it is due, its inputs taken (and a gap result before it)."""
+        start = self._next_start if self._next_start is not None else self._anchor()
+        if start is None or not (due or self._due)(start + EPOCH_SECONDS):
+            return None
+        gap = []
+        if self._next_start is None and -math.inf < self._closed_until < start:
+            gap.append(self._gap(self._closed_until, start))
+        end = start + EPOCH_SECONDS
+        inputs, hr_samples, motion_seconds = self._inputs(start, end)
+        self._closed_until = self._next_start = end
+        return _Epoch(start, inputs, hr_samples, motion_seconds), gap
 
     def _anchor(self) -> float | None:
         """Start of the epoch of the earliest data not yet used (after the start or a gap)."""
@@ -678,11 +704,10 @@ class SleepDetector:
         inputs = {k: v.astype(np.float32)[None] for k, v in rows.items()}
         return inputs, len(hr_v), min(float(motion), EPOCH_SECONDS)
 
-    def _close(self, start: float) -> EpochResult:
-        end = start + EPOCH_SECONDS
-        inputs, hr_samples, motion_seconds = self._inputs(start, end)
-        self._closed_until = self._next_start = end
-        p, self._state, features = self.model.run(inputs, self._state)
+    def _finish(self, epoch: _Epoch, p: float, features: NDArray[np.float32]) -> EpochResult:
+        """The result of an epoch whose step gave ``p``; the context rule and the tracker."""
+        start, end = epoch.start, epoch.start + EPOCH_SECONDS
+        hr_samples, motion_seconds = epoch.hr_samples, epoch.motion_seconds
         late, self._late_since_result = self._late_since_result, {}
         reason = self.veto.reason(self._context, start, end)
         self._context = self.veto.keep(self._context, end)
@@ -697,7 +722,7 @@ class SleepDetector:
                 self._start_afresh()
         else:
             self._known, self._empty_run = True, 0
-            p_model = float(p[0])
+            p_model = p
             p_sleep = 0.0 if reason else p_model
             event = self._tracker.update(p_sleep >= self.threshold)
             events = (event,) if event else ()
@@ -714,7 +739,7 @@ class SleepDetector:
             hr_samples,
             motion_seconds,
             self.timezone,
-            features[0],
+            features,
         )
 
     def _gap(self, start: float, end: float) -> EpochResult:
@@ -925,6 +950,47 @@ def _resolve_threshold(model: PipelineModel, threshold: float | str) -> float:
     return float(threshold)
 
 
+def close_together(detectors: Sequence[SleepDetector]) -> list[list[EpochResult]]:
+    """Close the due epochs of several detectors, stepping their model once per round.
+
+    A service with many streams sets :attr:`SleepDetector.hold` on each, feeds them their
+    samples, and then calls this: the epochs that are due across the detectors go through one
+    batched call of the model (its inputs stacked along the batch axis) instead of one call
+    each, with the results of stepping them one by one. The detectors must share one model
+    object. Returns each detector's results, in its order.
+
+    Examples
+    --------
+    >>> model = SleepDetector().model
+    >>> pair = [SleepDetector(model, expect=("heart_rate",)) for _ in range(2)]
+    >>> for d, bpm in zip(pair, (55.0, 80.0)):
+    ...     d.hold = True
+    ...     d.add_heart_rate(np.arange(0, 100, 5.0), np.full(20, bpm))
+    []
+    []
+    >>> [len(r) for r in close_together(pair)]
+    [3, 3]
+    """
+    if not detectors:
+        return []
+    model = detectors[0].model
+    if any(d.model is not model for d in detectors):
+        raise ValueError("close_together: the detectors must share one model object")
+    results: list[list[EpochResult]] = [[] for _ in detectors]
+    while True:
+        round_ = [(i, step) for i, d in enumerate(detectors) if (step := d._next_epoch())]
+        if not round_:
+            return results
+        names = round_[0][1][0].inputs
+        inputs = {k: np.concatenate([step[0].inputs[k] for _, step in round_]) for k in names}
+        states = np.concatenate([detectors[i]._state for i, _ in round_])
+        p, new_states, features = model.run(inputs, states)
+        for row, (i, (epoch, gap)) in enumerate(round_):
+            detector = detectors[i]
+            detector._state = new_states[row : row + 1].copy()
+            results[i] += [*gap, detector._finish(epoch, float(p[row]), features[row])]
+
+
 def _increasing(times: NDArray[np.float64]) -> NDArray[np.float64]:
     if len(times) > 1 and np.any(np.diff(times) <= 0):
         raise ValueError("snapshot acceleration times are not increasing")
@@ -999,4 +1065,4 @@ def _counts_dict(value: object) -> dict[str, int]:
     return dict(value)
 
 
-__all__ = ["EpochResult", "SleepDetector"]
+__all__ = ["EpochResult", "SleepDetector", "close_together"]
