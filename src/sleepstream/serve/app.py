@@ -24,6 +24,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any
 
+from anyio import from_thread
 from fastapi import Body, Depends, FastAPI, HTTPException, Query, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
@@ -33,7 +34,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sleepstream.live.backends import PipelineModel
-from sleepstream.serve.devices import Devices, SequenceError
+from sleepstream.serve.devices import BatchOutcome, Devices, SequenceError
 from sleepstream.serve.schema import (
     JSON,
     MSGPACK,
@@ -46,7 +47,7 @@ from sleepstream.serve.schema import (
     ViewerCreated,
     parse_batch,
 )
-from sleepstream.serve.store import Store
+from sleepstream.serve.store import EpochRecord, Store
 from sleepstream.serve.subscribers import Subscribers, messages
 from sleepstream.serve.tokens import Grant, Role
 
@@ -78,7 +79,6 @@ def create_app(
         title="sleepstream",
         summary="Live sleep state for many watches, pushed to whoever may see it.",
     )
-    app.state.devices, app.state.subscribers = devices, subscribers
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
     _add_error_handlers(app)
 
@@ -133,9 +133,13 @@ def create_app(
         await run_in_threadpool(grant, device_id, credentials, Role.DEVICE)
         body = await request.body()
 
-        def apply() -> Any:
+        def publish(results: list[EpochRecord]) -> None:
+            if results:  # in the event loop, while the next batch waits
+                from_thread.run_sync(subscribers.publish, device_id, messages(device_id, results))
+
+        def apply() -> BatchOutcome:
             batch = parse_batch(body, request.headers.get("content-type"), limits)
-            return devices.add_batch(device_id, batch)
+            return devices.add_batch(device_id, batch, publish)
 
         try:
             outcome = await run_in_threadpool(apply)
@@ -143,7 +147,6 @@ def create_app(
             raise HTTPException(409, str(error)) from None
         except ValueError as error:
             raise HTTPException(422, str(error)) from None
-        subscribers.publish(device_id, messages(device_id, outcome.results))
         return BatchAck(
             seq=outcome.seq,
             duplicate=outcome.duplicate,

@@ -23,7 +23,13 @@ from sleepstream.live.backends import PipelineModel
 from sleepstream.live.detector import SleepDetector
 from sleepstream.serve.feed import feed, record
 from sleepstream.serve.schema import Batch, DeviceSettings
-from sleepstream.serve.store import Device, EpochRecord, StaleSequenceError, Store
+from sleepstream.serve.store import (
+    Device,
+    DeviceState,
+    EpochRecord,
+    StaleSequenceError,
+    Store,
+)
 from sleepstream.serve.tokens import Grant, NewToken, Role, matches, new_token, split_token
 
 log = logging.getLogger(__name__)
@@ -126,8 +132,16 @@ class Devices:
         return grant if grant is not None and matches(grant, parts[1]) else None
 
     # -- batches ------------------------------------------------------------------------------
-    def add_batch(self, device_id: str, batch: Batch) -> BatchOutcome:
+    def add_batch(
+        self,
+        device_id: str,
+        batch: Batch,
+        on_stored: Callable[[list[EpochRecord]], None] | None = None,
+    ) -> BatchOutcome:
         """Apply ``batch`` to the device's detector and store it, or recognise a duplicate.
+
+        ``on_stored`` gets the new results once they are stored, before the next batch is
+        applied (so subscribers see every device's results in order).
 
         Raises :class:`SequenceError` for a sequence number that skips batches or repeats one
         with other samples, and the detector's ``ValueError`` for bad samples; either way
@@ -137,33 +151,52 @@ class Devices:
         with self._lock:
             state = self.store.state(device_id)
             if batch.seq <= state.last_seq:
-                stored = self.store.batch_digest(device_id, batch.seq)
-                if stored is not None and not hmac.compare_digest(stored, digest):
-                    raise SequenceError(
-                        f"batch {batch.seq} was already stored with other samples; the device's "
-                        f"last batch is {state.last_seq}, send {state.last_seq + 1} next"
-                    )
+                self._check_duplicate(device_id, batch.seq, digest, state.last_seq)
                 return BatchOutcome(batch.seq, True, state.last_seq, [])
             if batch.seq != state.last_seq + 1:
                 raise SequenceError(
                     f"batch {batch.seq} does not follow the last stored batch "
                     f"{state.last_seq}: send batch {state.last_seq + 1} first"
                 )
-            detector = self._detector(device_id, state.snapshot, state.last_seq)
-            try:
-                results = [record(r, batch.seq) for r in feed(detector, batch)]
-                self.store.commit_batch(device_id, batch.seq, digest, detector.snapshot(), results)
-            except StaleSequenceError:
-                self._detectors.pop(device_id, None)
-                raise SequenceError(
-                    f"batch {batch.seq} was stored meanwhile by another server process; send "
-                    "it again to be told whether it is a duplicate"
-                ) from None
-            except BaseException:
-                self._detectors.pop(device_id, None)
-                raise
-            self._detectors[device_id] = (detector, batch.seq)
+            results = self._apply(device_id, batch, digest, state)
+            if on_stored is not None:
+                try:
+                    on_stored(results)
+                except Exception:  # stored all the same: the device must not resend it
+                    log.exception(
+                        "results of device %s batch %d not passed on", device_id, batch.seq
+                    )
             return BatchOutcome(batch.seq, False, batch.seq, results)
+
+    def _check_duplicate(self, device_id: str, seq: int, digest: bytes, last_seq: int) -> None:
+        """Refuse a stored batch number sent with other samples (a device that lost count)."""
+        stored = self.store.batch_digest(device_id, seq)
+        if stored is not None and not hmac.compare_digest(stored, digest):
+            raise SequenceError(
+                f"batch {seq} was already stored with other samples; the device's last batch "
+                f"is {last_seq}, send {last_seq + 1} next"
+            )
+
+    def _apply(
+        self, device_id: str, batch: Batch, digest: bytes, state: DeviceState
+    ) -> list[EpochRecord]:
+        """Feed the batch to the device's detector and commit; on any failure the detector is
+        dropped (the next batch restores it from the store)."""
+        detector = self._detector(device_id, state.snapshot, state.last_seq)
+        try:
+            results = [record(r, batch.seq) for r in feed(detector, batch)]
+            self.store.commit_batch(device_id, batch.seq, digest, detector.snapshot(), results)
+        except StaleSequenceError:
+            self._detectors.pop(device_id, None)
+            raise SequenceError(
+                f"batch {batch.seq} was stored meanwhile by another server process; send it "
+                "again to be told whether it is a duplicate"
+            ) from None
+        except BaseException:
+            self._detectors.pop(device_id, None)
+            raise
+        self._detectors[device_id] = (detector, batch.seq)
+        return results
 
     def _detector(self, device_id: str, snapshot: bytes | None, last_seq: int) -> SleepDetector:
         """The device's detector after batch ``last_seq``: the cached one, or restored."""
