@@ -938,7 +938,7 @@ def _checked_state(
 
 def _resolve_threshold(model: PipelineModel, threshold: float | str) -> float:
     if isinstance(threshold, str):
-        thresholds = getattr(model, "thresholds", {})
+        thresholds = model.thresholds
         if threshold not in thresholds:
             raise ValueError(
                 f"Threshold {threshold!r} is not among the model's {sorted(thresholds)}; "
