@@ -57,6 +57,14 @@ POLICY_VIOLATION = 1008
 """WebSocket close code for a refused token."""
 TRY_AGAIN_LATER = 1013
 """WebSocket close code for a subscriber cut off for falling behind."""
+DESCRIPTION = """
+A watch registers (`POST /devices`) and sends numbered batches of samples with its device
+token; each is acknowledged once stored. Viewer tokens read one device's state.
+
+Not listed below (OpenAPI has no WebSockets): **`WS /devices/{device_id}/events?token=TOKEN`**
+(a device or viewer token) sends a `state` message, then an `epoch` message for every new
+epoch result and an `event` message for each `fell_asleep`, `woke_up` or `unknown`.
+"""
 _bearer = HTTPBearer(auto_error=False, description="a device token or a viewer token")
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
@@ -78,6 +86,7 @@ def create_app(
     app = FastAPI(
         title="sleepstream",
         summary="Live sleep state for many watches, pushed to whoever may see it.",
+        description=DESCRIPTION,
     )
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
     _add_error_handlers(app)

@@ -67,6 +67,7 @@ CREATE TABLE epochs (
     seq INTEGER NOT NULL,
     PRIMARY KEY (device_id, start)
 );
+CREATE INDEX epochs_by_end ON epochs (device_id, "end");
 """
 _EPOCH_COLUMNS = (
     'start, "end", start_local, end_local, p_sleep, p_model, state, events, vetoed, '
@@ -209,7 +210,7 @@ class SQLiteStore:
         """Up to ``limit`` results of the device that end after ``since``, oldest first."""
         rows = self._query(
             f'SELECT {_EPOCH_COLUMNS} FROM epochs WHERE device_id = ? AND "end" > ? '
-            "ORDER BY start LIMIT ?",
+            'ORDER BY "end" LIMIT ?',
             (device_id, since, limit),
         )
         return [_epoch(row) for row in rows]
