@@ -7,6 +7,8 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import math
+import re
 import signal
 import socket
 import sqlite3
@@ -24,6 +26,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
 
 from sleepstream.cli import main
@@ -39,6 +42,7 @@ from sleepstream.signal import synthetic
 
 T0 = 1_767_308_400.0
 """2026-01-01 23:00 UTC."""
+README = Path(__file__).parents[1] / "README.md"
 Batch = dict[str, Any]
 Json = dict[str, Any]
 
@@ -664,3 +668,55 @@ def test_a_server_killed_mid_night_loses_nothing(tmp_path: Path, model: OnnxPipe
     assert results == expected
     assert pushed == new and new[-1]["seq"] == len(night)
     assert sum(len(r["events"]) for r in expected) >= 2
+
+
+@pytest.mark.timeout(120)
+def test_the_readme_service_example_runs_as_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Both README blocks against a real server (on a free port instead of 8000)."""
+    text = README.read_text()
+    start = text.index("## Serving many watches")
+    section = text[start : text.index("\n## ", start + 1)]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) == 2
+    server = Server(tmp_path / "readme.sqlite3", tmp_path / "readme.log")
+    try:
+        port = f"127.0.0.1:{server.port}"
+        blocks = [block.replace("127.0.0.1:8000", port) for block in blocks]
+        namespace: dict[str, Any] = {}
+        exec(compile(blocks[0], str(README), "exec"), namespace)  # the project's own README
+        lines = capsys.readouterr().out.splitlines()
+        assert len(lines) == 10 and lines[0].startswith("2026-01-02T00:00:00+01:00 ")
+        assert lines[-1] == "asleep 9 epochs so far"
+        printed: list[tuple[object, ...]] = []
+        subscriber = threading.Thread(
+            target=_run_quietly,
+            args=(blocks[1], {**namespace, "print": lambda *a: printed.append(a)}),
+        )
+        subscriber.start()
+        for seq in range(11, 31):  # the wearer gets up: heart rate 90, moving
+            if printed:
+                break
+            time.sleep(0.2)
+            moving = T0 + 300.0 + 30 * (seq - 11) + np.arange(0.0, 30.0, 0.02)
+            batch = {
+                "seq": seq,
+                "heart_rate": {"times": moving[::250].tolist(), "bpm": [90.0] * 6},
+                "acceleration": {
+                    "times": moving.tolist(),
+                    "xyz": [[0.0, 0.6, -0.8 + 0.3 * math.sin(k)] for k in range(1500)],
+                },
+            }
+            url = f"{server.url}/devices/{namespace['device']['device_id']}/batches"
+            httpx.post(url, json=batch, headers=namespace["watch"]).raise_for_status()
+    finally:
+        server.stop()
+    subscriber.join(timeout=30)
+    assert printed and printed[0][1] == "woke_up"
+
+
+def _run_quietly(code: str, namespace: dict[str, Any]) -> None:
+    """Run ``code`` until the server closes its connection."""
+    with contextlib.suppress(ConnectionClosed):
+        exec(compile(code, str(README), "exec"), namespace)
