@@ -26,6 +26,7 @@ SLICE_SECONDS = 10.0
 """Length of the time slices a batch is fed in (well under the detector's ``close_lag``)."""
 
 Adder = Callable[[ArrayLike, ArrayLike], list[EpochResult]]
+_Stream = tuple[NDArray[np.float64], NDArray[np.float64], Adder]
 
 
 def feed(detector: SleepDetector, batch: Batch) -> list[EpochResult]:
@@ -58,9 +59,6 @@ def feed(detector: SleepDetector, batch: Batch) -> list[EpochResult]:
             if j > i:
                 results += add(times[i:j], values[i:j])
     return results
-
-
-_Stream = tuple[NDArray[np.float64], NDArray[np.float64], Adder]
 
 
 def _stream(what: str, times: list[float], values: ArrayLike, add: Adder) -> _Stream:
