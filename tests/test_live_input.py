@@ -404,3 +404,29 @@ def test_epochs_closing_together_are_stepped_in_one_batched_call(model: OnnxPipe
         assert np.allclose([r.p_sleep for r in mine], [r.p_sleep for r in theirs], atol=1e-6)
     with pytest.raises(ValueError, match="share one model"):
         close_together([SleepDetector(model), SleepDetector(OnnxPipeline.shipped())])
+
+
+def test_a_batch_of_several_streams_is_fed_in_time_order_all_or_nothing(
+    model: OnnxPipeline,
+) -> None:
+    streams = _night_streams(600.0, start=T0, seed=6)
+    one_by_one = SleepDetector(model)
+    expected = _feed_together(one_by_one, streams, chunk=1.0) + one_by_one.flush()
+    detector = SleepDetector(model)
+    got = detector.add(heart_rate=streams["heart_rate"], acceleration=streams["acceleration"])
+    assert got + detector.flush() == expected
+    # A bad sample anywhere in the batch: the error, and the detector as it was.
+    detector = SleepDetector(model)
+    detector.add(heart_rate=(T0 + np.arange(0, 60, 5.0), np.full(12, 60.0)))
+    before = detector.snapshot()
+    t, xyz = _night_streams(600.0, start=T0 + 60, seed=7)["acceleration"]
+    bad_hr = (T0 + 60 + np.arange(0, 600, 5.0), np.r_[np.full(119, 60.0), 400.0])
+    with pytest.raises(ValueError, match="400 bpm"):
+        detector.add(heart_rate=bad_hr, acceleration=(t, xyz))
+    assert detector.snapshot() == before
+    with pytest.raises(ValueError, match="m/s"):
+        detector.add(acceleration=(t, xyz * 9.80665))
+    assert detector.snapshot() == before
+    with pytest.raises(ValueError, match="backwards"):
+        detector.add(heart_rate=(T0 + np.array([100.0, 90.0]), [60.0, 61.0]))
+    assert detector.snapshot() == before

@@ -64,6 +64,7 @@ Acceleration
 from __future__ import annotations
 
 import heapq
+import itertools
 import json
 import logging
 import math
@@ -118,6 +119,8 @@ FULL_BAND_HZ = 24.0
 RATE_INTERVALS = 64
 """Sample intervals the acceleration rate is the median of (the rate needs at least 8)."""
 MIN_BPM, MAX_BPM = 25.0, 250.0
+SLICE_SECONDS = 10.0
+"""Time slices in which :meth:`SleepDetector.add` feeds several streams together."""
 
 log = logging.getLogger(__name__)
 
@@ -493,6 +496,61 @@ class SleepDetector:
         self._seen_stream("acceleration", float(t[-1]))
         return self._advance(float(t[-1]))
 
+    def add(
+        self,
+        *,
+        heart_rate: tuple[ArrayLike, ArrayLike] | None = None,
+        acceleration: tuple[ArrayLike, ArrayLike] | None = None,
+        counts: tuple[ArrayLike, ArrayLike] | None = None,
+        context: Sequence[MotionContext] = (),
+    ) -> list[EpochResult]:
+        """Samples of several streams at once (a device's batch), each a ``(times, values)``.
+
+        The streams are fed together in time order, in slices of :data:`SLICE_SECONDS`, as the
+        watch would have sent them, so a batch spanning minutes gives the results of its samples
+        fed as they came (fed stream after stream, the first would close epochs without the
+        others). All or nothing: on ``ValueError`` the detector is left as it was.
+
+        Examples
+        --------
+        >>> detector = SleepDetector()
+        >>> t = np.arange(0.0, 120.0, 0.02)
+        >>> xyz = np.column_stack([np.zeros_like(t), np.full_like(t, 0.6), np.full_like(t, -0.8)])
+        >>> hr = (np.arange(0.0, 120.0, 5.0), np.full(24, 58.0))
+        >>> [r.start for r in detector.add(heart_rate=hr, acceleration=(t, xyz))]
+        [0.0, 30.0, 60.0]
+        """
+        before = self.snapshot()
+        try:
+            results = self.add_context(list(context))
+            streams = [
+                (add, np.asarray(pair[0], dtype=np.float64), pair)
+                for add, pair in (
+                    (self.add_heart_rate, heart_rate),
+                    (self.add_acceleration, acceleration),
+                    (self.add_counts, counts),
+                )
+                if pair is not None and np.size(pair[0])
+            ]
+            for add, times, (_, values) in streams:
+                if not (np.isfinite(times).all() and (np.diff(times) >= 0).all()):
+                    add(times, values)  # raises, naming the stream, the index and the time
+            if streams:
+                slots = np.unique(
+                    np.floor(np.concatenate([t for _, t, _ in streams]) / SLICE_SECONDS)
+                )
+                for lo, hi in itertools.pairwise(
+                    [-math.inf, *(slots[1:] * SLICE_SECONDS), math.inf]
+                ):
+                    for add, times, (_, values) in streams:
+                        i, j = np.searchsorted(times, [lo, hi])
+                        if j > i:
+                            results += add(times[i:j], np.asarray(values)[i:j])
+        except ValueError:
+            self.restore(before)
+            raise
+        return results
+
     def advance(self, now: float) -> list[EpochResult]:
         """Move the clock to ``now`` (a timer while no samples arrive, in the detector's unit).
 
@@ -843,6 +901,7 @@ class SleepDetector:
             )
         fresh = self.clone()
         fresh._load(header, arrays)
+        fresh.hold = self.hold
         self.__dict__.update(fresh.__dict__)
 
     def _load(self, header: dict[str, Any], arrays: dict[str, NDArray[Any]]) -> None:
