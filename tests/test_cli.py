@@ -261,6 +261,26 @@ def test_errors_raised_inside_a_progress_bar_are_one_line(
     assert "Traceback" not in capsys.readouterr().err
 
 
+def test_any_other_error_is_one_line_with_exit_code_3(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A library's own exception type (here a damaged model file's) is neither a traceback nor
+    silent; ``--verbose`` shows the traceback."""
+    import zipfile
+
+    from sleepstream.evaluation import cv
+
+    monkeypatch.setattr(cv, "load_predictions", _inside_progress(zipfile.BadZipFile("bad CRC")))
+    assert main(["report", "--out", str(tmp_path)]) == 3
+    assert _one_error(caplog) == "BadZipFile: bad CRC (run with --verbose for the traceback)"
+    assert "Traceback" not in capsys.readouterr().err
+    with pytest.raises(zipfile.BadZipFile):
+        main(["--verbose", "report", "--out", str(tmp_path)])
+
+
 def test_binary_input_file_is_one_line_naming_the_byte(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -367,7 +367,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sleepstream`` command.
 
     Exit codes: 0 done, 1 bad input or a failed check, 2 a file or folder that cannot be read or
-    written, 130 interrupted (Ctrl-C).
+    written, 3 any other error (one line; the traceback with ``--verbose``), 130 interrupted
+    (Ctrl-C).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in LIGHTNING_COMMANDS:
@@ -388,6 +389,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as error:
         log.error("%s", _one_line(error))
         return 2
+    except Exception as error:  # a library's own error type, or a bug: one line, unless -v
+        if args.verbose:
+            raise
+        log.error(
+            "%s: %s (run with --verbose for the traceback)", type(error).__name__, _one_line(error)
+        )
+        return 3
 
 
 def _one_line(error: BaseException) -> str:
