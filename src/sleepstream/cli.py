@@ -13,7 +13,7 @@
     sleepstream replay --heart-rate F --motion F|--counts F [--labels F] [--timezone ZONE]
                        [--time-unit s|ms|us]              a user's own files through it
     sleepstream export [--ckpt PATH] --out DIR            ONNX + Core ML of the one-epoch step
-    sleepstream serve [--host H] [--port N] [--db FILE]   the API for many watches (SQLite)
+    sleepstream serve [--host H] [--port N] [--db FILE | --redis URL]   the API for many watches
 
 Every output path (``--out``, ``--docs``, ``--dest``) is checked before any work starts
 (:mod:`sleepstream.paths`), and every file is written whole or not at all.
@@ -242,7 +242,9 @@ def _export(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from sleepstream.serve.app import run
 
-    return run(args.host, args.port, args.db)
+    if args.db is not None and args.redis is not None:
+        raise ValueError("serve: --db and --redis name two stores; give one")
+    return run(args.host, args.port, args.db or DEFAULT_DB, args.redis)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -355,12 +357,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="the API for many watches (docs at /docs)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    serve.add_argument("--db", default="sleepstream.sqlite3", help="SQLite store, made if new")
+    serve.add_argument("--db", help=f"SQLite store, made if new (default {DEFAULT_DB})")
+    serve.add_argument(
+        "--redis", metavar="URL", help="store in this Redis, shared with other serve processes"
+    )
     serve.set_defaults(run=_serve)
     return parser
 
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+DEFAULT_DB = "sleepstream.sqlite3"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

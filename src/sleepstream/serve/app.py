@@ -48,7 +48,7 @@ from sleepstream.serve.schema import (
     parse_batch,
 )
 from sleepstream.serve.store import EpochRecord, Store
-from sleepstream.serve.subscribers import Subscribers, messages
+from sleepstream.serve.subscribers import Broker, Subscribers, messages
 from sleepstream.serve.tokens import Grant, Role
 
 log = logging.getLogger(__name__)
@@ -70,11 +70,15 @@ Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
 def create_app(
-    store: Store, model: PipelineModel | None = None, limits: Limits | None = None
+    store: Store,
+    model: PipelineModel | None = None,
+    limits: Limits | None = None,
+    broker: Broker | None = None,
 ) -> FastAPI:
     """The API over ``store``, running ``model`` (default: the shipped model file).
 
-    The caller owns the store (and closes it after the app has stopped).
+    The caller owns the store (and closes it after the app has stopped). With a ``broker``,
+    results reach subscribers through it, whichever server process stored them (``--redis``).
     """
     if model is None:
         from sleepstream.live.backends import OnnxPipeline
@@ -84,6 +88,7 @@ def create_app(
     devices = Devices(store, model)
     subscribers = Subscribers()
     app = FastAPI(
+        lifespan=None if broker is None else broker.lifespan(subscribers),
         title="sleepstream",
         summary="Live sleep state for many watches, pushed to whoever may see it.",
         description=DESCRIPTION,
@@ -143,7 +148,7 @@ def create_app(
         body = await request.body()
 
         def publish(results: list[EpochRecord]) -> None:
-            if results:  # in the event loop, while the next batch waits
+            if results and broker is None:  # in the event loop, while the next batch waits
                 from_thread.run_sync(subscribers.publish, device_id, messages(device_id, results))
 
         def apply() -> BatchOutcome:
@@ -334,19 +339,29 @@ class HideTokens(logging.Filter):
 _TOKEN_IN_URL = re.compile(r"token=[^&\s\"']*")
 
 
-def run(host: str, port: int, db: str | Path) -> int:
-    """Serve the API on ``host:port`` with the SQLite store ``db`` until stopped."""
+def run(host: str, port: int, db: str | Path, redis: str | None = None) -> int:
+    """Serve the API on ``host:port`` until stopped, with the SQLite store ``db``, or with
+    the Redis at the URL ``redis`` shared with other server processes."""
     import uvicorn
 
     from sleepstream.paths import check_output_file
     from sleepstream.serve.sqlite import SQLiteStore
 
-    store = SQLiteStore(check_output_file(db, "--db file"))
+    store: Store
+    broker: Broker | None = None
+    if redis is None:
+        store = SQLiteStore(check_output_file(db, "--db file"))
+    else:
+        from sleepstream.serve.redis_events import RedisEvents
+        from sleepstream.serve.redis_store import RedisStore
+
+        store = RedisStore(redis)
+        broker = RedisEvents(redis, store)
     for name in ("uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).addFilter(HideTokens())
     try:
         uvicorn.run(
-            create_app(store),
+            create_app(store, broker=broker),
             host=host,
             port=port,
             ws="websockets-sansio",

@@ -3,15 +3,17 @@
 Each subscription is a queue the WebSocket handler drains. A subscriber that falls
 ``max_queue`` messages behind is cut off (its queue ends with ``None``) rather than letting
 the server's memory grow; it reconnects and reads what it missed with ``GET``. With several
-server processes, a broker (Redis pub/sub) feeds :meth:`Subscribers.publish` on each of them.
+server processes, a :class:`Broker` (:class:`~sleepstream.serve.redis_events.RedisEvents`)
+feeds :meth:`Subscribers.publish` on each of them with the results that any of them stored.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from sleepstream.serve.schema import EpochOut
 from sleepstream.serve.store import EpochRecord
@@ -60,10 +62,36 @@ class Subscribers:
                 continue
             for message in messages:
                 if subscription.queue.qsize() >= self.max_queue:
-                    subscription.cut_off = True
-                    subscription.queue.put_nowait(None)
+                    _cut_off(subscription)
                     break
                 subscription.queue.put_nowait(message)
+
+    def cut_off_all(self) -> None:
+        """Cut every subscriber off (messages may have been lost): each reconnects and reads
+        what it missed with ``GET``."""
+        for subscriptions in self._by_device.values():
+            for subscription in subscriptions:
+                if not subscription.cut_off:
+                    _cut_off(subscription)
+
+
+def _cut_off(subscription: Subscription) -> None:
+    subscription.cut_off = True
+    subscription.queue.put_nowait(None)
+
+
+class Broker(Protocol):
+    """Carries the results that any server process stores to the subscribers of each one.
+
+    Without a broker, a process passes the results it stores to its own subscribers; with one,
+    it leaves that to the broker (which passes them to this process's subscribers too).
+    """
+
+    def lifespan(
+        self, subscribers: Subscribers
+    ) -> Callable[[Any], AbstractAsyncContextManager[None]]:
+        """The app's lifespan: results go to ``subscribers`` from the app's start to its end."""
+        ...
 
 
 def messages(device_id: str, results: Sequence[EpochRecord]) -> list[Message]:
