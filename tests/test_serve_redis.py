@@ -27,6 +27,7 @@ import msgpack
 import pytest
 import redis
 from fastapi.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
 from test_serve import Batch, Json, bearer, night_batches
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection
@@ -178,9 +179,10 @@ EPOCHS = [
 
 # -- the store ---------------------------------------------------------------------------------
 def test_the_redis_store_keeps_devices_tokens_states_and_results(
-    open_store: Callable[[], RedisStore],
+    open_store: Callable[[], RedisStore], caplog: pytest.LogCaptureFixture
 ) -> None:
     store = open_store()
+    assert "has appendonly off: acknowledged batches are lost if Redis restarts" in caplog.text
     device = registered(store)
     assert store.device(device.id) == device
     assert store.device("unknown") is None and store.device("not/an{id}") is None
@@ -340,6 +342,46 @@ def test_a_subscriber_of_one_app_receives_what_another_app_stored(
         view = first.get(f"/devices/{device['device_id']}", headers=headers).json()
     assert received == expected and len(sent) == 15
     assert view["last_seq"] == 8 and view["results"] == sent
+
+
+def kill_stream_readers(store: RedisStore) -> int:
+    """Close every connection blocked on the event stream (as a network failure would)."""
+    readers = [c["id"] for c in store.redis.client_list() if c.get("cmd") == "xread"]
+    for reader in readers:
+        store.redis.client_kill_filter(_id=reader)
+    return len(readers)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("trimmed", [False, True])
+def test_a_process_that_lost_the_event_stream_reads_on_or_cuts_its_subscribers_off(
+    open_store: Callable[[], RedisStore], model: OnnxPipeline, redis_url: str, trimmed: bool
+) -> None:
+    """Its connection to Redis is cut while batches are committed: it reads on from the last
+    entry it saw, or, when those entries were trimmed meanwhile, closes its subscribers
+    (1013) so they read what they missed with GET."""
+    store, writer = open_store(), open_store()
+    with TestClient(create_app(store, model, broker=RedisEvents(redis_url, store))) as client:
+        device = client.post("/devices").json()
+        device_id = device["device_id"]
+        url = f"/devices/{device_id}/events?token={device['token']}"
+        with client.websocket_connect(url) as subscriber:
+            assert subscriber.receive_json()["type"] == "state"
+            writer.commit_batch(device_id, 1, b"d1", b"s1", EPOCHS[:1])
+            expected = pushed(device_id, [as_json(EPOCHS[0])])
+            assert [subscriber.receive_json() for _ in expected] == expected
+            assert kill_stream_readers(writer) == 1
+            writer.commit_batch(device_id, 2, b"d2", b"s2", EPOCHS[1:2])
+            if trimmed:
+                writer.redis.xtrim(writer.events, maxlen=0, approximate=False)
+            writer.commit_batch(device_id, 3, b"d3", b"s3", EPOCHS[2:])
+            if trimmed:
+                with pytest.raises(WebSocketDisconnect) as cut_off:
+                    subscriber.receive_json()
+                assert cut_off.value.code == 1013
+            else:
+                expected = pushed(device_id, [as_json(r) for r in EPOCHS[1:]])
+                assert [subscriber.receive_json() for _ in expected] == expected
 
 
 # -- two real server processes on one real redis-server ----------------------------------------

@@ -24,6 +24,8 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import redis.asyncio
 import redis.exceptions
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from sleepstream.serve.redis_store import TIMEOUT_SECONDS, RedisStore, decode_results, redacted
 from sleepstream.serve.subscribers import Subscribers, messages
@@ -66,6 +68,7 @@ class RedisEvents:
                 self.url,
                 socket_timeout=BLOCK_MS / 1000 + TIMEOUT_SECONDS,
                 socket_connect_timeout=TIMEOUT_SECONDS,
+                retry=Retry(NoBackoff(), retries=0),  # _follow retries, and checks what it missed
             )
             try:
                 start = await self._last_id(client)
@@ -113,9 +116,10 @@ class RedisEvents:
     async def _check_trimmed(
         self, client: redis.asyncio.Redis, subscribers: Subscribers, last: bytes
     ) -> None:
-        """Cut every subscriber off when entries after ``last`` may have been trimmed."""
+        """Cut every subscriber off when entries after ``last`` may have been trimmed (the
+        oldest entry left is newer than ``last``, or none is left)."""
         oldest = _entries(await client.xrange(self.stream, count=1))
-        if oldest and last != b"0-0" and _entry_id(oldest[0][0]) > _entry_id(last):
+        if last != b"0-0" and (not oldest or _entry_id(oldest[0][0]) > _entry_id(last)):
             log.warning("results were missed while Redis was away: subscribers are cut off")
             subscribers.cut_off_all()
 
