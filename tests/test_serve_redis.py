@@ -272,9 +272,9 @@ def test_processes_racing_to_commit_one_batch_commit_it_once(
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--redis", "redis://127.0.0.1:{closed}/0"], "cannot be used as the store"),
-        (["--redis", "http://127.0.0.1:{closed}"], "is not a Redis URL"),
-        (["--redis", "redis://:pw@127.0.0.1:{closed}/0", "--db", "x.sqlite3"], "give one"),
+        (["--redis", "redis://:s3cr3t@127.0.0.1:{closed}/0"], "cannot be used as the store"),
+        (["--redis", "http://me:s3cr3t@127.0.0.1:{closed}"], "is not a Redis URL"),
+        (["--redis", "redis://127.0.0.1:{closed}/0", "--db", "x.sqlite3"], "give one"),
     ],
 )
 def test_serve_refuses_a_redis_it_cannot_use(
@@ -283,7 +283,7 @@ def test_serve_refuses_a_redis_it_cannot_use(
     argv = [a.format(closed=free_port()) for a in argv]
     assert main(["serve", "--port", "9", *argv]) == 1
     assert message in caplog.text
-    assert "pw" not in caplog.text
+    assert "s3cr3t" not in caplog.text
 
 
 def test_a_redis_of_another_layout_version_is_refused(redis_url: str) -> None:
