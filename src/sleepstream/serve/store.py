@@ -5,7 +5,8 @@ device's detector state (the snapshot bytes of :meth:`SleepDetector.snapshot
 <sleepstream.live.detector.SleepDetector.snapshot>`, portable data, never a pickle), its epoch
 results and the sequence numbers of the batches it has applied. :class:`Store` is all the
 service needs from one; :class:`~sleepstream.serve.sqlite.SQLiteStore` is the default, and
-another engine (Redis, for several server processes) implements the same methods.
+:class:`~sleepstream.serve.redis_store.RedisStore` keeps the same in Redis for several server
+processes.
 
 The one rule a store must keep: :meth:`Store.commit_batch` writes the new snapshot, the new
 results and the batch's sequence number together or not at all, and only if the device's last
