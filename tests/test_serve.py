@@ -35,7 +35,8 @@ from sleepstream.live.backends import OnnxPipeline
 from sleepstream.live.detector import SleepDetector
 from sleepstream.serve.app import create_app
 from sleepstream.serve.feed import record
-from sleepstream.serve.schema import EpochOut, Limits
+from sleepstream.serve.limits import RateLimits, TokenBuckets
+from sleepstream.serve.schema import EpochOut, Error, Limits
 from sleepstream.serve.sqlite import SQLiteStore
 from sleepstream.serve.subscribers import Subscribers
 from sleepstream.signal import synthetic
@@ -136,10 +137,14 @@ def serve(tmp_path: Path, model: OnnxPipeline) -> Iterator[Callable[..., Service
     """Start the app (in this process) with the given limits; stopped after the test."""
     stack: list[tuple[TestClient, SQLiteStore]] = []
 
-    def start(limits: Limits | None = None, raise_server_exceptions: bool = True) -> Service:
+    def start(
+        limits: Limits | None = None,
+        raise_server_exceptions: bool = True,
+        rates: RateLimits | None = None,
+    ) -> Service:
         path = tmp_path / f"serve{len(stack)}.sqlite3"
         store = SQLiteStore(path)
-        app = create_app(store, model, limits)
+        app = create_app(store, model, limits, rates)
         client = TestClient(app, raise_server_exceptions=raise_server_exceptions)
         client.__enter__()
         stack.append((client, store))
@@ -410,6 +415,7 @@ def test_bodies_and_batches_over_the_limits_are_413(
     [
         (b'{"seq": 1,', "application/json", 400, "the body is not JSON"),
         (b"\xc1", "application/msgpack", 400, "the body is not msgpack"),
+        (b"\x91" * 5000, "application/msgpack", 400, "the body is not msgpack: StackError"),
         (b"seq=1", "text/plain", 415, "Content-Type 'text/plain' is not one of"),
         (b'{"seq": 0}', "application/json", 422, "greater than or equal to 1"),
         (b'{"seq": "1"}', "application/json", 422, "valid integer"),
@@ -493,6 +499,146 @@ def test_openapi_documents_both_batch_forms(service: Service) -> None:
     assert service.client.get("/docs").status_code == 200
 
 
+def test_a_registration_body_that_is_not_text_is_400(service: Service) -> None:
+    """Found by the fuzzing (tests/test_serve_fuzz.py): an answer the document did not list."""
+    kind = {"Content-Type": "application/json"}
+    answer = service.client.post("/devices", content=b"\xff\xfe{", headers=kind)
+    assert answer.status_code == 400
+    assert answer.json() == {"detail": "There was an error parsing the body"}
+
+
+def test_openapi_lists_the_settings_a_device_may_choose(
+    service: Service, model: OnnxPipeline
+) -> None:
+    """Found by the fuzzing: any text was documented for both, and refused unless known."""
+    document = service.client.get("/openapi.json").json()
+    settings = document["components"]["schemas"]["DeviceSettings"]["properties"]
+    assert settings["threshold"]["enum"] == sorted(model.thresholds)
+    zones = settings["timezone"]["enum"]
+    assert {"UTC", "Europe/Berlin", "America/New_York"} <= set(zones)
+    assert "../../etc/passwd" not in zones and len(zones) > 300
+    for zone in ("Asia/Kathmandu", zones[-1]):
+        assert service.client.post("/devices", json={"timezone": zone}).status_code == 201
+    assert "WS /devices/{device_id}/events" in document["info"]["description"]
+
+
+def test_openapi_documents_every_refusal(serve: Callable[..., Service]) -> None:
+    """Found by the fuzzing: 400, 401, 403, 409, 413, 415 and 429 were not in the document,
+    and 422 was documented as a list of field errors where the detector's is a message."""
+    service = serve(Limits(max_samples=1), rates=RateLimits(per_token=60, token_burst=4))
+    document = service.client.get("/openapi.json").json()
+    error = {"$ref": "#/components/schemas/Error"}
+    documented = {
+        f"{method.upper()} {path}": {
+            int(code): answer["content"]["application/json"]["schema"]
+            for code, answer in operation["responses"].items()
+            if code.startswith("4")
+        }
+        for path, item in document["paths"].items()
+        for method, operation in item.items()
+    }
+    assert documented == {
+        "GET /health": {},
+        "POST /devices": dict.fromkeys([400, 413, 422, 429], error),
+        "POST /devices/{device_id}/batches": dict.fromkeys(
+            [400, 401, 403, 409, 413, 415, 422, 429], error
+        ),
+        "POST /devices/{device_id}/viewers": dict.fromkeys([401, 403, 422, 429], error),
+        "GET /devices/{device_id}": dict.fromkeys([401, 403, 422, 429], error),
+    }
+    batches = document["paths"]["/devices/{device_id}/batches"]["post"]["responses"]
+    assert batches["429"]["headers"]["Retry-After"]["required"]
+    device_id, headers = service.register()
+    url = f"/devices/{device_id}/batches"
+    answers = [service.client.post(url, json={"seq": 1})]
+    for body in (
+        {"seq": 1, "counts": {"times": [1e9], "counts": [1.0, 2.0]}},  # field errors
+        {"seq": 1, "counts": {"times": [1.7e9], "counts": [-1.0]}},  # the detector's message
+        {"seq": 1, "counts": {"times": [1.7e9, 1.7e9 + 15], "counts": [1.0, 1.0]}},
+        {"seq": 5},
+        {"seq": 1},
+    ):
+        answers.append(service.client.post(url, json=body, headers=headers))
+    assert [a.status_code for a in answers] == [401, 422, 422, 413, 409, 429]
+    for answer in answers:
+        Error.model_validate(answer.json())
+    assert isinstance(answers[1].json()["detail"], list)
+    assert isinstance(answers[2].json()["detail"], str)
+
+
+# -- rate limits -------------------------------------------------------------------------------
+def test_a_token_over_its_rate_is_429_with_retry_after(
+    serve: Callable[..., Service], batches: list[Batch]
+) -> None:
+    service = serve(rates=RateLimits(per_token=60, token_burst=3))
+    device_id, headers = service.register()
+    viewer = service.viewer(device_id, headers)
+    assert service.send(device_id, headers, batches[0]).status_code == 200
+    assert service.client.get(f"/devices/{device_id}", headers=headers).status_code == 200
+    refused = service.send(device_id, headers, batches[1])
+    assert refused.status_code == 429
+    assert refused.headers["Retry-After"] == "1"
+    assert refused.json() == {
+        "detail": "too many requests per token: at most 60 a minute, 3 at once; retry after 1 s"
+    }
+    assert service.store.state(device_id).last_seq == 1  # refused before it was read
+    assert service.client.get(f"/devices/{device_id}", headers=viewer).status_code == 200
+    other_id, other = service.register()
+    assert service.send(other_id, other, batches[0]).status_code == 200
+    url = f"/devices/{device_id}/events?token={headers['Authorization'].split()[1]}"
+    with pytest.raises(WebSocketDisconnect) as closed, service.client.websocket_connect(url):
+        pass
+    assert closed.value.code == 1013 and "retry after 1 s" in closed.value.reason
+    time.sleep(1.0)
+    assert service.send(device_id, headers, batches[1]).status_code == 200
+    assert service.send(device_id, headers, batches[2]).status_code == 429
+
+
+def test_registrations_per_address_are_limited(serve: Callable[..., Service]) -> None:
+    service = serve(rates=RateLimits(per_address=2, address_burst=2))
+    assert [service.client.post("/devices").status_code for _ in range(2)] == [201, 201]
+    for body in ({}, {"timezone": "nowhere"}):  # counted before the body is read
+        refused = service.client.post("/devices", json=body)
+        assert refused.status_code == 429 and refused.headers["Retry-After"] == "30"
+        assert refused.json()["detail"].startswith("too many requests per address: at most 2")
+    unlimited = serve(rates=RateLimits(per_address=0))
+    assert {unlimited.client.post("/devices").status_code for _ in range(40)} == {201}
+
+
+def test_the_default_rates_let_a_watch_send_every_second_and_catch_up() -> None:
+    now = [0.0]
+    defaults = RateLimits()
+    buckets = TokenBuckets(defaults.per_token, defaults.token_burst, clock=lambda: now[0])
+    for second in range(3600):  # a batch every second for an hour, a GET every 10 s
+        now[0] = float(second)
+        assert buckets.take("watch") == 0.0
+        if second % 10 == 0:
+            assert buckets.take("watch") == 0.0
+    now[0] += 600.0  # ten minutes offline: 100 buffered batches at once
+    assert [buckets.take("watch") for _ in range(100)] == [0.0] * 100
+    assert buckets.take("watch") == pytest.approx(0.2)  # then 5 a second
+
+
+def test_token_buckets_refill_at_their_rate_and_memory_stays_bounded() -> None:
+    now = [0.0]
+    buckets = TokenBuckets(per_minute=120, burst=4, max_keys=1000, clock=lambda: now[0])
+    taken = 0
+    for step in range(600):  # 60 s of a request every 0.1 s: the burst, then 2 a second
+        now[0] = step / 10
+        taken += buckets.take("busy") == 0.0
+    assert taken == 4 + 2 * 59 + 1
+    for key in range(5000):  # more keys than kept: the least recently used are dropped
+        buckets.take(f"client {key}")
+    assert len(buckets) == 1000
+    now[0] += 2.0  # every bucket full again after burst / rate: all dropped
+    buckets.take("late")
+    assert len(buckets) == 1
+    with pytest.raises(ValueError, match="rate limit: -1 requests a minute; expected 0 or more"):
+        RateLimits(per_token=-1)
+    with pytest.raises(ValueError, match="0 registrations at once per address; expected 1"):
+        RateLimits(address_burst=0)
+
+
 # -- subscribers -------------------------------------------------------------------------------
 def test_a_subscriber_receives_every_epoch_and_event(
     service: Service, batches: list[Batch]
@@ -564,6 +710,15 @@ def test_serve_refuses_a_db_that_is_not_a_store(tmp_path: Path) -> None:
         db.execute("CREATE TABLE t (x)")
     assert main(["serve", "--port", "9", "--db", str(foreign)]) == 1
     assert main(["serve", "--port", "9", "--db", str(tmp_path)]) == 2
+
+
+@pytest.mark.parametrize("option", [["--rate", "-1"], ["--rate", "nan"], ["--register-burst", "0"]])
+def test_serve_refuses_bad_rate_limits(
+    tmp_path: Path, option: list[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    db = tmp_path / "unused.sqlite3"
+    assert main(["serve", "--port", "9", "--db", str(db), *option]) == 1
+    assert "rate limit: " in caplog.text and not db.exists()
 
 
 # -- a real server, killed mid-night ----------------------------------------------------------

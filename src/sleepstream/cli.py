@@ -241,10 +241,12 @@ def _export(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from sleepstream.serve.app import run
+    from sleepstream.serve.limits import RateLimits
 
     if args.db is not None and args.redis is not None:
         raise ValueError("serve: --db and --redis name two stores; give one")
-    return run(args.host, args.port, args.db or DEFAULT_DB, args.redis)
+    rates = RateLimits(args.rate, args.burst, args.register_rate, args.register_burst)
+    return run(args.host, args.port, args.db or DEFAULT_DB, args.redis, rates)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -360,6 +362,22 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--db", help=f"SQLite store, made if new (default {DEFAULT_DB})")
     serve.add_argument(
         "--redis", metavar="URL", help="store in this Redis, shared with other serve processes"
+    )
+    serve.add_argument(
+        "--rate",
+        type=float,
+        default=300.0,
+        help="requests a minute per token (default 300; 0: none)",
+    )
+    serve.add_argument("--burst", type=int, default=100, help="requests at once per token (100)")
+    serve.add_argument(
+        "--register-rate",
+        type=float,
+        default=30.0,
+        help="registrations a minute per client address (default 30; 0: none)",
+    )
+    serve.add_argument(
+        "--register-burst", type=int, default=30, help="registrations at once per address (30)"
     )
     serve.set_defaults(run=_serve)
     return parser

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Collection
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -35,6 +36,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sleepstream.live.backends import PipelineModel
 from sleepstream.serve.devices import BatchOutcome, Devices, SequenceError
+from sleepstream.serve.limits import RateLimits, TokenBuckets, retry_after
 from sleepstream.serve.schema import (
     JSON,
     MSGPACK,
@@ -43,6 +45,7 @@ from sleepstream.serve.schema import (
     DeviceSettings,
     DeviceView,
     EpochOut,
+    Error,
     Limits,
     ViewerCreated,
     parse_batch,
@@ -73,9 +76,11 @@ def create_app(
     store: Store,
     model: PipelineModel | None = None,
     limits: Limits | None = None,
+    rates: RateLimits | None = None,
     broker: Broker | None = None,
 ) -> FastAPI:
-    """The API over ``store``, running ``model`` (default: the shipped model file).
+    """The API over ``store``, running ``model`` (default: the shipped model file), with
+    ``limits`` on each request and ``rates`` on how often a token or an address may call.
 
     The caller owns the store (and closes it after the app has stopped). With a ``broker``,
     results reach subscribers through it, whichever server process stored them (``--redis``).
@@ -85,6 +90,9 @@ def create_app(
 
         model = OnnxPipeline.shipped()
     limits = limits or Limits()
+    rates = rates or RateLimits()
+    per_token = TokenBuckets(rates.per_token, rates.token_burst, rates.max_keys)
+    per_address = TokenBuckets(rates.per_address, rates.address_burst, rates.max_keys)
     devices = Devices(store, model)
     subscribers = Subscribers()
     app = FastAPI(
@@ -105,6 +113,7 @@ def create_app(
                 "a valid token is needed (Authorization: Bearer TOKEN)",
                 headers={"WWW-Authenticate": "Bearer"},
             )
+        _take(per_token, found.key, "per token")
         if found.device_id != device_id:
             raise HTTPException(403, f"this token is not for device {device_id}")
         if role is not None and found.role != role:
@@ -118,7 +127,16 @@ def create_app(
         """Whether the server answers."""
         return {"status": "ok"}
 
-    @app.post("/devices", status_code=201)
+    def address_limit(request: Request) -> None:
+        """Take a request from the bucket of the client's address."""
+        _take(per_address, request.client.host if request.client else "", "per address")
+
+    @app.post(
+        "/devices",
+        status_code=201,
+        dependencies=[Depends(address_limit)],
+        responses=_errors(400, 413, 422, 429),
+    )
     def register(settings: Annotated[DeviceSettings | None, Body()] = None) -> DeviceCreated:
         """Register a device; the answer holds its device token, shown this once."""
         try:
@@ -135,7 +153,7 @@ def create_app(
     @app.post(
         "/devices/{device_id}/batches",
         openapi_extra={"requestBody": _batch_body()},
-        responses={409: {"description": "the sequence number skips or contradicts batches"}},
+        responses=_errors(400, 401, 403, 409, 413, 415, 422, 429),
     )
     async def add_batch(device_id: str, request: Request, credentials: Credentials) -> BatchAck:
         """Send a batch of samples (JSON, or msgpack with ``Content-Type: application/msgpack``).
@@ -168,14 +186,16 @@ def create_app(
             results=[EpochOut.model_validate(r) for r in outcome.results],
         )
 
-    @app.post("/devices/{device_id}/viewers", status_code=201)
+    @app.post(
+        "/devices/{device_id}/viewers", status_code=201, responses=_errors(401, 403, 422, 429)
+    )
     def add_viewer(device_id: str, credentials: Credentials) -> ViewerCreated:
         """Make a viewer token: it reads this device's state and events, nothing else."""
         grant(device_id, credentials, Role.DEVICE)
         token = devices.add_viewer(device_id)
         return ViewerCreated(viewer_id=token.grant.key, token=token.text)
 
-    @app.get("/devices/{device_id}")
+    @app.get("/devices/{device_id}", responses=_errors(401, 403, 422, 429))
     def night(
         device_id: str,
         credentials: Credentials,
@@ -211,6 +231,11 @@ def create_app(
         if found is None or found.device_id != device_id:
             await websocket.close(POLICY_VIOLATION, "a valid token for this device is needed")
             return
+        wait = per_token.take(found.key)
+        if wait > 0:
+            reason = f"too many requests per token; retry after {retry_after(wait)} s"
+            await websocket.close(TRY_AGAIN_LATER, reason)
+            return
         await websocket.accept()
         subscription = subscribers.subscribe(device_id)
         closed = asyncio.ensure_future(_until_closed(websocket))
@@ -239,7 +264,7 @@ def create_app(
             closed.cancel()
             subscribers.unsubscribe(subscription)
 
-    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    app.openapi = lambda: _openapi(app, model.thresholds)  # type: ignore[method-assign]
     return app
 
 
@@ -249,22 +274,65 @@ async def _until_closed(websocket: WebSocket) -> None:
         pass
 
 
+def _take(buckets: TokenBuckets, key: str, what: str) -> None:
+    """Take a request from the bucket of ``key``; 429 with ``Retry-After`` when it is empty."""
+    wait = buckets.take(key)
+    if wait > 0:
+        seconds = retry_after(wait)
+        raise HTTPException(
+            429,
+            f"too many requests {what}: at most {buckets.per_minute:g} a minute, "
+            f"{buckets.burst} at once; retry after {seconds} s",
+            headers={"Retry-After": seconds},
+        )
+
+
+_ERRORS = {
+    400: "the body is not JSON, or not msgpack",
+    401: "no valid token",
+    403: "the token is not for this device, or a viewer's where the device's is needed",
+    409: "the sequence number skips or contradicts stored batches",
+    413: "the body, or the samples in the batch, are over the limits",
+    415: "the body is neither JSON nor msgpack (Content-Type)",
+    422: "a field or value that is refused",
+    429: "too many requests: retry after Retry-After seconds",
+}
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI answers of the refusals ``codes`` (with their headers)."""
+    headers = {
+        401: {"WWW-Authenticate": {"schema": {"type": "string"}, "required": True}},
+        429: {"Retry-After": {"schema": {"type": "integer"}, "required": True}},
+    }
+    return {
+        code: {"model": Error, "description": _ERRORS[code], "headers": headers.get(code, {})}
+        for code in codes
+    }
+
+
 def _batch_body() -> dict[str, Any]:
     schema = {"$ref": "#/components/schemas/Batch"}
     return {"required": True, "content": {JSON: {"schema": schema}, MSGPACK: {"schema": schema}}}
 
 
-def _openapi(app: FastAPI) -> dict[str, Any]:
-    """The OpenAPI document, with the batch schema the batch endpoint reads by hand."""
+def _openapi(app: FastAPI, thresholds: Collection[str]) -> dict[str, Any]:
+    """The OpenAPI document, with the batch schema the batch endpoint reads by hand and the
+    model's threshold names."""
     from sleepstream.serve.schema import Batch
 
     if app.openapi_schema is None:
         document = get_openapi(
-            title=app.title, version=app.version, summary=app.summary, routes=app.routes
+            title=app.title,
+            version=app.version,
+            summary=app.summary,
+            description=app.description,
+            routes=app.routes,
         )
         batch = Batch.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas = document.setdefault("components", {}).setdefault("schemas", {})
         schemas.update({**batch.pop("$defs", {}), "Batch": batch})
+        schemas["DeviceSettings"]["properties"]["threshold"]["enum"] = sorted(thresholds)
         app.openapi_schema = document
     return app.openapi_schema
 
@@ -339,9 +407,16 @@ class HideTokens(logging.Filter):
 _TOKEN_IN_URL = re.compile(r"token=[^&\s\"']*")
 
 
-def run(host: str, port: int, db: str | Path, redis: str | None = None) -> int:
+def run(
+    host: str,
+    port: int,
+    db: str | Path,
+    redis: str | None = None,
+    rates: RateLimits | None = None,
+) -> int:
     """Serve the API on ``host:port`` until stopped, with the SQLite store ``db``, or with
-    the Redis at the URL ``redis`` shared with other server processes."""
+    the Redis at the URL ``redis`` shared with other server processes; ``rates``: the rate
+    limits of each process."""
     import uvicorn
 
     from sleepstream.paths import check_output_file
@@ -361,7 +436,7 @@ def run(host: str, port: int, db: str | Path, redis: str | None = None) -> int:
         logging.getLogger(name).addFilter(HideTokens())
     try:
         uvicorn.run(
-            create_app(store, broker=broker),
+            create_app(store, rates=rates, broker=broker),
             host=host,
             port=port,
             ws="websockets-sansio",

@@ -22,6 +22,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    JsonValue,
     ValidationError,
     field_validator,
     model_validator,
@@ -157,6 +158,12 @@ def time_zones() -> frozenset[str]:
     return frozenset(available_timezones())
 
 
+def _list_zones(schema: dict[str, JsonValue]) -> None:
+    """The time-zone names as the ``enum`` of the field's JSON schema (in the OpenAPI)."""
+    zones: list[JsonValue] = [*sorted(time_zones())]
+    schema["enum"] = zones
+
+
 class DeviceSettings(BaseModel):
     """The detector settings of a new device."""
 
@@ -164,7 +171,11 @@ class DeviceSettings(BaseModel):
     threshold: str = Field(
         "wasa93", description="an operating threshold of the model: wasa93, wasa95, operating"
     )
-    timezone: str = Field("UTC", description="IANA time zone of the results' local times")
+    timezone: str = Field(
+        "UTC",
+        description="IANA time zone of the results' local times",
+        json_schema_extra=_list_zones,
+    )
 
     @field_validator("timezone")
     @classmethod
@@ -191,6 +202,21 @@ class ViewerCreated(BaseModel):
 
     viewer_id: str
     token: str
+
+
+class FieldError(BaseModel):
+    """One refused part of a request: where (``["body", "heart_rate"]``), why, what kind."""
+
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class Error(BaseModel):
+    """Every refusal (4xx): a message, or for a malformed request its refused parts (which
+    never echo the input)."""
+
+    detail: str | list[FieldError]
 
 
 State = Literal["asleep", "awake", "unknown"]
@@ -269,4 +295,5 @@ def _unpack(body: bytes) -> object:
     try:
         return msgpack.unpackb(body, raw=False, strict_map_key=True, timestamp=0)
     except (ValueError, TypeError, msgpack.UnpackException) as error:
-        raise HTTPException(400, f"the body is not msgpack: {error}"[:200]) from None
+        reason = str(error) or type(error).__name__  # nesting too deep has no message
+        raise HTTPException(400, f"the body is not msgpack: {reason}"[:200]) from None
