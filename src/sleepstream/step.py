@@ -212,7 +212,7 @@ class FeatureStep(nn.Module):
         features += [since_movement / 60.0, since_count / 60.0]
 
         # -- heart rate ---------------------------------------------------------------------
-        valid = ~(torch.isnan(hr) | torch.isnan(hr_offset))
+        valid = ~torch.logical_or(torch.isnan(hr), torch.isnan(hr_offset))
         n_epoch = valid.to(hr.dtype).sum(dim=1)
         centred = torch.where(valid, hr - _HR_CENTRE, torch.zeros_like(hr))
         has_hr = n_epoch > 0

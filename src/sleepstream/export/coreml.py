@@ -26,9 +26,10 @@ features    (1, 29)          the epoch's causal features in ``metadata.all_featu
 The state input is ``prev_state``, not ``state`` as in ONNX: ``state`` is a reserved word in
 Core ML's program format (stateful models) and the converter would rename it.
 
-Two files: an ML Program ``.mlpackage`` (iOS 16 / watchOS 9, compute units ALL, float32 by
-default; float16 has range limits, see :func:`export_coreml`) and, when the converter manages it, a legacy neural-network ``.mlmodel`` for older OS
-versions. Core ML itself (predictions) exists only on macOS; on Linux :func:`check_coreml`
+One file: an ML Program ``.mlpackage`` (iOS 16 / watchOS 9 and later, compute units ALL,
+float32 by default; float16 has range limits, see :func:`export_coreml`). The legacy
+neural-network ``.mlmodel`` is not written: every watch that runs watchOS 9 (Series 4 and
+later) takes the ML Program. Core ML itself (predictions) exists only on macOS; on Linux :func:`check_coreml`
 checks the saved spec and metadata, and evaluates the saved program numerically with
 coremltools' own per-operation reference implementations (:func:`mil_scan`,
 :func:`check_coreml_parity`).
@@ -49,16 +50,14 @@ import coremltools as ct
 import numpy as np
 import torch
 from coremltools.converters.mil.frontend.milproto.load import load as load_mil_program
-from coremltools.converters.mil.frontend.torch.ops import _get_inputs
-from coremltools.converters.mil.frontend.torch.torch_op_registry import _TORCH_OPS_REGISTRY
 from coremltools.converters.mil.mil import Builder as mb  # noqa: N813 (coremltools convention)
-from coremltools.converters.mil.mil import Function, types
+from coremltools.converters.mil.mil import Function
 from numpy.typing import NDArray
 
 from sleepstream.export.metadata import METADATA_KEY, ModelMetadata
 from sleepstream.export.onnx import inference_copy, scan_torch
 from sleepstream.models.net import SleepNet
-from sleepstream.paths import atomic_directory, atomic_path
+from sleepstream.paths import atomic_directory
 from sleepstream.pipeline import PipelineStep, pipeline_step
 
 log = logging.getLogger(__name__)
@@ -92,56 +91,6 @@ OUTPUT_DESCRIPTIONS = {
 def coreml_name(name: str) -> str:
     """The Core ML name of a pipeline input (``state`` becomes ``prev_state``)."""
     return STATE_INPUT if name == "state" else name
-
-
-def _bitwise_or(context: Any, node: Any) -> None:
-    """``aten::__or__`` of two boolean tensors (``isnan(a) | isnan(b)``), as ``logical_or``."""
-    x, y = _get_inputs(context, node, expected=2)
-    if not (types.is_bool(x.dtype) and types.is_bool(y.dtype)):
-        raise NotImplementedError(
-            f"'{node.kind}' is converted for boolean tensors only, got {x.dtype} and {y.dtype}"
-        )
-    context.add(mb.logical_or(x=x, y=y, name=node.name))
-
-
-@contextlib.contextmanager
-def _converter_fixes() -> Iterator[None]:
-    """Install two conversion functions coremltools 9.0 lacks, for the duration of a conversion.
-
-    ``int``: its converter calls ``int()`` on a one-element array, which NumPy 2.4 turned from
-    a deprecation into ``TypeError`` (apple/coremltools#2633, fixed after 9.0). The GRU's
-    ``reshape(batch, ...)`` traces into such a node.
-
-    ``or`` / ``bitwise_or``: not registered at all; the features' ``isnan(hr) |
-    isnan(hr_offset)`` traces into ``aten::__or__`` of two boolean tensors, which is
-    ``logical_or``.
-    """
-    registry = _TORCH_OPS_REGISTRY.name_to_func_mapping
-    saved = {name: registry.get(name) for name in ("int", "or", "bitwise_or")}
-    original_int = saved["int"]
-
-    def fixed_int(context: Any, node: Any) -> None:
-        x = context[node.inputs[0]]
-        if x.can_be_folded_to_const() and np.ndim(x.val) > 0 and np.size(x.val) == 1:
-            context.add(mb.const(val=int(np.asarray(x.val).item()), name=node.name), node.name)
-        elif original_int is not None:
-            original_int(context, node)
-        else:
-            raise NotImplementedError("coremltools has no converter for aten::Int")
-
-    if original_int is not None:
-        registry["int"] = fixed_int
-    for name in ("or", "bitwise_or"):
-        if saved[name] is None:
-            registry[name] = _bitwise_or
-    try:
-        yield
-    finally:
-        for name, func in saved.items():
-            if func is None:
-                registry.pop(name, None)
-            else:
-                registry[name] = func
 
 
 def _conversion_warning_filters() -> None:
@@ -191,36 +140,23 @@ def _output_shapes(metadata: ModelMetadata) -> dict[str, list[int]]:
 
 
 def _convert(
-    traced: torch.jit.ScriptModule,
-    metadata: ModelMetadata,
-    convert_to: Literal["mlprogram", "neuralnetwork"],
-    precision: Precision,
+    traced: torch.jit.ScriptModule, metadata: ModelMetadata, precision: Precision
 ) -> ct.models.MLModel:
     # ct.convert mutates the TensorType objects it is given: build fresh ones for every call.
-    inputs = [
-        ct.TensorType(name=name, shape=tuple(shape), dtype=np.float32)
-        for name, shape in _input_shapes(metadata).items()
-    ]
-    if convert_to == "mlprogram":
-        outputs = [ct.TensorType(name=n, dtype=np.float32) for n in OUTPUT_NAMES]
-        options: dict[str, Any] = {
-            "minimum_deployment_target": ct.target.iOS16,
-            "compute_precision": (
-                ct.precision.FLOAT32 if precision == "float32" else ct.precision.FLOAT16
-            ),
-        }
-    else:
-        outputs = [ct.TensorType(name=n) for n in OUTPUT_NAMES]
-        options = {}
-    with _converter_fixes():
-        return ct.convert(
-            traced,
-            inputs=inputs,
-            outputs=outputs,
-            convert_to=convert_to,
-            compute_units=ct.ComputeUnit.ALL,
-            **options,
-        )
+    return ct.convert(
+        traced,
+        inputs=[
+            ct.TensorType(name=name, shape=tuple(shape), dtype=np.float32)
+            for name, shape in _input_shapes(metadata).items()
+        ],
+        outputs=[ct.TensorType(name=n, dtype=np.float32) for n in OUTPUT_NAMES],
+        convert_to="mlprogram",
+        compute_units=ct.ComputeUnit.ALL,
+        minimum_deployment_target=ct.target.iOS16,
+        compute_precision=(
+            ct.precision.FLOAT32 if precision == "float32" else ct.precision.FLOAT16
+        ),
+    )
 
 
 def _annotate(model: ct.models.MLModel, metadata: ModelMetadata, precision: str) -> None:
@@ -251,15 +187,12 @@ def export_coreml(
     metadata: ModelMetadata,
     *,
     precision: Precision = "float32",
-    neuralnetwork: bool = True,
 ) -> dict[str, str]:
-    """Write the pipeline of ``net`` (``metadata.variant``) as ``path.mlpackage`` (ML Program)
-    and, if it converts, ``path.mlmodel`` (neural network); the metadata is stored inside both.
+    """Write the pipeline of ``net`` (``metadata.variant``) as ``path.mlpackage`` (ML Program,
+    iOS 16 / watchOS 9 and later) with the metadata inside.
 
-    ``path`` is given without extension. Returns the written paths under ``"mlpackage"`` and
-    ``"mlmodel"``; when the neural-network conversion fails the error is logged and returned
-    under ``"mlmodel_error"`` instead (``neuralnetwork=False`` skips it). ``precision`` is the
-    ML Program's compute precision; the inputs, outputs and the state are float32 either way.
+    ``path`` is given without extension. Returns the written path under ``"mlpackage"``.
+    ``precision`` is the ML Program's compute precision; the inputs, outputs and the state are float32 either way.
     ``"float32"`` keeps parity with torch and ONNX (Core ML then runs it on the CPU or GPU,
     ample for one step per 30 s). ``"float16"`` lets the Neural Engine run it, but some of the
     features' window sums exceed the float16 range (65,504) under sustained activity or a high
@@ -286,35 +219,24 @@ def export_coreml(
             f"Metadata inputs {_input_shapes(metadata)} differ from the pipeline's {shapes}"
         )
     base = Path(path)
-    if base.suffix in (".mlpackage", ".mlmodel"):
+    if base.suffix == ".mlpackage":
         base = base.with_suffix("")
     base.parent.mkdir(parents=True, exist_ok=True)
     written: dict[str, str] = {}
     with warnings.catch_warnings():
         _conversion_warning_filters()
         traced = _trace(step)
-        program = _convert(traced, metadata, "mlprogram", precision)
+        program = _convert(traced, metadata, precision)
         _annotate(program, metadata, precision)
         package = base.parent / f"{base.name}.mlpackage"
         with atomic_directory(package) as partial:
             program.save(str(partial))
         written["mlpackage"] = str(package)
-        if neuralnetwork:
-            try:
-                legacy = _convert(traced, metadata, "neuralnetwork", "float32")
-                _annotate(legacy, metadata, "float32")
-                mlmodel = base.parent / f"{base.name}.mlmodel"
-                with atomic_path(mlmodel) as temporary:
-                    legacy.save(str(temporary))
-                written["mlmodel"] = str(mlmodel)
-            except Exception as err:  # the legacy format is optional: report, do not fail
-                log.warning("Core ML neural-network (.mlmodel) conversion failed: %r", err)
-                written["mlmodel_error"] = f"{type(err).__name__}: {err}"
     return written
 
 
 def read_coreml_metadata(path: str | Path) -> ModelMetadata:
-    """The :class:`ModelMetadata` stored in an ``.mlpackage`` or ``.mlmodel``."""
+    """The :class:`ModelMetadata` stored in an ``.mlpackage``."""
     spec = ct.utils.load_spec(str(path))
     stored = spec.description.metadata.userDefined
     if METADATA_KEY not in stored:
@@ -357,9 +279,7 @@ def check_coreml(
     if list(got_inputs.items()) != list(want_inputs.items()):
         raise ValueError(f"{path}: inputs {got_inputs}, expected {want_inputs}")
     want_outputs = _output_shapes(metadata)
-    # The neural-network format leaves output shapes unspecified (empty): check names only.
-    shapes_ok = all(got_outputs.get(n) in (want, []) for n, want in want_outputs.items())
-    if list(got_outputs) != list(OUTPUT_NAMES) or not shapes_ok:
+    if got_outputs != want_outputs:
         raise ValueError(f"{path}: outputs {got_outputs}, expected {want_outputs}")
     stored = read_coreml_metadata(path)
     if stored != metadata:

@@ -121,10 +121,10 @@ class SleepGRU(SleepNet):
         batch = x.shape[0]
         if state is None:
             state = self.initial_state(batch).to(x.device)
-        h = state.reshape(batch, self.num_layers, self.hidden_size).transpose(0, 1).contiguous()
+        h = state.reshape(-1, self.num_layers, self.hidden_size).transpose(0, 1).contiguous()
         out, h = self.gru(self.dropout(self.embed(self.normalise(x))), h)
         logits = self.head(out).squeeze(-1)
-        return logits, h.transpose(0, 1).reshape(batch, self.state_size)
+        return logits, h.transpose(0, 1).reshape(-1, self.state_size)
 
 
 class SleepMLP(SleepNet):
