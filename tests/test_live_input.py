@@ -430,3 +430,14 @@ def test_a_batch_of_several_streams_is_fed_in_time_order_all_or_nothing(
     with pytest.raises(ValueError, match="backwards"):
         detector.add(heart_rate=(T0 + np.array([100.0, 90.0]), [60.0, 61.0]))
     assert detector.snapshot() == before
+
+
+def test_absurd_acceleration_values_are_refused_even_without_the_unit_check(
+    model: OnnxPipeline,
+) -> None:
+    t = np.arange(100) * 0.02
+    xyz = np.tile([0.0, 0.6, -0.8], (100, 1))
+    xyz[7, 1] = 1e308
+    detector = SleepDetector(model, check_units=False)
+    with pytest.raises(ValueError, match=r"value 1e\+308 at index 7 .* beyond 1000"):
+        detector.add_acceleration(t, xyz)

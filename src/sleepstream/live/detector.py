@@ -114,6 +114,8 @@ RESET_AFTER_SECONDS = 7200.0
 MAX_SECONDS, MIN_SECONDS = SINCE_1970_FROM["ms"], -1e10
 """Accepted times, in seconds (the years 1653 to 5138)."""
 UNIT_CHECK_SAMPLES = 50
+MAX_ACCELERATION = 1000.0
+"""Acceleration values beyond this are refused whatever the unit (and ``check_units``)."""
 FULL_BAND_HZ = 24.0
 """Acceleration below this rate cannot carry the counts' 3-11 Hz band (a warning says so)."""
 RATE_INTERVALS = 64
@@ -441,6 +443,12 @@ class SleepDetector:
         if not np.isfinite(a).all():
             i = int(np.argmax(~np.isfinite(a.reshape(len(a), -1)).all(axis=1)))
             raise ValueError(f"acceleration: non-finite value at index {i} (t={t[i]:.3f} s)")
+        if len(a) and np.abs(a).max() > MAX_ACCELERATION:
+            i = int(np.argmax(np.abs(a.reshape(len(a), -1)).max(axis=1)))
+            raise ValueError(
+                f"acceleration: value {np.abs(a[i]).max():.3g} at index {i} (t={t[i]:.3f} s) is "
+                f"beyond {MAX_ACCELERATION:g}, in g or m/s^2 alike"
+            )
         if len(t) > 1 and (np.diff(t) <= 0).any():
             i = int(np.argmax(np.diff(t) <= 0)) + 1
             raise ValueError(
