@@ -14,6 +14,7 @@
                        [--time-unit s|ms|us]              a user's own files through it
     sleepstream export [--ckpt PATH] --out DIR            ONNX + Core ML of the one-epoch step
     sleepstream serve [--host H] [--port N] [--db FILE | --redis URL]   the API for many watches
+    sleepstream simulate --subject ID [--url URL] [--speed N]   a night into a server, its events
 
 Every output path (``--out``, ``--docs``, ``--dest``) is checked before any work starts
 (:mod:`sleepstream.paths`), and every file is written whole or not at all.
@@ -249,6 +250,13 @@ def _serve(args: argparse.Namespace) -> int:
     return run(args.host, args.port, args.db or DEFAULT_DB, args.redis, rates)
 
 
+def _simulate(args: argparse.Namespace) -> int:
+    from sleepstream.serve.simulate import run
+
+    a = args
+    return run(a.url, a.subject, a.speed, a.start, a.batch_seconds, a.hours, a.timezone, a.data)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sleepstream", description="Real-time sleep detection from Apple Watch sensors."
@@ -380,6 +388,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--register-burst", type=int, default=30, help="registrations at once per address (30)"
     )
     serve.set_defaults(run=_serve)
+    sim = commands.add_parser("simulate", help="replay a night into a server, print its events")
+    sim.add_argument("--subject", required=True, help="subject ID of the night to replay")
+    sim.add_argument("--url", default="http://127.0.0.1:8000", help="the server's base URL")
+    sim.add_argument("--speed", type=float, default=60.0, help="times real time (60)")
+    sim.add_argument("--start", type=float, help="Unix time of the night's start (default now)")
+    sim.add_argument("--batch-seconds", type=float, default=30.0, help="seconds per batch (30)")
+    sim.add_argument("--hours", type=float, help="replay only the night's first hours")
+    sim.add_argument("--timezone", default="UTC", help="IANA zone of the printed times (UTC)")
+    sim.add_argument("--data", help="data folder (default: $SLEEPSTREAM_DATA)")
+    sim.set_defaults(run=_simulate)
     return parser
 
 

@@ -34,11 +34,12 @@ Message = dict[str, Any]
 
 
 class ServiceError(RuntimeError):
-    """A refusal of the server: its HTTP status and its ``detail``."""
+    """A refusal of the server: its HTTP status, its ``detail``, and for 429 the seconds
+    after which to try again (``Retry-After``)."""
 
-    def __init__(self, status: int, detail: object):
+    def __init__(self, status: int, detail: object, retry_after: float | None = None):
         super().__init__(f"the server answered {status}: {detail}")
-        self.status, self.detail = status, detail
+        self.status, self.detail, self.retry_after = status, detail, retry_after
 
 
 class Client:
@@ -139,4 +140,6 @@ def _checked(answer: httpx.Response) -> Any:
         detail = answer.json().get("detail")
     except ValueError:
         detail = answer.text[:200]
-    raise ServiceError(answer.status_code, detail)
+    wait = answer.headers.get("Retry-After", "")
+    retry_after = float(wait) if wait.isdigit() else None
+    raise ServiceError(answer.status_code, detail, retry_after)
