@@ -138,7 +138,7 @@ def test_the_api_fuzzed_from_its_schema(world: World, label: str, mode: Generati
         )
 
     tokens = st.sampled_from([world.mine["token"], world.my_viewer])
-    devices = st.sampled_from([my_id, other_id, None])
+    devices = st.sampled_from([my_id, my_id, other_id, None])  # half of them reach our device
 
     @given(case=st.tuples(tokens, devices).flatmap(lambda both: cases(*both)), data=st.data())
     @settings(
@@ -170,4 +170,7 @@ def test_the_api_fuzzed_from_its_schema(world: World, label: str, mode: Generati
     assert world.store.epochs(other_id, 0.0, 10_000) == before[1]
     assert statuses
     if mode is GenerationMode.POSITIVE:
-        assert any(200 <= status < 300 for status in statuses), statuses
+        # Valid requests get past the tokens: accepted, or (batches) refused by the detector,
+        # whose rules on lengths, ranges and time order the schema cannot state.
+        passed = [s for s in statuses if 200 <= s < 300 or (s == 422 and "batches" in label)]
+        assert passed, statuses
