@@ -91,6 +91,25 @@ def reference(
     return out
 
 
+def pushed(device_id: str, results: list[Json]) -> list[Json]:
+    """The messages a subscriber gets for ``results``: an epoch, then its events."""
+    out: list[Json] = []
+    for result in results:
+        out.append({"type": "epoch", "device_id": device_id, "result": result})
+        out += [
+            {
+                "type": "event",
+                "device_id": device_id,
+                "event": event,
+                "time": result["end"],
+                "time_local": result["end_local"],
+                "seq": result["seq"],
+            }
+            for event in result["events"]
+        ]
+    return out
+
+
 def as_json(value: object) -> Json:
     return EpochOut.model_validate(value).model_dump(mode="json")
 
@@ -653,20 +672,7 @@ def test_a_subscriber_receives_every_epoch_and_event(
         assert hello == {"type": "state", "device_id": device_id, "last_seq": 1, "current": None}
         for batch in batches[1:]:
             sent += service.send(device_id, headers, batch).json()["results"]
-        expected: list[Json] = []
-        for result in sent:
-            expected.append({"type": "epoch", "device_id": device_id, "result": result})
-            expected += [
-                {
-                    "type": "event",
-                    "device_id": device_id,
-                    "event": event,
-                    "time": result["end"],
-                    "time_local": result["end_local"],
-                    "seq": result["seq"],
-                }
-                for event in result["events"]
-            ]
+        expected = pushed(device_id, sent)
         received = [socket_.receive_json() for _ in expected]
     assert received == expected
     events = [m["event"] for m in received if m["type"] == "event"]

@@ -28,7 +28,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
-from test_serve import Batch, Json, bearer, night_batches
+from test_serve import Batch, Json, as_json, bearer, night_batches, pushed
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect
@@ -42,7 +42,7 @@ from sleepstream.serve.feed import record
 from sleepstream.serve.redis_events import RedisEvents
 from sleepstream.serve.redis_store import RedisStore, decode_results
 from sleepstream.serve.schema import Batch as BatchModel
-from sleepstream.serve.schema import DeviceSettings, EpochOut
+from sleepstream.serve.schema import DeviceSettings
 from sleepstream.serve.store import Device, EpochRecord, StaleSequenceError
 from sleepstream.serve.tokens import Role, new_token
 
@@ -136,29 +136,6 @@ def reference(
             heart_rate=(hr["times"], hr["bpm"]), acceleration=(acc["times"], acc["xyz"])
         )
         out += [as_json(record(r, batch["seq"])) for r in results]
-    return out
-
-
-def as_json(value: object) -> Json:
-    return EpochOut.model_validate(value).model_dump(mode="json")
-
-
-def pushed(device_id: str, results: list[Json]) -> list[Json]:
-    """The messages a subscriber gets for ``results``: an epoch, then its events."""
-    out: list[Json] = []
-    for result in results:
-        out.append({"type": "epoch", "device_id": device_id, "result": result})
-        out += [
-            {
-                "type": "event",
-                "device_id": device_id,
-                "event": event,
-                "time": result["end"],
-                "time_local": result["end_local"],
-                "seq": result["seq"],
-            }
-            for event in result["events"]
-        ]
     return out
 
 

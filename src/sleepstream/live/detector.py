@@ -662,8 +662,12 @@ class SleepDetector:
         self._seen_stream(stream, float(times.max()))
         return self._advance(float(times.max()))
 
+    def _latest_rate(self) -> float | None:
+        """The acceleration rate of the latest samples (median of the last intervals)."""
+        return 1.0 / float(np.median(self._intervals)) if len(self._intervals) else None
+
     def _accel_delay(self) -> float:
-        rate = 1.0 / float(np.median(self._intervals)) if len(self._intervals) else None
+        rate = self._latest_rate()
         return COUNTS_DELAY_SECONDS + (0.0 if is_grid_rate(rate) else RESAMPLE_PAD_SECONDS)
 
     def _window_rate(self, times: NDArray[np.float64]) -> float | None:
@@ -672,7 +676,7 @@ class SleepDetector:
         rate = sample_rate(times)
         if rate is not None and rate >= MIN_RATE_HZ * (1 - RATE_TOLERANCE):
             return rate
-        return 1.0 / float(np.median(self._intervals)) if len(self._intervals) else None
+        return self._latest_rate()
 
     def _covered(self, stream: Stream, raw: bool = False) -> float:
         """The time up to which ``stream`` has delivered everything (``raw``: newest sample)."""
