@@ -8,16 +8,19 @@ Starts its own server (SQLite in a temporary folder; with ``--redis``, two serve
 sharing a ``redis-server`` it starts, or the one at ``--redis URL``) on 127.0.0.1 with rate
 limits off, registers ``--watches`` devices, and runs for ``--seconds`` (then stops by itself):
 each watch sends 50 Hz acceleration and heart rate every 5 s (generated,
-:mod:`sleepstream.signal.synthetic`) in msgpack batches of ``--batch-seconds``, its Unix times
-advancing at ``--speed`` times real time; one viewer per watch follows its events over the
-WebSocket (on the other server, with two). Prints:
+:mod:`sleepstream.signal.synthetic`) in msgpack batches of ``--batch-seconds`` (by HTTP POST,
+or over one WebSocket each with ``--websocket``), its Unix times advancing at ``--speed`` times
+real time; one viewer per watch follows its events over the WebSocket (on the other server,
+with two). A watch sends each batch when its last sample is measured; batches end 2 s after
+an epoch's end (the counts filter needs 2 s of acceleration beyond an epoch, so that is when
+the epoch can be computed). The watches' schedules are spread over one batch period. Prints:
 
 - throughput: batches and samples a second acknowledged, whether the watches kept to their
   schedule (sends late by more than a batch's period), the servers' CPU (and the load
   generator's, on the same machine), and live watches per core (watches x speed / cores busy);
-- latency from the post of the batch holding an epoch's last sample to the subscriber receiving
-  that epoch (p50, p99; an epoch closes when a later sample arrives, so with long batches this
-  includes waiting for the next batch);
+- latency to the subscriber receiving an epoch (p50, p99), from the end of the epoch on the
+  watch's clock (what a user waits: the 2 s look-ahead, the batching and the server), and from
+  the post of the batch that closed it (the server's share);
 - the servers' resident memory after registration and at the end.
 """
 
@@ -47,6 +50,8 @@ from sleepstream.signal import synthetic
 
 RATE = 50.0
 T0 = 1_767_308_400.0
+LOOKAHEAD = 2.0
+"""Seconds of acceleration past an epoch's end that its result needs."""
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -55,10 +60,12 @@ class Tally:
     """What the watches and subscribers saw."""
 
     posted: dict[tuple[int, int], float] = field(default_factory=dict)
+    starts: dict[int, float] = field(default_factory=dict)
+    """Each watch's monotonic time at Unix time T0 of its night."""
     acked: int = 0
     samples: int = 0
     late: int = 0
-    latencies: list[float] = field(default_factory=list)
+    from_end: list[float] = field(default_factory=list)
     from_closing: list[float] = field(default_factory=list)
     epochs: int = 0
 
@@ -142,9 +149,11 @@ def batch_bodies(seconds: float, batch_seconds: float) -> tuple[list[bytes], int
     hr_t = np.arange(0.0, seconds, 5.0)
     bpm = 62 + 3 * np.sin(hr_t / 500.0)
     bodies = []
-    for k, lo in enumerate(np.arange(0.0, seconds, batch_seconds)):
-        a = (t >= lo) & (t < lo + batch_seconds)
-        h = (hr_t >= lo) & (hr_t < lo + batch_seconds)
+    for k in range(int(seconds // batch_seconds)):
+        lo = -np.inf if k == 0 else k * batch_seconds + LOOKAHEAD
+        hi = (k + 1) * batch_seconds + LOOKAHEAD
+        a = (t > lo) & (t <= hi)  # the sample at an epoch's end + 2 s completes it
+        h = (hr_t > lo) & (hr_t <= hi)
         batch = {
             "seq": k + 1,
             "heart_rate": {"times": (T0 + hr_t[h]).tolist(), "bpm": bpm[h].tolist()},
@@ -159,29 +168,44 @@ async def watch(
     index: int,
     device: dict[str, str],
     bodies: list[bytes],
-    period: float,
+    period_seconds: float,
+    speed: float,
     start: float,
     stop_at: float,
     per_batch: int,
     tally: Tally,
+    websocket: bool,
 ) -> None:
-    """Send the batches on schedule (batch k when its last sample is due) until ``stop_at``."""
-    url = f"/devices/{device['device_id']}/batches"
+    """Send the batches on schedule (each when its last sample is measured) until ``stop_at``,
+    by HTTP POST, or over one WebSocket with ``websocket``."""
+    path = f"/devices/{device['device_id']}/batches"
     headers = {"Authorization": f"Bearer {device['token']}", "Content-Type": "application/msgpack"}
-    for k, body in enumerate(bodies):
-        due = start + (k + 1) * period
-        if due > stop_at or time.monotonic() > stop_at:
-            return
-        now = time.monotonic()
-        if now < due:
-            await asyncio.sleep(due - now)
-        elif now - due > period:
-            tally.late += 1
-        tally.posted[(index, k + 1)] = time.monotonic()
-        answer = await http.post(url, content=body, headers=headers)
-        answer.raise_for_status()
-        tally.acked += 1
-        tally.samples += per_batch
+    tally.starts[index] = start
+    async with contextlib.AsyncExitStack() as stack:
+        if websocket:
+            ws_url = "ws" + str(http.base_url).removeprefix("http").rstrip("/")
+            ws = await stack.enter_async_context(
+                websockets.connect(f"{ws_url}{path}?token={device['token']}", max_size=2**24)
+            )
+        for k, body in enumerate(bodies):
+            due = start + ((k + 1) * period_seconds + LOOKAHEAD) / speed
+            if due > stop_at or time.monotonic() > stop_at:
+                return
+            now = time.monotonic()
+            if now < due:
+                await asyncio.sleep(due - now)
+            elif now - due > period_seconds / speed:
+                tally.late += 1
+            tally.posted[(index, k + 1)] = time.monotonic()
+            if websocket:
+                await ws.send(body)
+                answer = json.loads(await ws.recv())
+                if answer["type"] != "ack":
+                    raise RuntimeError(f"batch {k + 1} refused: {answer}")
+            else:
+                (await http.post(path, content=body, headers=headers)).raise_for_status()
+            tally.acked += 1
+            tally.samples += per_batch
 
 
 async def subscribe(
@@ -189,11 +213,12 @@ async def subscribe(
     index: int,
     device_id: str,
     token: str,
-    batch_seconds: float,
+    speed: float,
     tally: Tally,
     ready: asyncio.Event,
 ) -> None:
-    """Follow the device's events; the latency of each epoch from its last sample's post."""
+    """Follow the device's events; the latency of each epoch from its end on the watch's
+    clock and from the post of the batch that closed it."""
     ws = "ws" + url.removeprefix("http")
     async with websockets.connect(f"{ws}/devices/{device_id}/events?token={token}") as socket_:
         ready.set()
@@ -202,12 +227,10 @@ async def subscribe(
             if message["type"] != "epoch":
                 continue
             received = time.monotonic()
-            last_sample = message["result"]["end"] - 1 / RATE - T0
-            seq = int(last_sample // batch_seconds) + 1
-            posted = tally.posted.get((index, seq))
             tally.epochs += 1
-            if posted is not None:
-                tally.latencies.append(received - posted)
+            start = tally.starts.get(index)
+            if start is not None:
+                tally.from_end.append(received - start - (message["result"]["end"] - T0) / speed)
             closing = tally.posted.get((index, message["result"]["seq"]))
             if closing is not None:
                 tally.from_closing.append(received - closing)
@@ -215,7 +238,7 @@ async def subscribe(
 
 async def load(args: argparse.Namespace, urls: list[str], pids: list[int]) -> None:
     period = args.batch_seconds / args.speed
-    night_seconds = args.seconds * args.speed + args.batch_seconds
+    night_seconds = args.seconds * args.speed + 2 * args.batch_seconds
     bodies, per_batch = batch_bodies(night_seconds, args.batch_seconds)
     limits = httpx.Limits(max_connections=args.watches + 10, max_keepalive_connections=None)
     tally = Tally()
@@ -237,7 +260,7 @@ async def load(args: argparse.Namespace, urls: list[str], pids: list[int]) -> No
                     n,
                     d["device_id"],
                     viewers[n],
-                    args.batch_seconds,
+                    args.speed,
                     tally,
                     readies[n],
                 )
@@ -259,11 +282,13 @@ async def load(args: argparse.Namespace, urls: list[str], pids: list[int]) -> No
                     n,
                     d,
                     bodies,
-                    period,
+                    args.batch_seconds,
+                    args.speed,
                     start + offsets[n],
                     stop_at,
                     per_batch,
                     tally,
+                    args.websocket,
                 )
                 for n, d in enumerate(devices)
             )
@@ -309,15 +334,17 @@ def report(
         f"per core (watches x speed / cores){'' if kept_up else ' (not sustained)'}; "
         f"the load generator {own / elapsed:.2f} cores"
     )
-    if tally.latencies:
-        p50, p99 = np.percentile(tally.latencies, [50, 99]) * 1000
-        print(
-            f"  latency     p50 {p50:.0f} ms, p99 {p99:.0f} ms from the post of an epoch's "
-            f"last sample to its subscriber ({len(tally.latencies)} epochs)"
-        )
+    if tally.from_closing:
         p50, p99 = np.percentile(tally.from_closing, [50, 99]) * 1000
         print(
-            f"              p50 {p50:.0f} ms, p99 {p99:.0f} ms from the post of the batch that closed it"
+            f"  latency     p50 {p50:.0f} ms, p99 {p99:.0f} ms from the post of the batch that "
+            f"closed an epoch to its subscriber ({len(tally.from_closing)} epochs)"
+        )
+        p50, p99 = np.percentile(tally.from_end, [50, 99]) * 1000
+        print(
+            f"              p50 {p50:.0f} ms, p99 {p99:.0f} ms from the epoch's end on the "
+            f"watch's clock ({'' if args.speed == 1 else f'at {args.speed:g} x, '}"
+            f"including the {LOOKAHEAD:g} s look-ahead and the batching)"
         )
     else:
         print("  latency     no epoch reached a subscriber (run longer)")
@@ -331,6 +358,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0, help="length of the run (60 s)")
     parser.add_argument("--batch-seconds", type=float, default=1.0, choices=[1.0, 30.0])
     parser.add_argument("--speed", type=float, default=1.0, help="times real time (1)")
+    parser.add_argument(
+        "--websocket", action="store_true", help="send the batches over WebSockets, not POST"
+    )
     parser.add_argument(
         "--redis",
         nargs="?",

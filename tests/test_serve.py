@@ -351,6 +351,65 @@ def test_bad_samples_are_422_with_the_detectors_message_and_nothing_is_stored(
     assert service.results(device_id, headers) == reference(model, batches)
 
 
+def test_a_device_sends_its_batches_over_one_websocket(
+    serve: Callable[..., Service], model: OnnxPipeline, batches: list[Batch]
+) -> None:
+    service = serve()
+    answer = service.client.post("/devices").json()
+    device_id, token = answer["device_id"], answer["token"]
+    url = f"/devices/{device_id}/batches?token={token}"
+    acknowledged: list[Json] = []
+    with service.client.websocket_connect(url) as ws:
+        for batch in batches:
+            if batch["seq"] % 2:
+                ws.send_bytes(msgpack.packb(batch))
+            else:
+                ws.send_text(json.dumps(batch))
+            ack = ws.receive_json()
+            assert (ack["type"], ack["seq"], ack["duplicate"]) == ("ack", batch["seq"], False)
+            acknowledged += ack["results"]
+        # Refusals are answered with the status a POST would get; the connection stays.
+        ws.send_bytes(msgpack.packb(batches[0]))
+        assert ws.receive_json()["duplicate"] is True
+        ws.send_bytes(msgpack.packb({**batches[0], "seq": len(batches) + 5}))
+        refused = ws.receive_json()
+        assert (refused["type"], refused["status"]) == ("error", 409)
+        assert f"send batch {len(batches) + 1} first" in refused["detail"]
+        ws.send_bytes(b"\xc1 not msgpack")
+        assert ws.receive_json()["status"] == 400
+        ws.send_text('{"seq": 1, "heart_rate": {"times": [1], "bpm": ["fast"]}}')
+        invalid = ws.receive_json()
+        assert invalid["status"] == 422 and invalid["detail"][0]["loc"][:3] == [
+            "body",
+            "heart_rate",
+            "bpm",
+        ]
+        ws.send_text(json.dumps({"seq": len(batches) + 1}))
+        assert ws.receive_json()["type"] == "ack"
+    expected = reference(model, batches)
+    assert (
+        acknowledged == expected == service.results(device_id, {"Authorization": f"Bearer {token}"})
+    )
+
+
+@pytest.mark.parametrize("who", ["viewer", "other device", "nobody"])
+def test_only_the_devices_own_token_may_send_batches_over_a_websocket(
+    service: Service, who: str
+) -> None:
+    device_id, headers = service.register()
+    _, other_headers = service.register()
+    token = {
+        "viewer": service.viewer(device_id, headers)["Authorization"].split()[1],
+        "other device": other_headers["Authorization"].split()[1],
+        "nobody": "a.b",
+    }[who]
+    url = f"/devices/{device_id}/batches?token={token}"
+    with pytest.raises(WebSocketDisconnect) as refused, service.client.websocket_connect(url) as ws:
+        ws.receive_json()
+    assert refused.value.code == 1008
+    assert service.store.state(device_id).last_seq == 0
+
+
 def test_a_failed_commit_is_a_500_that_stores_nothing(
     serve: Callable[..., Service],
     model: OnnxPipeline,
@@ -365,7 +424,7 @@ def test_a_failed_commit_is_a_500_that_stores_nothing(
         raise sqlite3.OperationalError("database or disk is full")
 
     with monkeypatch.context() as patch:
-        patch.setattr(service.store, "commit_batch", disk_full)
+        patch.setattr(service.store, "commit_batches", disk_full)
         failed = service.send(device_id, headers, batches[1])
     assert failed.status_code == 500
     assert failed.json() == {"detail": "internal error; nothing was stored"}

@@ -43,7 +43,8 @@ from sleepstream.serve.redis_events import RedisEvents
 from sleepstream.serve.redis_store import RedisStore, decode_results
 from sleepstream.serve.schema import Batch as BatchModel
 from sleepstream.serve.schema import DeviceSettings
-from sleepstream.serve.store import Device, EpochRecord, StaleSequenceError
+from sleepstream.serve.sqlite import SQLiteStore
+from sleepstream.serve.store import BatchCommit, Device, DeviceState, EpochRecord, Store
 from sleepstream.serve.tokens import Role, new_token
 
 
@@ -174,9 +175,9 @@ def test_the_redis_store_keeps_devices_tokens_states_and_results(
 
     state = store.state(device.id)
     assert state.snapshot is None and state.last_seq == 0
-    store.commit_batch(device.id, 1, b"d1", b"\x00snapshot one", EPOCHS[:2])
-    store.commit_batch(device.id, 2, b"d2", b"snapshot two\xff", EPOCHS[2:])
-    store.commit_batch(device.id, 3, b"d3", b"snapshot three", [])
+    commit(store, device.id, 1, b"d1", b"\x00snapshot one", EPOCHS[:2])
+    commit(store, device.id, 2, b"d2", b"snapshot two\xff", EPOCHS[2:])
+    commit(store, device.id, 3, b"d3", b"snapshot three", [])
     state = store.state(device.id)
     assert state.snapshot == b"snapshot three" and state.last_seq == 3
     assert [store.batch_digest(device.id, seq) for seq in (1, 2, 3, 4)] == [
@@ -199,22 +200,56 @@ def test_the_redis_store_keeps_devices_tokens_states_and_results(
     assert other.state(device.id) == state and other.epochs(device.id, 0.0, 10) == EPOCHS
 
 
+def commit(
+    store: Store,
+    device_id: str,
+    seq: int,
+    digest: bytes,
+    snapshot: bytes,
+    results: list[EpochRecord],
+) -> bool:
+    """Commit one batch; whether it was stored."""
+    return store.commit_batches([BatchCommit(device_id, seq, digest, snapshot, results)])[0]
+
+
 def test_a_commit_that_does_not_follow_the_last_batch_stores_nothing(
     open_store: Callable[[], RedisStore],
 ) -> None:
     store = open_store()
     device = registered(store)
-    store.commit_batch(device.id, 1, b"d1", b"one", EPOCHS[:1])
+    commit(store, device.id, 1, b"d1", b"one", EPOCHS[:1])
     before = (store.state(device.id), store.epochs(device.id, 0.0, 10))
     for seq in (1, 3, 0):
-        with pytest.raises(StaleSequenceError, match="is no longer at batch"):
-            store.commit_batch(device.id, seq, b"other", b"other", EPOCHS[1:])
+        assert commit(store, device.id, seq, b"other", b"other", EPOCHS[1:]) is False
     assert (store.state(device.id), store.epochs(device.id, 0.0, 10)) == before
     assert store.batch_digest(device.id, 1) == b"d1" and store.redis.xlen(store.events) == 1
-    with pytest.raises(StaleSequenceError):
-        store.commit_batch("unknown", 1, b"d", b"s", [])
+    assert commit(store, "unknown", 1, b"d", b"s", []) is False
     with pytest.raises(KeyError):
         store.state("unknown")
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_batches_of_several_devices_are_committed_together_each_only_if_it_follows(
+    open_store: Callable[[], RedisStore], tmp_path: Path, kind: str
+) -> None:
+    store = open_store() if kind == "redis" else SQLiteStore(tmp_path / "store.sqlite3")
+    a, b, c = (registered(store) for _ in range(3))  # type: ignore[arg-type]
+    assert commit(store, a.id, 1, b"a1", b"a one", EPOCHS[:1])
+    stored = store.commit_batches(
+        [
+            BatchCommit(a.id, 2, b"a2", b"a two", EPOCHS[1:]),
+            BatchCommit(b.id, 2, b"b2", b"b two", EPOCHS),  # b is at 0: not stored
+            BatchCommit(c.id, 1, b"c1", b"c one", EPOCHS[1:2]),
+        ]
+    )
+    assert stored == [True, False, True]
+    assert store.state(a.id).last_seq == 2 and store.epochs(a.id, -1e9, 10) == EPOCHS
+    assert store.state(b.id) == DeviceState(None, 0) and store.epochs(b.id, -1e9, 10) == []
+    assert store.batch_digest(b.id, 2) is None
+    assert store.state(c.id) == DeviceState(b"c one", 1)
+    assert store.epochs(c.id, -1e9, 10) == EPOCHS[1:2]
+    if kind == "sqlite":
+        store.close()
 
 
 def test_processes_racing_to_commit_one_batch_commit_it_once(
@@ -224,15 +259,12 @@ def test_processes_racing_to_commit_one_batch_commit_it_once(
     device = registered(stores[0])
     start, outcomes = threading.Barrier(len(stores)), []
 
-    def commit(k: int, store: RedisStore) -> None:
+    def race(k: int, store: RedisStore) -> None:
         start.wait()
-        try:
-            store.commit_batch(device.id, 1, b"d%d" % k, b"s%d" % k, EPOCHS[k % 3 : k % 3 + 1])
-            outcomes.append(k)
-        except StaleSequenceError:
-            outcomes.append(-1)
+        stored = commit(store, device.id, 1, b"d%d" % k, b"s%d" % k, EPOCHS[k % 3 : k % 3 + 1])
+        outcomes.append(k if stored else -1)
 
-    threads = [threading.Thread(target=commit, args=a) for a in enumerate(stores)]
+    threads = [threading.Thread(target=race, args=a) for a in enumerate(stores)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -344,14 +376,14 @@ def test_a_process_that_lost_the_event_stream_reads_on_or_cuts_its_subscribers_o
         url = f"/devices/{device_id}/events?token={device['token']}"
         with client.websocket_connect(url) as subscriber:
             assert subscriber.receive_json()["type"] == "state"
-            writer.commit_batch(device_id, 1, b"d1", b"s1", EPOCHS[:1])
+            commit(writer, device_id, 1, b"d1", b"s1", EPOCHS[:1])
             expected = pushed(device_id, [as_json(EPOCHS[0])])
             assert [subscriber.receive_json() for _ in expected] == expected
             assert kill_stream_readers(writer) == 1
-            writer.commit_batch(device_id, 2, b"d2", b"s2", EPOCHS[1:2])
+            commit(writer, device_id, 2, b"d2", b"s2", EPOCHS[1:2])
             if trimmed:
                 writer.redis.xtrim(writer.events, maxlen=0, approximate=False)
-            writer.commit_batch(device_id, 3, b"d3", b"s3", EPOCHS[2:])
+            commit(writer, device_id, 3, b"d3", b"s3", EPOCHS[2:])
             if trimmed:
                 with pytest.raises(WebSocketDisconnect) as cut_off:
                     subscriber.receive_json()

@@ -5,6 +5,7 @@ endpoint                                   token                         what
 =========================================  ============================  ====================
 ``POST /devices``                          none                          register a device
 ``POST /devices/{id}/batches``             the device's                  send samples
+``WS /devices/{id}/batches?token=...``     the device's                  send many batches
 ``POST /devices/{id}/viewers``             the device's                  make a viewer token
 ``GET /devices/{id}``                      the device's or a viewer's    state and night
 ``WS /devices/{id}/events?token=...``      the device's or a viewer's    results as they come
@@ -21,11 +22,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
-from anyio import from_thread
 from fastapi import Body, Depends, FastAPI, HTTPException, Query, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
@@ -36,6 +36,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sleepstream.live.backends import PipelineModel
 from sleepstream.serve.devices import BatchOutcome, Devices, SequenceError
+from sleepstream.serve.intake import Intake
 from sleepstream.serve.limits import RateLimits, TokenBuckets, retry_after
 from sleepstream.serve.schema import (
     JSON,
@@ -64,9 +65,15 @@ DESCRIPTION = """
 A watch registers (`POST /devices`) and sends numbered batches of samples with its device
 token; each is acknowledged once stored. Viewer tokens read one device's state.
 
-Not listed below (OpenAPI has no WebSockets): **`WS /devices/{device_id}/events?token=TOKEN`**
-(a device or viewer token) sends a `state` message, then an `epoch` message for every new
-epoch result and an `event` message for each `fell_asleep`, `woke_up` or `unknown`.
+Not listed below (OpenAPI has no WebSockets):
+
+- **`WS /devices/{device_id}/events?token=TOKEN`** (a device or viewer token) sends a `state`
+  message, then an `epoch` message for every new epoch result and an `event` message for each
+  `fell_asleep`, `woke_up` or `unknown`.
+- **`WS /devices/{device_id}/batches?token=TOKEN`** (the device's token) takes batches, one per
+  message (binary: msgpack; text: JSON), and answers each in turn with `{"type": "ack", ...}`
+  (the answer of `POST /devices/{device_id}/batches`) or `{"type": "error", "status": ...,
+  "detail": ...}` (the status the `POST` would have had).
 """
 _bearer = HTTPBearer(auto_error=False, description="a device token or a viewer token")
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
@@ -95,6 +102,11 @@ def create_app(
     per_address = TokenBuckets(rates.per_address, rates.address_burst, rates.max_keys)
     devices = Devices(store, model)
     subscribers = Subscribers()
+
+    def publish(device_id: str, results: Sequence[EpochRecord]) -> None:
+        subscribers.publish(device_id, messages(device_id, results))
+
+    intake = Intake(devices, publish if broker is None else None)
     app = FastAPI(
         lifespan=None if broker is None else broker.lifespan(subscribers),
         title="sleepstream",
@@ -164,27 +176,50 @@ def create_app(
         """
         await run_in_threadpool(grant, device_id, credentials, Role.DEVICE)
         body = await request.body()
-
-        def publish(results: list[EpochRecord]) -> None:
-            if results and broker is None:  # in the event loop, while the next batch waits
-                from_thread.run_sync(subscribers.publish, device_id, messages(device_id, results))
-
-        def apply() -> BatchOutcome:
-            batch = parse_batch(body, request.headers.get("content-type"), limits)
-            return devices.add_batch(device_id, batch, publish)
-
+        batch = await run_in_threadpool(
+            parse_batch, body, request.headers.get("content-type"), limits
+        )
         try:
-            outcome = await run_in_threadpool(apply)
+            outcome = await intake.submit(device_id, batch)
         except SequenceError as error:
             raise HTTPException(409, str(error)) from None
         except ValueError as error:
             raise HTTPException(422, str(error)) from None
-        return BatchAck(
-            seq=outcome.seq,
-            duplicate=outcome.duplicate,
-            last_seq=outcome.last_seq,
-            results=[EpochOut.model_validate(r) for r in outcome.results],
-        )
+        return _ack(outcome)
+
+    @app.websocket("/devices/{device_id}/batches")
+    async def batch_stream(websocket: WebSocket, device_id: str, token: str = "") -> None:
+        """Batches over one connection: each message a batch (a binary message msgpack, a text
+        message JSON), each answered in turn with ``{"type": "ack", ...}`` (the ``BatchAck``
+        of ``POST``) or ``{"type": "error", "status": ..., "detail": ...}`` with the status
+        ``POST`` would have had; the connection stays open after a refused batch."""
+        found = await run_in_threadpool(devices.grant, token)
+        if found is None or found.device_id != device_id or found.role != Role.DEVICE:
+            await websocket.close(POLICY_VIOLATION, "this device's own token is needed")
+            return
+        await websocket.accept()
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            text, data = message.get("text"), message.get("bytes")
+            body, media = (text.encode(), JSON) if text is not None else (data or b"", MSGPACK)
+            try:
+                if len(body) > limits.max_body_bytes:
+                    raise HTTPException(413, f"the message is over {limits.max_body_bytes} bytes")
+                _take(per_token, found.key, "per token")
+                batch = await run_in_threadpool(parse_batch, body, media, limits)
+                answer = _ack(await intake.submit(device_id, batch)).model_dump(mode="json")
+                answer["type"] = "ack"
+            except HTTPException as error:
+                answer = {"type": "error", "status": error.status_code, "detail": error.detail}
+            except RequestValidationError as error:
+                answer = {"type": "error", "status": 422, "detail": _validation_detail(error)}
+            except SequenceError as error:
+                answer = {"type": "error", "status": 409, "detail": str(error)}
+            except ValueError as error:
+                answer = {"type": "error", "status": 422, "detail": str(error)}
+            await websocket.send_json(answer)
 
     @app.post(
         "/devices/{device_id}/viewers", status_code=201, responses=_errors(401, 403, 422, 429)
@@ -337,16 +372,29 @@ def _openapi(app: FastAPI, thresholds: Collection[str]) -> dict[str, Any]:
     return app.openapi_schema
 
 
+def _ack(outcome: BatchOutcome) -> BatchAck:
+    return BatchAck(
+        seq=outcome.seq,
+        duplicate=outcome.duplicate,
+        last_seq=outcome.last_seq,
+        results=[EpochOut.model_validate(r) for r in outcome.results],
+    )
+
+
+def _validation_detail(error: RequestValidationError) -> list[dict[str, Any]]:
+    """The errors of a refused body, without echoing its values."""
+    return [
+        {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+        for e in error.errors()[:20]
+    ]
+
+
 def _add_error_handlers(app: FastAPI) -> None:
     """4xx answers as ``{"detail": ...}`` without echoing the input; 500 as JSON too."""
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
-        detail = [
-            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
-            for e in error.errors()[:20]
-        ]
-        return JSONResponse({"detail": detail}, status_code=422)
+        return JSONResponse({"detail": _validation_detail(error)}, status_code=422)
 
     @app.exception_handler(Exception)
     async def failed(request: Request, error: Exception) -> JSONResponse:
@@ -440,7 +488,7 @@ def run(
             host=host,
             port=port,
             ws="websockets-sansio",
-            ws_max_size=2**16,
+            ws_max_size=Limits().max_body_bytes + 1024,
             log_config=None,
             access_log=False,
             server_header=False,

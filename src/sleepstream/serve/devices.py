@@ -16,20 +16,14 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sleepstream.live.backends import PipelineModel
-from sleepstream.live.detector import SleepDetector
+from sleepstream.live.detector import EpochResult, SleepDetector, close_together
 from sleepstream.serve.feed import feed, record
 from sleepstream.serve.schema import Batch, DeviceSettings
-from sleepstream.serve.store import (
-    Device,
-    DeviceState,
-    EpochRecord,
-    StaleSequenceError,
-    Store,
-)
+from sleepstream.serve.store import BatchCommit, Device, EpochRecord, Store
 from sleepstream.serve.tokens import Grant, NewToken, Role, matches, new_token, split_token
 
 log = logging.getLogger(__name__)
@@ -132,41 +126,93 @@ class Devices:
         return grant if grant is not None and matches(grant, parts[1]) else None
 
     # -- batches ------------------------------------------------------------------------------
-    def add_batch(
-        self,
-        device_id: str,
-        batch: Batch,
-        on_stored: Callable[[list[EpochRecord]], None] | None = None,
-    ) -> BatchOutcome:
-        """Apply ``batch`` to the device's detector and store it, or recognise a duplicate.
+    def add_batch(self, device_id: str, batch: Batch) -> BatchOutcome:
+        """Apply one batch (see :meth:`add_batches`); raises what it failed with."""
+        outcome = self.add_batches([(device_id, batch)])[0]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
 
-        ``on_stored`` gets the new results once they are stored, before the next batch is
-        applied (so subscribers see every device's results in order).
+    def add_batches(self, batches: Sequence[tuple[str, Batch]]) -> list[BatchOutcome | Exception]:
+        """Apply batches of several devices together and store them in one commit.
 
-        Raises :class:`SequenceError` for a sequence number that skips batches or repeats one
-        with other samples, and the detector's ``ValueError`` for bad samples; either way
-        nothing is stored.
+        Each device's detector takes its batch with :attr:`~SleepDetector.hold` set; the epochs
+        that close then go through the model together (:func:`close_together`, one batched
+        call of the step model per round), and every stored batch is committed in one
+        :meth:`~sleepstream.serve.store.Store.commit_batches`. A device that comes twice is
+        applied in turn (its second batch after the first is stored).
+
+        Returns, for each batch in order, its outcome: stored with its results, or a duplicate
+        of a stored one; or the exception that refused it, with nothing of it stored:
+        :class:`SequenceError` for a sequence number that skips batches or repeats one with
+        other samples, the detector's ``ValueError`` for bad samples. An exception of the model
+        or the store is raised: then no batch is acknowledged.
         """
-        digest = batch.digest()
+        outcomes: list[BatchOutcome | Exception] = []
         with self._lock:
-            state = self.store.state(device_id)
-            if batch.seq <= state.last_seq:
-                self._check_duplicate(device_id, batch.seq, digest, state.last_seq)
-                return BatchOutcome(batch.seq, True, state.last_seq, [])
-            if batch.seq != state.last_seq + 1:
-                raise SequenceError(
-                    f"batch {batch.seq} does not follow the last stored batch "
-                    f"{state.last_seq}: send batch {state.last_seq + 1} first"
-                )
-            results = self._apply(device_id, batch, digest, state)
-            if on_stored is not None:
-                try:
-                    on_stored(results)
-                except Exception:  # stored all the same: the device must not resend it
-                    log.exception(
-                        "results of device %s batch %d not passed on", device_id, batch.seq
+            while len(outcomes) < len(batches):
+                first = len(outcomes)
+                devices: set[str] = set()
+                end = first
+                while end < len(batches) and batches[end][0] not in devices:
+                    devices.add(batches[end][0])
+                    end += 1
+                outcomes += self._apply_round(batches[first:end])
+        return outcomes
+
+    def _apply_round(self, batches: Sequence[tuple[str, Batch]]) -> list[BatchOutcome | Exception]:
+        """:meth:`add_batches` for batches of distinct devices."""
+        outcomes: list[BatchOutcome | Exception | None] = [None] * len(batches)
+        fed: list[tuple[int, SleepDetector, list[EpochResult], bytes]] = []
+        for i, (device_id, batch) in enumerate(batches):
+            digest = batch.digest()
+            try:
+                state = self.store.state(device_id)
+                if batch.seq <= state.last_seq:
+                    self._check_duplicate(device_id, batch.seq, digest, state.last_seq)
+                    outcomes[i] = BatchOutcome(batch.seq, True, state.last_seq, [])
+                    continue
+                if batch.seq != state.last_seq + 1:
+                    raise SequenceError(
+                        f"batch {batch.seq} does not follow the last stored batch "
+                        f"{state.last_seq}: send batch {state.last_seq + 1} first"
                     )
-            return BatchOutcome(batch.seq, False, batch.seq, results)
+                detector = self._detector(device_id, state.snapshot, state.last_seq)
+                try:
+                    fed.append((i, detector, feed(detector, batch), digest))
+                except ValueError:
+                    self._detectors.pop(device_id, None)
+                    raise
+            except (SequenceError, ValueError) as refused:
+                outcomes[i] = refused
+        try:
+            closed = close_together([detector for _, detector, _, _ in fed])
+            commits = [
+                BatchCommit(
+                    batches[i][0],
+                    batches[i][1].seq,
+                    digest,
+                    detector.snapshot(),
+                    [record(r, batches[i][1].seq) for r in [*early, *late]],
+                )
+                for (i, detector, early, digest), late in zip(fed, closed, strict=True)
+            ]
+            stored = self.store.commit_batches(commits)
+        except BaseException:
+            for i, _, _, _ in fed:
+                self._detectors.pop(batches[i][0], None)
+            raise
+        for (i, detector, _, _), commit, ok in zip(fed, commits, stored, strict=True):
+            if ok:
+                self._keep(commit.device_id, detector, commit.seq)
+                outcomes[i] = BatchOutcome(commit.seq, False, commit.seq, list(commit.results))
+            else:
+                self._detectors.pop(commit.device_id, None)
+                outcomes[i] = SequenceError(
+                    f"batch {commit.seq} was stored meanwhile by another server process; send "
+                    "it again to be told whether it is a duplicate"
+                )
+        return [outcome for outcome in outcomes if outcome is not None]
 
     def _check_duplicate(self, device_id: str, seq: int, digest: bytes, last_seq: int) -> None:
         """Refuse a stored batch number sent with other samples (a device that lost count)."""
@@ -176,27 +222,6 @@ class Devices:
                 f"batch {seq} was already stored with other samples; the device's last batch "
                 f"is {last_seq}, send {last_seq + 1} next"
             )
-
-    def _apply(
-        self, device_id: str, batch: Batch, digest: bytes, state: DeviceState
-    ) -> list[EpochRecord]:
-        """Feed the batch to the device's detector and commit; on any failure the detector is
-        dropped (the next batch restores it from the store)."""
-        detector = self._detector(device_id, state.snapshot, state.last_seq)
-        try:
-            results = [record(r, batch.seq) for r in feed(detector, batch)]
-            self.store.commit_batch(device_id, batch.seq, digest, detector.snapshot(), results)
-        except StaleSequenceError:
-            self._detectors.pop(device_id, None)
-            raise SequenceError(
-                f"batch {batch.seq} was stored meanwhile by another server process; send it "
-                "again to be told whether it is a duplicate"
-            ) from None
-        except BaseException:
-            self._detectors.pop(device_id, None)
-            raise
-        self._detectors[device_id] = (detector, batch.seq)
-        return results
 
     def _detector(self, device_id: str, snapshot: bytes | None, last_seq: int) -> SleepDetector:
         """The device's detector after batch ``last_seq``: the cached one, or restored."""
@@ -216,13 +241,19 @@ class Devices:
                         f"the stored detector state of device {device_id} cannot be restored "
                         f"({error})"
                     ) from None
+        self._keep(device_id, detector, last_seq)
+        return detector
+
+    def _keep(self, device_id: str, detector: SleepDetector, last_seq: int) -> None:
+        """Cache the device's detector after batch ``last_seq`` (dropping the least recent)."""
         self._detectors[device_id] = (detector, last_seq)
         while len(self._detectors) > self.max_detectors:
             self._detectors.popitem(last=False)
-        return detector
 
     def _new_detector(self, device: Device) -> SleepDetector:
-        return SleepDetector(self.model, threshold=device.threshold, timezone=device.timezone)
+        detector = SleepDetector(self.model, threshold=device.threshold, timezone=device.timezone)
+        detector.hold = True  # epochs close in add_batches, together
+        return detector
 
     # -- reading ------------------------------------------------------------------------------
     def night(self, device_id: str, since: float | None, hours: float, limit: int) -> DeviceNight:

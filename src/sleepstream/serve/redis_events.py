@@ -1,8 +1,8 @@
 """Results committed by any server process, passed to this process's subscribers.
 
 With ``--redis``, a batch's results do not go straight to the subscribers of the process that
-stored it: :meth:`RedisStore.commit_batch
-<sleepstream.serve.redis_store.RedisStore.commit_batch>` appends them to a Redis stream in the
+stored it: :meth:`RedisStore.commit_batches
+<sleepstream.serve.redis_store.RedisStore.commit_batches>` appends them to a Redis stream in the
 same script that commits them, and every process follows that stream (``XREAD BLOCK``) and
 hands each entry to its own :class:`~sleepstream.serve.subscribers.Subscribers`. So a
 subscriber connected to one process receives the results of a device that posts to another, in

@@ -2,11 +2,12 @@
 
 Every server process that is given the same Redis sees the same devices, tokens, detector
 states and results, so a device may send each batch to any of them. The rule of
-:class:`~sleepstream.serve.store.Store` holds across processes: :meth:`RedisStore.commit_batch`
-is one Lua script, which Redis runs alone, that checks the device's last sequence number and
-writes the snapshot, the batch's digest, its results and the new sequence number, or writes
-nothing. Of two processes that apply the same batch, only the first commits; the other gets
-:class:`~sleepstream.serve.store.StaleSequenceError`.
+:class:`~sleepstream.serve.store.Store` holds across processes: each batch of
+:meth:`RedisStore.commit_batches` is one Lua script, which Redis runs alone, that checks the
+device's last sequence number and writes the snapshot, the batch's digest, its results and the
+new sequence number, or writes nothing (the scripts of the batches that arrived together go in
+one pipelined round trip). Of two processes that apply the same batch, only the first commits;
+the other is told its batch was not stored.
 
 The same script appends the batch's results to one Redis stream (:attr:`RedisStore.events`),
 so every process reads each device's results in the order they were committed, each exactly
@@ -51,7 +52,7 @@ import redis
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
-from sleepstream.serve.store import Device, DeviceState, EpochRecord, StaleSequenceError
+from sleepstream.serve.store import BatchCommit, Device, DeviceState, EpochRecord
 from sleepstream.serve.tokens import Grant, Role
 
 log = logging.getLogger(__name__)
@@ -269,34 +270,31 @@ class RedisStore:
         digest = self.redis.hget(self._key("batches", device_id), str(seq))
         return None if digest is None else _bytes(digest)
 
-    def commit_batch(
-        self,
-        device_id: str,
-        seq: int,
-        digest: bytes,
-        snapshot: bytes,
-        results: Sequence[EpochRecord],
-    ) -> None:
-        """Store batch ``seq``, the snapshot after it and its results, and append the results
-        to :attr:`events`: one script, all or nothing; :class:`StaleSequenceError` unless the
-        device's last sequence number is ``seq - 1``."""
-        _check_id(device_id)
-        encoded = [_encode(r) for r in results]
-        args: list[str | bytes] = [
-            str(seq),
-            str(seq - 1),
-            digest,
-            snapshot,
-            repr(time.time()),
-            device_id,
-            "[" + ",".join(encoded) + "]",
-            str(self.max_events),
-        ]
-        for result, text in zip(results, encoded, strict=True):
-            args += [repr(result.end), text]
-        keys = [self._key(kind, device_id) for kind in ("state", "batches", "epochs")]
-        if self._commit(keys=[*keys, self.events], args=args) != 1:
-            raise StaleSequenceError(f"device {device_id} is no longer at batch {seq - 1}")
+    def commit_batches(self, commits: Sequence[BatchCommit]) -> list[bool]:
+        """Store each batch, the snapshot after it and its results, and append the results to
+        :attr:`events`: one script per batch (all or nothing), all in one round trip; each
+        only if its device's last sequence number is ``seq - 1``. Returns, for each, whether
+        it was stored."""
+        for c in commits:
+            _check_id(c.device_id)
+        pipe = self.redis.pipeline(transaction=False)
+        for c in commits:
+            encoded = [_encode(r) for r in c.results]
+            args: list[str | bytes] = [
+                str(c.seq),
+                str(c.seq - 1),
+                c.digest,
+                c.snapshot,
+                repr(time.time()),
+                c.device_id,
+                "[" + ",".join(encoded) + "]",
+                str(self.max_events),
+            ]
+            for result, text in zip(c.results, encoded, strict=True):
+                args += [repr(result.end), text]
+            keys = [self._key(kind, c.device_id) for kind in ("state", "batches", "epochs")]
+            self._commit(keys=[*keys, self.events], args=args, client=pipe)
+        return [answer == 1 for answer in pipe.execute()]
 
     def epochs(self, device_id: str, since: float, limit: int) -> list[EpochRecord]:
         """Up to ``limit`` results of the device that end after ``since``, oldest first."""

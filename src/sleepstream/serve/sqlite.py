@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sleepstream.serve.store import Device, DeviceState, EpochRecord, StaleSequenceError
+from sleepstream.serve.store import BatchCommit, Device, DeviceState, EpochRecord
 from sleepstream.serve.tokens import Grant, Role
 
 log = logging.getLogger(__name__)
@@ -180,31 +180,30 @@ class SQLiteStore:
         )
         return bytes(rows[0][0]) if rows else None
 
-    def commit_batch(
-        self,
-        device_id: str,
-        seq: int,
-        digest: bytes,
-        snapshot: bytes,
-        results: Sequence[EpochRecord],
-    ) -> None:
-        """Durably store batch ``seq``, the snapshot after it and its results (all or nothing;
-        :class:`StaleSequenceError` unless the device's last sequence number is ``seq - 1``)."""
+    def commit_batches(self, commits: Sequence[BatchCommit]) -> list[bool]:
+        """Durably store each batch, the snapshot after it and its results, in one transaction
+        (one disk sync for all); each only if its device's last sequence number is ``seq - 1``.
+        Returns, for each, whether it was stored."""
+        stored = []
+        now = time.time()
         with self._transaction() as db:
             db.execute("BEGIN IMMEDIATE")
-            updated = db.execute(
-                "UPDATE detector_state SET snapshot = ?, last_seq = ?, updated = ? "
-                "WHERE device_id = ? AND last_seq = ?",
-                (snapshot, seq, time.time(), device_id, seq - 1),
-            )
-            if updated.rowcount != 1:
-                raise StaleSequenceError(f"device {device_id} is no longer at batch {seq - 1}")
-            db.execute("INSERT INTO batches VALUES (?, ?, ?)", (device_id, seq, digest))
-            db.executemany(
-                f"INSERT INTO epochs (device_id, {_EPOCH_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(device_id, *_epoch_row(r)) for r in results],
-            )
+            for c in commits:
+                updated = db.execute(
+                    "UPDATE detector_state SET snapshot = ?, last_seq = ?, updated = ? "
+                    "WHERE device_id = ? AND last_seq = ?",
+                    (c.snapshot, c.seq, now, c.device_id, c.seq - 1),
+                )
+                stored.append(updated.rowcount == 1)
+                if not stored[-1]:
+                    continue
+                db.execute("INSERT INTO batches VALUES (?, ?, ?)", (c.device_id, c.seq, c.digest))
+                db.executemany(
+                    f"INSERT INTO epochs (device_id, {_EPOCH_COLUMNS}) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(c.device_id, *_epoch_row(r)) for r in c.results],
+                )
+        return stored
 
     def epochs(self, device_id: str, since: float, limit: int) -> list[EpochRecord]:
         """Up to ``limit`` results of the device that end after ``since``, oldest first."""

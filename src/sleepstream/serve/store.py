@@ -8,9 +8,11 @@ service needs from one; :class:`~sleepstream.serve.sqlite.SQLiteStore` is the de
 :class:`~sleepstream.serve.redis_store.RedisStore` keeps the same in Redis for several server
 processes.
 
-The one rule a store must keep: :meth:`Store.commit_batch` writes the new snapshot, the new
-results and the batch's sequence number together or not at all, and only if the device's last
-sequence number is still the one the batch follows. A batch is acknowledged after it returns.
+The one rule a store must keep: :meth:`Store.commit_batches` writes each batch's new snapshot,
+new results and sequence number together or not at all, and only if the device's last sequence
+number is still the one the batch follows. A batch is acknowledged after it returns. It takes
+the batches of many devices at once, so that one durable write (one SQLite transaction, one
+Redis round trip) serves all the batches that arrived together.
 """
 
 from __future__ import annotations
@@ -74,8 +76,16 @@ class EpochRecord:
     seq: int = 0
 
 
-class StaleSequenceError(Exception):
-    """The device's last sequence number is no longer the one the batch follows."""
+@dataclass(frozen=True)
+class BatchCommit:
+    """What storing one batch writes: its sequence number and digest, the device's detector
+    snapshot after it, and the results it closed."""
+
+    device_id: str
+    seq: int
+    digest: bytes
+    snapshot: bytes
+    results: Sequence[EpochRecord]
 
 
 class Store(Protocol):
@@ -105,18 +115,13 @@ class Store(Protocol):
         """The digest of the applied batch ``seq`` of the device, or ``None``."""
         ...
 
-    def commit_batch(
-        self,
-        device_id: str,
-        seq: int,
-        digest: bytes,
-        snapshot: bytes,
-        results: Sequence[EpochRecord],
-    ) -> None:
-        """Durably store batch ``seq`` (its digest), the snapshot after it and its results.
+    def commit_batches(self, commits: Sequence[BatchCommit]) -> list[bool]:
+        """Durably store each batch (its digest), the snapshot after it and its results.
 
-        All or nothing; raises :class:`StaleSequenceError`, storing nothing, unless the device's last
-        sequence number is ``seq - 1``.
+        Each batch is stored all or nothing, and only if its device's last sequence number is
+        ``seq - 1`` at that point (the commits are applied in order; a device may appear once).
+        Returns, for each, whether it was stored. After an exception any of them may or may not
+        be stored: a device that sends its batch again is told whether it is a duplicate.
         """
         ...
 
