@@ -65,9 +65,13 @@ class Tally:
     acked: int = 0
     samples: int = 0
     late: int = 0
+    resent: int = 0
+    """Batches sent again after a dropped connection."""
     from_end: list[float] = field(default_factory=list)
     from_closing: list[float] = field(default_factory=list)
     epochs: int = 0
+    memory: list[tuple[float, list[float]]] = field(default_factory=list)
+    """(seconds into the run, the servers' resident MiB), every twentieth of the run."""
 
 
 def free_port() -> int:
@@ -203,7 +207,15 @@ async def watch(
                 if answer["type"] != "ack":
                     raise RuntimeError(f"batch {k + 1} refused: {answer}")
             else:
-                (await http.post(path, content=body, headers=headers)).raise_for_status()
+                for attempt in range(3):  # a batch may be sent again: the server dedups it
+                    try:
+                        answer = await http.post(path, content=body, headers=headers)
+                        break
+                    except httpx.TransportError:
+                        if attempt == 2:
+                            raise
+                        tally.resent += 1
+                answer.raise_for_status()
             tally.acked += 1
             tally.samples += per_batch
 
@@ -273,6 +285,13 @@ async def load(args: argparse.Namespace, urls: list[str], pids: list[int]) -> No
         own_start = time.process_time()
         start = time.monotonic()
         stop_at = start + args.seconds
+
+        async def sample_memory() -> None:
+            while True:
+                await asyncio.sleep(args.seconds / 20)
+                tally.memory.append((time.monotonic() - start, [rss_mib(p) for p in pids]))
+
+        sampler = asyncio.create_task(sample_memory())
         # spread the watches' schedules over one period, as real watches are
         offsets = np.linspace(0.0, period, args.watches, endpoint=False)
         await asyncio.gather(
@@ -294,6 +313,7 @@ async def load(args: argparse.Namespace, urls: list[str], pids: list[int]) -> No
             )
         )
         elapsed = time.monotonic() - start
+        sampler.cancel()
         await asyncio.sleep(min(2.0, period))  # the last epochs reach their subscribers
         cpu = sum(cpu_seconds(p) for p in pids) - sum(cpu_start)
         own = time.process_time() - own_start
@@ -325,7 +345,7 @@ def report(
     )
     print(
         f"  throughput  {tally.acked / elapsed:,.1f} batches/s, {tally.samples / elapsed:,.0f} "
-        f"samples/s acknowledged; {tally.late} batches sent over a period late "
+        f"samples/s acknowledged; {tally.resent} sent again; {tally.late} sent over a period late "
         f"({'kept up' if kept_up else 'fell behind'})"
     )
     live = args.watches * args.speed
@@ -350,6 +370,11 @@ def report(
         print("  latency     no epoch reached a subscriber (run longer)")
     rss = ", ".join(f"{a:.0f} -> {b:.0f} MiB" for a, b in zip(rss_start, rss_end, strict=True))
     print(f"  memory      resident {rss} (after registration -> at the end)")
+    if len(tally.memory) > 2:
+        over = ", ".join(
+            f"{at / 60:.1f} min {'/'.join(f'{m:.0f}' for m in mib)}" for at, mib in tally.memory
+        )
+        print(f"              over the run (MiB): {over}")
 
 
 def main() -> None:

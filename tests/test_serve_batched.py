@@ -180,3 +180,34 @@ def test_batches_submitted_together_are_applied_as_one_group_in_order(
         assert stored_results(devices, device_id) == expected
         pushed = [as_json(r) for d, results in published if d == device_id for r in results]
         assert pushed == expected
+
+
+def test_a_device_whose_state_was_taken_with_another_model_starts_afresh(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After an upgrade of the model, a device's stored state is not restored (it would be a
+    500 for every batch): the device goes on from a fresh detector, and the log says so."""
+    store = SQLiteStore(tmp_path / "store.sqlite3")
+    old = Devices(store, OnnxPipeline.shipped())
+    device_id = old.register(DeviceSettings())[0].id
+    night = night_batches(SECONDS)
+    for batch in night[:5]:
+        old.add_batch(device_id, BatchModel.model_validate(batch))
+    upgraded = OnnxPipeline.shipped()
+    upgraded.model_id = "onnx-another-model"
+    new = Devices(store, upgraded)
+    outcome = new.add_batch(device_id, BatchModel.model_validate(night[5]))
+    assert "taken with model onnx-" in caplog.text and "starts afresh" in caplog.text
+    # A fresh detector given batch 6 alone: the same results.
+    fresh = Devices(SQLiteStore(tmp_path / "fresh.sqlite3"), upgraded)
+    other = fresh.register(DeviceSettings())[0].id
+    expected = fresh.add_batch(other, BatchModel.model_validate({**night[5], "seq": 1}))
+    assert [(r.start, r.p_sleep) for r in outcome.results] == [
+        (r.start, r.p_sleep) for r in expected.results
+    ]
+    # A snapshot that is broken (not a model change) is still an error, never silently reset.
+    store._db.execute(
+        "UPDATE detector_state SET snapshot = ? WHERE device_id = ?", (b"PK", device_id)
+    )
+    with pytest.raises(RuntimeError, match="cannot be restored"):
+        Devices(store, upgraded).add_batch(device_id, BatchModel.model_validate(night[6]))

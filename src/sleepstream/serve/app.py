@@ -61,6 +61,8 @@ POLICY_VIOLATION = 1008
 """WebSocket close code for a refused token."""
 TRY_AGAIN_LATER = 1013
 """WebSocket close code for a subscriber cut off for falling behind."""
+KEEP_ALIVE_SECONDS = 75
+"""Idle HTTP connections are kept this long, past a watch's 30 s or 60 s between batches."""
 DESCRIPTION = """
 A watch registers (`POST /devices`) and sends numbered batches of samples with its device
 token; each is acknowledged once stored. Viewer tokens read one device's state.
@@ -493,6 +495,7 @@ def run(
             access_log=False,
             server_header=False,
             timeout_graceful_shutdown=5,
+            timeout_keep_alive=KEEP_ALIVE_SECONDS,
         )
     finally:
         store.close()

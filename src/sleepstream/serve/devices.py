@@ -5,7 +5,9 @@ the least recently used dropped first) and in the store after each one. The stor
 the truth: a detector is rebuilt from it after a restart, after it was dropped, when the
 device's last sequence number in the store is not the one the cached detector has seen
 (another server process wrote it), and whenever a batch fails half-way (bad samples, a failed
-commit), so a refused batch leaves no trace in memory either.
+commit), so a refused batch leaves no trace in memory either. A snapshot taken with another
+model (the server was upgraded) is not restored: that device starts afresh, with a warning in
+the log.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from sleepstream.live import state
 from sleepstream.live.backends import PipelineModel
-from sleepstream.live.detector import EpochResult, SleepDetector, close_together
+from sleepstream.live.detector import EpochResult, SleepDetector, close_together, model_id
 from sleepstream.serve.feed import feed, record
 from sleepstream.serve.schema import Batch, DeviceSettings
 from sleepstream.serve.store import BatchCommit, Device, EpochRecord, Store
@@ -237,10 +240,20 @@ class Devices:
                 try:
                     detector.restore(snapshot)
                 except ValueError as error:
-                    raise RuntimeError(
-                        f"the stored detector state of device {device_id} cannot be restored "
-                        f"({error})"
-                    ) from None
+                    taken_with = _model_of(snapshot)
+                    if taken_with in (None, model_id(self.model)):
+                        raise RuntimeError(
+                            f"the stored detector state of device {device_id} cannot be "
+                            f"restored ({error})"
+                        ) from None
+                    # The server runs another model now: its state means nothing to this one.
+                    log.warning(
+                        "device %s: its stored state was taken with model %s, this server "
+                        "runs %s; the device starts afresh",
+                        device_id,
+                        taken_with,
+                        model_id(self.model),
+                    )
         self._keep(device_id, detector, last_seq)
         return detector
 
@@ -268,3 +281,12 @@ class Devices:
             since = -float("inf") if current is None else current.end - hours * 3600.0
         results = self.store.epochs(device_id, since, limit + 1)
         return DeviceNight(device, last_seq, current, results[:limit], len(results) > limit)
+
+
+def _model_of(snapshot: bytes) -> str | None:
+    """The model a snapshot was taken with (``None`` if it is unreadable)."""
+    try:
+        taken_with = state.unpack(snapshot)[0].get("model_id")
+    except ValueError:
+        return None
+    return taken_with if isinstance(taken_with, str) else None
