@@ -39,6 +39,7 @@ from sleepstream.live.detector import SleepDetector
 from sleepstream.serve.app import create_app
 from sleepstream.serve.devices import Devices, SequenceError
 from sleepstream.serve.feed import record
+from sleepstream.serve.limits import RateLimits
 from sleepstream.serve.redis_events import RedisEvents
 from sleepstream.serve.redis_store import RedisStore, decode_results
 from sleepstream.serve.schema import Batch as BatchModel
@@ -325,6 +326,26 @@ def test_detectors_of_two_processes_reload_the_snapshot_when_the_other_moved_on(
     assert [as_json(r) for r in stored] == acknowledged
     with pytest.raises(SequenceError, match="does not follow the last stored batch"):
         processes[0].add_batch(device.id, BatchModel.model_validate({"seq": len(batches) + 2}))
+
+
+def test_rate_limits_count_the_requests_of_every_server_process_together(
+    open_store: Callable[[], RedisStore], model: OnnxPipeline
+) -> None:
+    rates = RateLimits(per_token=60, token_burst=3, per_address=2, address_burst=2)
+    apps = [create_app(open_store(), model, rates=rates) for _ in range(2)]
+    with TestClient(apps[0]) as first, TestClient(apps[1]) as second:
+        device = first.post("/devices").json()
+        assert second.post("/devices").status_code == 201
+        refused = second.post("/devices")  # the address's third registration, on either
+        assert refused.status_code == 429 and refused.headers["Retry-After"] == "30"
+        url, headers = f"/devices/{device['device_id']}", bearer(device["token"])
+        answers = [app.get(url, headers=headers) for app in (first, first, second, second)]
+        assert [a.status_code for a in answers] == [200, 200, 200, 429]
+        assert answers[-1].headers["Retry-After"] == "1"
+        assert "at most 60 a minute, 3 at once" in answers[-1].json()["detail"]
+        time.sleep(1.05)
+        assert first.get(url, headers=headers).status_code == 200
+        assert second.get(url, headers=headers).status_code == 429
 
 
 def test_a_subscriber_of_one_app_receives_what_another_app_stored(

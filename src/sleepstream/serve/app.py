@@ -37,7 +37,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from sleepstream.live.backends import PipelineModel
 from sleepstream.serve.devices import BatchOutcome, Devices, SequenceError
 from sleepstream.serve.intake import Intake
-from sleepstream.serve.limits import RateLimits, TokenBuckets, retry_after
+from sleepstream.serve.limits import Buckets, RateLimits, TokenBuckets, retry_after
+from sleepstream.serve.redis_store import RedisBuckets, RedisStore
 from sleepstream.serve.schema import (
     JSON,
     MSGPACK,
@@ -100,8 +101,14 @@ def create_app(
         model = OnnxPipeline.shipped()
     limits = limits or Limits()
     rates = rates or RateLimits()
-    per_token = TokenBuckets(rates.per_token, rates.token_burst, rates.max_keys)
-    per_address = TokenBuckets(rates.per_address, rates.address_burst, rates.max_keys)
+    per_token: Buckets
+    per_address: Buckets
+    if isinstance(store, RedisStore):  # counted across the server processes
+        per_token = RedisBuckets(store, "token", rates.per_token, rates.token_burst)
+        per_address = RedisBuckets(store, "address", rates.per_address, rates.address_burst)
+    else:
+        per_token = TokenBuckets(rates.per_token, rates.token_burst, rates.max_keys)
+        per_address = TokenBuckets(rates.per_address, rates.address_burst, rates.max_keys)
     devices = Devices(store, model)
     subscribers = Subscribers()
 
@@ -209,7 +216,7 @@ def create_app(
             try:
                 if len(body) > limits.max_body_bytes:
                     raise HTTPException(413, f"the message is over {limits.max_body_bytes} bytes")
-                _take(per_token, found.key, "per token")
+                await run_in_threadpool(_take, per_token, found.key, "per token")
                 batch = await run_in_threadpool(parse_batch, body, media, limits)
                 answer = _ack(await intake.submit(device_id, batch)).model_dump(mode="json")
                 answer["type"] = "ack"
@@ -268,7 +275,7 @@ def create_app(
         if found is None or found.device_id != device_id:
             await websocket.close(POLICY_VIOLATION, "a valid token for this device is needed")
             return
-        wait = per_token.take(found.key)
+        wait = await run_in_threadpool(per_token.take, found.key)
         if wait > 0:
             reason = f"too many requests per token; retry after {retry_after(wait)} s"
             await websocket.close(TRY_AGAIN_LATER, reason)
@@ -311,7 +318,7 @@ async def _until_closed(websocket: WebSocket) -> None:
         pass
 
 
-def _take(buckets: TokenBuckets, key: str, what: str) -> None:
+def _take(buckets: Buckets, key: str, what: str) -> None:
     """Take a request from the bucket of ``key``; 429 with ``Retry-After`` when it is empty."""
     wait = buckets.take(key)
     if wait > 0:

@@ -10,10 +10,13 @@ dropped. Memory is therefore bounded by the keys seen within one refill time (``
 requests' worth), and never above ``max_keys`` (past that the least recently used bucket
 is dropped, which only forgives that key its debt).
 
+:class:`TokenBuckets` keeps the buckets in one server process. With several processes
+(``--redis``), :class:`~sleepstream.serve.redis_store.RedisBuckets` keeps the same number in
+Redis, so a token's requests are counted across all of them.
+
 Why by hand: the maintained libraries either have no token bucket (``limits``: fixed and
 moving windows, a timer thread expiring its memory store) or keep one bucket per key without
-ever dropping it (``pyrate-limiter``'s in-memory state store), and this is a few lines. The
-buckets live in one server process: with several processes each one counts its own requests.
+ever dropping it (``pyrate-limiter``'s in-memory state store), and this is a few lines.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 MAX_KEYS = 100_000
 """Buckets kept per limiter at most (each a key and a float, about 150 bytes)."""
@@ -68,6 +72,18 @@ class RateLimits:
         ):
             if count < 1:
                 raise ValueError(f"rate limit: {count} {what}; expected 1 or more")
+
+
+class Buckets(Protocol):
+    """Token buckets by key (:class:`TokenBuckets` in a process, or shared in Redis)."""
+
+    per_minute: float
+    burst: int
+
+    def take(self, key: str) -> float:
+        """Take one request from the bucket of ``key``: 0.0 when there was one, else the
+        seconds until there will be (nothing taken)."""
+        ...
 
 
 class TokenBuckets:

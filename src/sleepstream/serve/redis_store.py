@@ -107,6 +107,43 @@ return 1
 """
 
 
+_TAKE = """
+local interval, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1e6
+local full_at = math.max(tonumber(redis.call('GET', KEYS[1]) or now), now) + interval
+local wait = full_at - burst * interval - now
+if wait > 0 then
+  return tostring(wait)
+end
+redis.call('SET', KEYS[1], tostring(full_at), 'PX', math.ceil((full_at - now) * 1000) + 1)
+return '0'
+"""
+
+
+class RedisBuckets:
+    """The token buckets of :class:`~sleepstream.serve.limits.TokenBuckets`, kept in Redis
+    under ``prefix`` so that every server process counts a key's requests together.
+
+    Each bucket is one key holding the time it will be full again (on the Redis server's
+    clock), expiring then; a script takes a request, so two processes never both take the
+    last one.
+    """
+
+    def __init__(self, store: RedisStore, name: str, per_minute: float, burst: int):
+        self.per_minute, self.burst = per_minute, burst
+        self._redis, self._prefix = store.redis, f"{store.prefix}rate:{name}:"
+        self._take = store.redis.register_script(_TAKE)
+
+    def take(self, key: str) -> float:
+        """Take one request from the bucket of ``key``: 0.0 when there was one, else the
+        seconds until there will be (nothing taken)."""
+        if self.per_minute <= 0:
+            return 0.0
+        args = [repr(60.0 / self.per_minute), str(self.burst)]
+        return float(self._take(keys=[self._prefix + key], args=args))
+
+
 class RedisStore:
     """A :class:`~sleepstream.serve.store.Store` in the Redis at ``url``, shared by every
     server process given the same ``url`` and ``prefix``.
