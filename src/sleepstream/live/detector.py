@@ -59,6 +59,16 @@ Acceleration
 - The unit check (g, gravity present; :func:`~sleepstream.live.units.check_acceleration_units`)
   runs once the first 50 samples of ``(n, 3)`` data have arrived, whatever the chunk sizes;
   until then they are held back.
+
+p(sleep) from the device
+------------------------
+- A device that runs the model file itself sends its per-epoch p(sleep) instead of samples
+  (:meth:`SleepDetector.add_p_sleep`), each for an epoch start on the grid above. The value is
+  the epoch's :attr:`EpochResult.p_model`; the context veto, the threshold, the tracker and the
+  gap rules then apply as they do after the model. An epoch closes as soon as its value comes,
+  and epochs left out between two values are epochs without data. NaN is not a value: a device
+  with no data for an epoch leaves it out.
+- A detector takes samples or p(sleep), never both: the first it is given decides.
 """
 
 from __future__ import annotations
@@ -68,6 +78,7 @@ import itertools
 import json
 import logging
 import math
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -123,14 +134,18 @@ RATE_INTERVALS = 64
 MIN_BPM, MAX_BPM = 25.0, 250.0
 SLICE_SECONDS = 10.0
 """Time slices in which :meth:`SleepDetector.add` feeds several streams together."""
+GRID_TOLERANCE_SECONDS = 1e-3
+"""How far a p(sleep) time may be from its epoch's start (rounding in the device's clock)."""
 
 log = logging.getLogger(__name__)
 
 _WHAT = "snapshot"
-Stream = Literal["acceleration", "heart_rate", "counts", "context"]
+Stream = Literal["acceleration", "heart_rate", "counts", "context", "p_sleep"]
 State = Literal["asleep", "awake", "unknown"]
 DATA_STREAMS: tuple[Stream, ...] = ("heart_rate", "acceleration", "counts")
 """The streams whose samples are data (context is not): they decide whether an epoch saw any."""
+P_SLEEP: Stream = "p_sleep"
+"""The stream of a device that sends its per-epoch p(sleep) instead of samples."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -144,7 +159,8 @@ class EpochResult:
     p_sleep
         Probability of sleep after the context rule (0 when vetoed); NaN without data.
     p_model
-        The network's probability before the context rule; NaN without data.
+        The network's probability before the context rule; NaN without data. For a device
+        that runs the model itself, the p(sleep) it sent (:attr:`p_from_device`).
     state
         ``"asleep"`` / ``"awake"``: the tracker's state after this epoch; ``"unknown"`` when
         the epoch saw no data.
@@ -156,15 +172,19 @@ class EpochResult:
     late_samples
         Samples that arrived for already-closed epochs since the previous result, per stream.
     hr_samples
-        Heart-rate samples inside the epoch.
+        Heart-rate samples inside the epoch (0 when its p(sleep) was sent).
     motion_seconds
         Seconds of motion the epoch saw: points of its acceleration grid (50 per second), or
-        15 s per activity count.
+        15 s per activity count (0 when its p(sleep) was sent).
     timezone
         IANA name of the time zone of :attr:`start_local` and :attr:`end_local`.
     features
         The epoch's causal features (:data:`~sleepstream.features.FEATURE_NAMES` order), as
-        the model file computed them; not compared between results.
+        the model file computed them; not compared between results. ``None`` when the
+        model did not run here (:attr:`p_from_device`).
+    p_from_device
+        The epoch's p(sleep) was sent by a device that runs the model itself
+        (:meth:`SleepDetector.add_p_sleep`); the samples behind it are not known here.
 
     Results compare equal when every attribute but ``features`` does, NaN equal to NaN.
     """
@@ -181,6 +201,7 @@ class EpochResult:
     motion_seconds: float = 0.0
     timezone: str = "UTC"
     features: NDArray[np.float32] | None = field(default=None, repr=False)
+    p_from_device: bool = False
 
     @property
     def asleep(self) -> bool:
@@ -189,8 +210,8 @@ class EpochResult:
 
     @property
     def has_data(self) -> bool:
-        """Whether the epoch saw any heart rate or motion."""
-        return self.hr_samples > 0 or self.motion_seconds > 0
+        """Whether the epoch saw any heart rate or motion, or was given its p(sleep)."""
+        return self.hr_samples > 0 or self.motion_seconds > 0 or self.p_from_device
 
     @property
     def is_gap(self) -> bool:
@@ -222,7 +243,7 @@ class EpochResult:
         rest = (self.vetoed, self.late_samples, self.hr_samples, self.motion_seconds)
         return tuple(
             None if isinstance(v, float) and math.isnan(v) else v
-            for v in (*values, *rest, self.timezone)
+            for v in (*values, *rest, self.timezone, self.p_from_device)
         )
 
     def __eq__(self, other: object) -> bool:
@@ -235,12 +256,14 @@ class EpochResult:
 
 @dataclass(frozen=True)
 class _Epoch:
-    """An epoch whose inputs are taken, waiting for its step."""
+    """An epoch whose inputs are taken, waiting for its step (or, ``inputs`` ``None``, an
+    epoch of a device that sends p(sleep), which never goes through the model)."""
 
     start: float
-    inputs: dict[str, NDArray[np.float32]]
+    inputs: dict[str, NDArray[np.float32]] | None
     hr_samples: int
     motion_seconds: float
+    p_given: float | None = None
 
 
 @dataclass(order=True)
@@ -363,6 +386,7 @@ class SleepDetector:
         self._tracker = OnsetTracker(self.fall_asleep_epochs, self.wake_up_epochs)
         self._state = self.model.initial_state()
         self._queue: list[_Event] = []
+        self._p_queue: deque[tuple[float, float]] = deque()
         self._context_queue: list[_Event] = []
         self._order = 0
         self._clock = -math.inf
@@ -382,6 +406,7 @@ class SleepDetector:
         """Heart-rate samples: times and beats per minute (25-250, else ``ValueError``)."""
         if np.size(times) == 0 and np.size(bpm) == 0:
             return []
+        self._check_one_kind("heart_rate")
         t, v = self._pair(times, bpm, "heart rate")
         bad = (v < MIN_BPM) | (v > MAX_BPM)
         if bad.any():
@@ -400,6 +425,7 @@ class SleepDetector:
         """
         if np.size(times) == 0 and np.size(counts) == 0:
             return []
+        self._check_one_kind("counts")
         t, v = self._pair(times, counts, "activity count")
         if (v < 0).any():
             i = int(np.argmax(v < 0))
@@ -437,6 +463,7 @@ class SleepDetector:
             raise ValueError(f"acceleration must have shape (n, 3) or (n,), got {a.shape}")
         if np.size(times) == 0 and len(a) == 0:
             return []
+        self._check_one_kind("acceleration")
         t = self._times(times, "acceleration")
         if len(t) != len(a):
             raise ValueError(f"acceleration: {len(t)} times but {len(a)} samples")
@@ -504,6 +531,59 @@ class SleepDetector:
         self._seen_stream("acceleration", float(t[-1]))
         return self._advance(float(t[-1]))
 
+    def add_p_sleep(self, times: ArrayLike, p: ArrayLike) -> list[EpochResult]:
+        """Per-epoch p(sleep) from a device that runs the model file itself, instead of samples.
+
+        Each time is the start of a 30 s epoch on the detector's grid (``origin + 30 k``, in
+        ``time_unit``, within :data:`GRID_TOLERANCE_SECONDS`), later than every epoch given or
+        closed before; each ``p`` is the model's probability of sleep for that epoch, in
+        [0, 1]. The value becomes the epoch's ``p_model`` without going through the model here;
+        the context veto (:meth:`add_context`, sent before the epochs it covers), the threshold,
+        the tracker and the gap rules apply as after the model. An epoch closes at once (under
+        :attr:`hold`, in :func:`close_together`); epochs left out between two values close as
+        epochs without data (``"unknown"``), and from ``reset_after`` on the stream starts
+        afresh. A device without data for an epoch leaves it out: NaN is refused. The results
+        have ``hr_samples`` and ``motion_seconds`` 0 and :attr:`EpochResult.p_from_device` set.
+        ``expect`` does not apply.
+
+        Raises ``ValueError`` naming the index and the value, with nothing taken, for a time
+        off the grid, times that do not increase, an epoch already given or closed, a ``p``
+        that is not a finite number in [0, 1], and for a detector that has taken samples (a
+        device sends either its samples or its p(sleep)).
+
+        Examples
+        --------
+        >>> detector = SleepDetector(threshold=0.5, fall_asleep_epochs=2)
+        >>> t0 = 1_767_225_600.0  # 2026-01-01 00:00 UTC
+        >>> starts = t0 + 30.0 * np.array([0, 1, 2, 4])  # the epoch at 00:01:30 is left out
+        >>> for r in detector.add_p_sleep(starts, [0.2, 0.9, 0.95, 0.97]):
+        ...     print(r.start_local.strftime("%H:%M:%S"), r.p_model, r.state, r.events)
+        00:00:00 0.2 awake ()
+        00:00:30 0.9 awake ()
+        00:01:00 0.95 asleep ('fell_asleep',)
+        00:01:30 nan unknown ('unknown',)
+        00:02:00 0.97 asleep ()
+        """
+        if np.size(times) == 0 and np.size(p) == 0:
+            return []
+        self._check_one_kind(P_SLEEP)
+        t = self._times(times, P_SLEEP)
+        v = np.atleast_1d(np.asarray(p, dtype=np.float64))
+        if t.shape != v.shape:
+            raise ValueError(
+                f"p_sleep: times {t.shape} and values {v.shape} must be equal 1-D shapes"
+            )
+        bad = ~(np.isfinite(v) & (v >= 0) & (v <= 1))
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ValueError(
+                f"p_sleep: p {v[i]:g} at index {i} (t={t[i]:.3f} s) is not a number in [0, 1]"
+            )
+        starts = self._epoch_starts(t)
+        self._p_queue.extend(zip(starts.tolist(), v.tolist(), strict=True))
+        self._seen_stream(P_SLEEP, float(starts[-1]))
+        return self._advance(float(starts[-1]) + EPOCH_SECONDS)
+
     def add(
         self,
         *,
@@ -511,13 +591,16 @@ class SleepDetector:
         acceleration: tuple[ArrayLike, ArrayLike] | None = None,
         counts: tuple[ArrayLike, ArrayLike] | None = None,
         context: Sequence[MotionContext] = (),
+        p_sleep: tuple[ArrayLike, ArrayLike] | None = None,
     ) -> list[EpochResult]:
         """Samples of several streams at once (a device's batch), each a ``(times, values)``.
 
         The streams are fed together in time order, in slices of :data:`SLICE_SECONDS`, as the
         watch would have sent them, so a batch spanning minutes gives the results of its samples
         fed as they came (fed stream after stream, the first would close epochs without the
-        others). All or nothing: on ``ValueError`` the detector is left as it was.
+        others). A device that runs the model itself sends ``p_sleep`` instead
+        (:meth:`add_p_sleep`), after the batch's ``context``; a batch with both samples and
+        ``p_sleep`` is refused. All or nothing: on ``ValueError`` the detector is left as it was.
 
         Examples
         --------
@@ -528,9 +611,25 @@ class SleepDetector:
         >>> [r.start for r in detector.add(heart_rate=hr, acceleration=(t, xyz))]
         [0.0, 30.0, 60.0]
         """
+        sent = [
+            name
+            for name, pair in (
+                ("heart_rate", heart_rate),
+                ("acceleration", acceleration),
+                ("counts", counts),
+            )
+            if pair is not None and np.size(pair[0])
+        ]
+        if sent and p_sleep is not None and np.size(p_sleep[0]):
+            raise ValueError(
+                f"a batch holds samples or p_sleep, not both: this one holds p_sleep and "
+                f"{', '.join(sent)}"
+            )
         before = self.snapshot()
         try:
             results = self.add_context(list(context))
+            if p_sleep is not None:
+                results += self.add_p_sleep(*p_sleep)
             streams = [
                 (add, np.asarray(pair[0], dtype=np.float64), pair)
                 for add, pair in (
@@ -623,6 +722,54 @@ class SleepDetector:
             )
         return t, v
 
+    def _check_one_kind(self, stream: Stream) -> None:
+        """Refuse samples after p(sleep) and p(sleep) after samples: a device sends one kind."""
+        if stream == P_SLEEP:
+            taken = [s.replace("_", " ") for s in DATA_STREAMS if s in self._newest]
+            if taken:
+                raise ValueError(
+                    f"p_sleep: this detector has taken samples ({', '.join(taken)}); a device "
+                    "sends either its samples or its p(sleep), not both"
+                )
+        elif P_SLEEP in self._newest:
+            raise ValueError(
+                f"{stream.replace('_', ' ')}: this detector has taken p(sleep) values; a device "
+                "sends either its samples or its p(sleep), not both"
+            )
+
+    def _epoch_starts(self, times: NDArray[np.float64]) -> NDArray[np.float64]:
+        """The epoch starts that ``times`` of p(sleep) name; ``ValueError`` for times off the
+        grid, not increasing, or at epochs already given or closed."""
+        k = np.round((times - self.origin) / EPOCH_SECONDS)
+        starts = self.origin + k * EPOCH_SECONDS
+        off = np.abs(times - starts) > GRID_TOLERANCE_SECONDS
+        if off.any():
+            i = int(np.argmax(off))
+            raise ValueError(
+                f"p_sleep: time {times[i]:.3f} s at index {i} is not the start of a 30 s epoch "
+                f"(origin + 30 k with origin={self.origin:g}; the nearest is {starts[i]:.3f} s)"
+            )
+        if len(starts) > 1 and (np.diff(starts) <= 0).any():
+            i = int(np.argmax(np.diff(starts) <= 0)) + 1
+            raise ValueError(
+                f"p_sleep: times must increase, epoch by epoch, at index {i} "
+                f"({times[i - 1]:.3f} -> {times[i]:.3f} s)"
+            )
+        # Starts are 30 s apart: half an epoch separates "the same" from "the next".
+        half = EPOCH_SECONDS / 2
+        if starts[0] < self._closed_until - half:
+            raise ValueError(
+                f"p_sleep: the epoch at t={times[0]:.3f} s (index 0) has already closed (the "
+                f"epochs up to {self._closed_until:.3f} s have)"
+            )
+        given = self._newest.get(P_SLEEP, -math.inf)
+        if starts[0] < given + half:
+            raise ValueError(
+                f"p_sleep: the epoch at t={times[0]:.3f} s (index 0) is not after the newest "
+                f"epoch already given ({given:.3f} s)"
+            )
+        return starts
+
     def _check_new_stream(self, stream: Stream, times: NDArray[np.float64]) -> None:
         """Refuse a stream that starts long after epochs covering it have closed."""
         if stream in self._newest or not len(times) or self._closed_until == -math.inf:
@@ -683,6 +830,8 @@ class SleepDetector:
         newest = self._newest.get(stream, -math.inf)
         if stream == "counts":
             return newest + COUNT_SECONDS
+        if stream == P_SLEEP:
+            return newest + EPOCH_SECONDS
         if stream == "acceleration":
             if self._accel_last is None:
                 return -math.inf
@@ -693,6 +842,8 @@ class SleepDetector:
         delay = self._accel_delay() if "acceleration" in self._newest else 0.0
         if self._clock >= end + delay + self.close_lag:
             return True
+        if P_SLEEP in self._newest:  # ends are on the grid: the margin absorbs rounding
+            return end < self._covered(P_SLEEP) + EPOCH_SECONDS / 2
         if self.expect is not None:
             return all(self._covered(s) >= end for s in self.expect)
         motion = max(self._covered("acceleration"), self._covered("counts"))
@@ -708,9 +859,15 @@ class SleepDetector:
         results: list[EpochResult] = []
         while (step := self._next_epoch(due)) is not None:
             epoch, gap = step
-            p, self._state, features = self.model.run(epoch.inputs, self._state)
-            results += [*gap, self._finish(epoch, float(p[0]), features[0])]
+            results += [*gap, self._step(epoch)]
         return results
+
+    def _step(self, epoch: _Epoch) -> EpochResult:
+        """The result of ``epoch``: through the model, unless it has no inputs (p(sleep))."""
+        if epoch.inputs is None:
+            return self._finish(epoch, math.nan if epoch.p_given is None else epoch.p_given)
+        p, self._state, features = self.model.run(epoch.inputs, self._state)
+        return self._finish(epoch, float(p[0]), features[0])
 
     def _next_epoch(
         self, due: Callable[[float], bool] | None = None
@@ -723,12 +880,25 @@ class SleepDetector:
         if self._next_start is None and -math.inf < self._closed_until < start:
             gap.append(self._gap(self._closed_until, start))
         end = start + EPOCH_SECONDS
-        inputs, hr_samples, motion_seconds = self._inputs(start, end)
+        if P_SLEEP in self._newest:
+            epoch = self._given_epoch(start, end)
+        else:
+            epoch = _Epoch(start, *self._inputs(start, end))
         self._closed_until = self._next_start = end
-        return _Epoch(start, inputs, hr_samples, motion_seconds), gap
+        return epoch, gap
+
+    def _given_epoch(self, start: float, end: float) -> _Epoch:
+        """The epoch ``[start, end)`` of a device that sends p(sleep), with its value if sent."""
+        p = None
+        if self._p_queue and self._p_queue[0][0] < start + EPOCH_SECONDS / 2:
+            p = self._p_queue.popleft()[1]
+        self._take_context(end)
+        return _Epoch(start, None, 0, 0.0, p)
 
     def _anchor(self) -> float | None:
         """Start of the epoch of the earliest data not yet used (after the start or a gap)."""
+        if self._p_queue:
+            return self._p_queue[0][0]
         times = [self._queue[0].time] if self._queue else []
         at = int(np.searchsorted(self._accel_t, self._closed_until))
         if at < len(self._accel_t):
@@ -752,8 +922,7 @@ class SleepDetector:
             else:
                 count_t.append(event.time - start)
                 count_v.append(float(event.value))  # type: ignore[arg-type]
-        while self._context_queue and self._context_queue[0].time < end:
-            self._context.append(heapq.heappop(self._context_queue).value)  # type: ignore[arg-type]
+        self._take_context(end)
         hr, hr_offset = pack_heart_rate(np.array(hr_t), np.array(hr_v))
         counts = pack_counts(np.array(count_t), np.array(count_v))
         accel = np.full(ACCEL_SAMPLES, np.nan)
@@ -774,15 +943,24 @@ class SleepDetector:
         inputs = {k: v.astype(np.float32)[None] for k, v in rows.items()}
         return inputs, len(hr_v), min(float(motion), EPOCH_SECONDS)
 
-    def _finish(self, epoch: _Epoch, p: float, features: NDArray[np.float32]) -> EpochResult:
-        """The result of an epoch whose step gave ``p``; the context rule and the tracker."""
+    def _take_context(self, end: float) -> None:
+        """Move the context reports that start before ``end`` to those in force."""
+        while self._context_queue and self._context_queue[0].time < end:
+            self._context.append(heapq.heappop(self._context_queue).value)  # type: ignore[arg-type]
+
+    def _finish(
+        self, epoch: _Epoch, p: float, features: NDArray[np.float32] | None = None
+    ) -> EpochResult:
+        """The result of an epoch whose step gave ``p`` (or that came with it); the context
+        rule and the tracker."""
         start, end = epoch.start, epoch.start + EPOCH_SECONDS
         hr_samples, motion_seconds = epoch.hr_samples, epoch.motion_seconds
+        given = epoch.p_given is not None
         late, self._late_since_result = self._late_since_result, {}
         reason = self.veto.reason(self._context, start, end)
         self._context = self.veto.keep(self._context, end)
         events: tuple[str, ...] = ()
-        if hr_samples == 0 and motion_seconds == 0:
+        if not given and hr_samples == 0 and motion_seconds == 0:
             p_sleep = p_model = math.nan
             status: State = "unknown"
             events, reason = ("unknown",) if self._known else (), None
@@ -810,6 +988,7 @@ class SleepDetector:
             motion_seconds,
             self.timezone,
             features,
+            given,
         )
 
     def _gap(self, start: float, end: float) -> EpochResult:
@@ -886,6 +1065,9 @@ class SleepDetector:
             "context": _context_array(self._context),
             "queue_context": _context_array([e.value for e in contexts]),  # type: ignore[misc]
             "queue_context_order": np.array([e.order for e in contexts], dtype=np.int64),
+            # p(sleep) values not yet closed (under hold); older snapshots lack the two arrays.
+            "p_times": np.array([t for t, _ in self._p_queue], dtype=np.float64),
+            "p_values": np.array([v for _, v in self._p_queue], dtype=np.float64),
         }
         return state.pack(header, arrays)
 
@@ -963,11 +1145,15 @@ class SleepDetector:
         self._late_since_result = _counts_dict(header.get("late_since_result"))
         self._tracker.set_state(header.get("tracker") or {})
         newest = header.get("newest")
-        if not isinstance(newest, dict) or not set(newest) <= set(DATA_STREAMS):
+        streams = (*DATA_STREAMS, P_SLEEP)
+        if (
+            not isinstance(newest, dict)
+            or not set(newest) <= set(streams)
+            or (P_SLEEP in newest and len(newest) > 1)
+        ):
             raise ValueError(f"snapshot stream times {newest!r:.80} are malformed")
-        self._newest = {
-            s: time_or_never(newest, s, what=_WHAT) for s in DATA_STREAMS if s in newest
-        }
+        self._newest = {s: time_or_never(newest, s, what=_WHAT) for s in streams if s in newest}
+        self._p_queue = _p_queue(arrays, P_SLEEP in newest, self._closed_until)
         self._empty_run = integer(header, "empty_run", what=_WHAT)
         if not 0 <= self._empty_run * EPOCH_SECONDS < self.reset_after:
             raise ValueError(f"snapshot empty_run {self._empty_run} is out of range")
@@ -1027,8 +1213,9 @@ def close_together(detectors: Sequence[SleepDetector]) -> list[list[EpochResult]
     A service with many streams sets :attr:`SleepDetector.hold` on each, feeds them their
     samples, and then calls this: the epochs that are due across the detectors go through one
     batched call of the model (its inputs stacked along the batch axis) instead of one call
-    each, with the results of stepping them one by one. The detectors must share one model
-    object. Returns each detector's results, in its order.
+    each, with the results of stepping them one by one. Epochs whose p(sleep) a device sent
+    (:meth:`SleepDetector.add_p_sleep`) close in the same rounds without the model. The
+    detectors must share one model object. Returns each detector's results, in its order.
 
     Examples
     --------
@@ -1052,14 +1239,36 @@ def close_together(detectors: Sequence[SleepDetector]) -> list[list[EpochResult]
         round_ = [(i, step) for i, d in enumerate(detectors) if (step := d._next_epoch())]
         if not round_:
             return results
-        names = round_[0][1][0].inputs
-        inputs = {k: np.concatenate([step[0].inputs[k] for _, step in round_]) for k in names}
-        states = np.concatenate([detectors[i]._state for i, _ in round_])
+        stepped = [(i, e, gap, e.inputs) for i, (e, gap) in round_ if e.inputs is not None]
+        for i, (epoch, gap) in round_:
+            if epoch.inputs is None:  # its p(sleep) came from the device
+                results[i] += [*gap, detectors[i]._step(epoch)]
+        if not stepped:
+            continue
+        names = stepped[0][3]
+        inputs = {k: np.concatenate([rows[k] for *_, rows in stepped]) for k in names}
+        states = np.concatenate([detectors[i]._state for i, *_ in stepped])
         p, new_states, features = model.run(inputs, states)
-        for row, (i, (epoch, gap)) in enumerate(round_):
+        for row, (i, epoch, gap, _) in enumerate(stepped):
             detector = detectors[i]
             detector._state = new_states[row : row + 1].copy()
             results[i] += [*gap, detector._finish(epoch, float(p[row]), features[row])]
+
+
+def _p_queue(
+    arrays: dict[str, NDArray[Any]], takes_p: bool, closed_until: float
+) -> deque[tuple[float, float]]:
+    """The snapshot's p(sleep) values not yet closed (none in one of version 2 without them)."""
+    if "p_times" not in arrays and "p_values" not in arrays:
+        return deque()
+    times = array(arrays, "p_times", np.float64, what=_WHAT)
+    values = array(arrays, "p_values", np.float64, (len(times),), what=_WHAT)
+    if len(times) and not takes_p:
+        raise ValueError("snapshot holds p(sleep) values for a detector that takes samples")
+    closed = len(times) > 0 and times[0] < closed_until - EPOCH_SECONDS / 2
+    if closed or (np.diff(times) <= 0).any() or ((values < 0) | (values > 1)).any():
+        raise ValueError("snapshot p(sleep) values are malformed")
+    return deque(zip(times.tolist(), values.tolist(), strict=True))
 
 
 def _increasing(times: NDArray[np.float64]) -> NDArray[np.float64]:
