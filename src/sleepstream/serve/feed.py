@@ -2,7 +2,8 @@
 
 A batch may span minutes: :meth:`~sleepstream.live.detector.SleepDetector.add` feeds its
 streams together in time order (fed stream after stream, heart rate would close epochs without
-the batch's acceleration), all or nothing.
+the batch's acceleration), all or nothing. A device that runs the model itself sends its
+per-epoch p(sleep) instead (:meth:`~sleepstream.live.detector.SleepDetector.add_p_sleep`).
 """
 
 from __future__ import annotations
@@ -16,14 +17,15 @@ from sleepstream.serve.store import EpochRecord
 
 
 def feed(detector: SleepDetector, batch: Batch) -> list[EpochResult]:
-    """Feed ``batch`` to ``detector``; the detector's ``ValueError`` for bad samples, after
-    which the detector is as it was."""
-    hr, acc, counts = batch.heart_rate, batch.acceleration, batch.counts
+    """Feed ``batch`` to ``detector``; the detector's ``ValueError`` for bad samples or
+    p(sleep) values, and for a batch with both, after which the detector is as it was."""
+    hr, acc, counts, p = batch.heart_rate, batch.acceleration, batch.counts, batch.p_sleep
     return detector.add(
         heart_rate=None if hr is None else (hr.times, hr.bpm),
         acceleration=None if acc is None else (acc.times, acc.xyz),
         counts=None if counts is None else (counts.times, counts.counts),
         context=[MotionContext(c.time, c.activity, c.confidence) for c in batch.context or ()],
+        p_sleep=None if p is None else (p.times, p.p),
     )
 
 

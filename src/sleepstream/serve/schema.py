@@ -46,8 +46,8 @@ class Limits:
     max_body_bytes
         Request bodies above this are refused (413) before they are read whole.
     max_samples
-        Samples per batch, all streams and context reports together (413 above). The default
-        is 20 min of 50 Hz acceleration.
+        Samples per batch, all streams, p(sleep) values and context reports together (413
+        above). The default is 20 min of 50 Hz acceleration.
     max_results
         Epoch results returned by one ``GET`` (24 h); ``more`` says when there are more.
     night_hours
@@ -108,6 +108,21 @@ class Counts(BaseModel):
         return self
 
 
+class PSleep(BaseModel):
+    """Per-epoch p(sleep) from a device that runs the model itself, instead of samples: each
+    time the start of a 30 s epoch (on the :00 / :30 grid), in increasing order; each ``p`` the
+    model's probability of sleep for it, in [0, 1]. An epoch without data is left out."""
+
+    model_config = _STRICT
+    times: list[Annotated[float, Field(description="Unix seconds: the start of a 30 s epoch")]]
+    p: list[Annotated[float, Field(description="probability of sleep, in [0, 1]")]]
+
+    @model_validator(mode="after")
+    def _lengths(self) -> PSleep:
+        _same_length("p_sleep", self.times, self.p)
+        return self
+
+
 class Context(BaseModel):
     """A motion-activity report (iOS ``CMMotionActivity``): from ``time`` on, the wearer is
     doing ``activity``."""
@@ -133,7 +148,9 @@ class Context(BaseModel):
 
 
 class Batch(BaseModel):
-    """Samples a device measured since its previous batch; every stream is optional."""
+    """Samples a device measured since its previous batch; every stream is optional. A device
+    that runs the model itself sends ``p_sleep`` instead of samples (a batch with both is
+    refused)."""
 
     model_config = _STRICT
     seq: int = Field(ge=1, le=MAX_SEQ, description="1 for the device's first batch, then +1")
@@ -141,15 +158,21 @@ class Batch(BaseModel):
     acceleration: Acceleration | None = None
     counts: Counts | None = None
     context: list[Context] = Field(default_factory=list)
+    p_sleep: PSleep | None = Field(
+        None, description="per-epoch p(sleep) from a device that runs the model itself"
+    )
 
     def samples(self) -> int:
-        """Samples of every stream, context reports included."""
-        series = (self.heart_rate, self.acceleration, self.counts)
+        """Samples of every stream, p(sleep) values and context reports included."""
+        series = (self.heart_rate, self.acceleration, self.counts, self.p_sleep)
         return sum(len(s.times) for s in series if s is not None) + len(self.context)
 
     def digest(self) -> bytes:
         """SHA-256 of the batch's content, the same for its JSON and msgpack forms."""
-        return hashlib.sha256(self.model_dump_json().encode()).digest()
+        # Without p_sleep, the content (and so the digest) of a batch stored before the field
+        # existed: a resent batch is recognised as the duplicate it is.
+        unset = {"p_sleep"} if self.p_sleep is None else None
+        return hashlib.sha256(self.model_dump_json(exclude=unset).encode()).digest()
 
 
 @cache
