@@ -73,6 +73,7 @@ p(sleep) from the device
 
 from __future__ import annotations
 
+import copy
 import heapq
 import itertools
 import json
@@ -625,7 +626,7 @@ class SleepDetector:
                 f"a batch holds samples or p_sleep, not both: this one holds p_sleep and "
                 f"{', '.join(sent)}"
             )
-        before = self.snapshot()
+        before = self._checkpoint()
         try:
             results = self.add_context(list(context))
             if p_sleep is not None:
@@ -654,9 +655,15 @@ class SleepDetector:
                         if j > i:
                             results += add(times[i:j], np.asarray(values)[i:j])
         except ValueError:
-            self.restore(before)
+            self.__dict__.clear()
+            self.__dict__.update(before)
             raise
         return results
+
+    def _checkpoint(self) -> dict[str, Any]:
+        """A copy of everything a call may change, to go back to (the model is shared, not
+        copied); a tenth of the time of a :meth:`snapshot`."""
+        return copy.deepcopy(self.__dict__, {id(self.model): self.model})
 
     def advance(self, now: float) -> list[EpochResult]:
         """Move the clock to ``now`` (a timer while no samples arrive, in the detector's unit).
