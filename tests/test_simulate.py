@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -77,3 +78,16 @@ def test_simulate_prints_the_events_with_local_times(
 
 def test_the_server_logged_no_traceback(server: Server) -> None:
     assert "Traceback" not in Path(server.log).read_text()
+
+
+def test_simulate_without_a_server_says_so(
+    data_dir: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    argv = ["simulate", "--subject", "46343", "--url", f"http://127.0.0.1:{port}"]
+    assert main([*argv, "--data", str(data_dir)]) == 2
+    assert f"no server answers at http://127.0.0.1:{port}" in caplog.text
+    assert "start one with `sleepstream serve`" in caplog.text
+    assert "Traceback" not in capsys.readouterr().err

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import numpy as np
 
 from sleepstream.client import Client, Message, ServiceError
@@ -179,5 +180,11 @@ def run(
     recording = load_recording(data_folder(data), subject)
     begin = time.time() if start is None else start
     batches = night_batches(recording, begin, batch_seconds, hours)
-    asyncio.run(simulate(url, batches, speed, timezone, lambda line: print(line, flush=True)))
+    try:
+        asyncio.run(simulate(url, batches, speed, timezone, lambda line: print(line, flush=True)))
+    except httpx.ConnectError as error:
+        raise ConnectionError(
+            f"no server answers at {url} ({error}); start one with `sleepstream serve`, or "
+            "give its address with --url"
+        ) from None
     return 0
