@@ -71,11 +71,11 @@ def _no_work(monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError("the command started working before checking its output path")
 
     from sleepstream.data import folder
-    from sleepstream.evaluation import cv
+    from sleepstream.evaluation import cv, report
 
     monkeypatch.setattr(folder, "load_all", forbidden)
     monkeypatch.setattr(folder, "load_recording", forbidden)
-    monkeypatch.setattr(cv, "load_predictions", forbidden)
+    monkeypatch.setattr(report, "load_predictions", forbidden)
     monkeypatch.setattr(cv, "run_baselines", forbidden)
 
 
@@ -253,9 +253,9 @@ def test_errors_raised_inside_a_progress_bar_are_one_line(
     caplog: pytest.LogCaptureFixture,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from sleepstream.evaluation import cv
+    from sleepstream.evaluation import report
 
-    monkeypatch.setattr(cv, "load_predictions", _inside_progress(error))
+    monkeypatch.setattr(report, "load_predictions", _inside_progress(error))
     assert main(["report", "--out", str(tmp_path)]) == code
     assert expected in _one_error(caplog)
     assert "Traceback" not in capsys.readouterr().err
@@ -271,9 +271,9 @@ def test_any_other_error_is_one_line_with_exit_code_3(
     silent; ``--verbose`` shows the traceback."""
     import zipfile
 
-    from sleepstream.evaluation import cv
+    from sleepstream.evaluation import report
 
-    monkeypatch.setattr(cv, "load_predictions", _inside_progress(zipfile.BadZipFile("bad CRC")))
+    monkeypatch.setattr(report, "load_predictions", _inside_progress(zipfile.BadZipFile("bad CRC")))
     assert main(["report", "--out", str(tmp_path)]) == 3
     assert _one_error(caplog) == "BadZipFile: bad CRC (run with --verbose for the traceback)"
     assert "Traceback" not in capsys.readouterr().err
@@ -331,6 +331,16 @@ def test_replay_checks_time_zone_and_unit_before_any_work(
     argv = ["replay", *files, *option, "--out", str(tmp_path / "night.png")]
     assert main(argv) == 1
     assert _one_error(caplog).startswith(message)
+
+
+def test_ship_without_a_cv_report_says_what_to_run_before_loading_nights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    _no_work(monkeypatch)
+    argv = ["ship", "-c", "m.yaml", "--loso", str(tmp_path), "--out", str(tmp_path / "model")]
+    assert main(argv) == 1
+    expected = f"{tmp_path / 'metrics.json'} not found: run `sleepstream cv -c m.yaml --out"
+    assert _one_error(caplog).startswith(expected)
 
 
 def test_replay_of_unix_seconds_builds_epochs_from_the_first_sample(

@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from sleepstream.evaluation.predictions import LosoResult, NightPrediction
-from sleepstream.evaluation.report import markdown_table, write_report
+from sleepstream.evaluation.predictions import (
+    LosoResult,
+    NightPrediction,
+    load_predictions,
+    save_predictions,
+)
+from sleepstream.evaluation.report import (
+    DOCS_MARKER,
+    check_docs_path,
+    markdown_table,
+    report_predictions,
+    write_report,
+)
+from sleepstream.paths import OutputPathError
 
 
 def _nights(p_of_labels: float, seed: int) -> list[NightPrediction]:
@@ -106,3 +119,71 @@ def test_markdown_table_has_one_row_per_predictor(results: list[LosoResult]) -> 
 def test_duplicate_runs_are_rejected(results: list[LosoResult], tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="Duplicate predictor name 'causal model'"):
         write_report([(results[0], 0), (results[0], 0)], tmp_path)
+
+
+def test_saved_predictions_load_back_in_scenario_order_with_their_seeds(
+    results: list[LosoResult], tmp_path: Path
+) -> None:
+    seeded = _seeded(results)
+    with pytest.raises(ValueError, match="Predictor name 'offline/model': a file name cannot"):
+        save_predictions(seeded, tmp_path)
+    seeded = [(replace(r, name=r.name.replace("/", "_")), seed) for r, seed in seeded]
+    folder = save_predictions(seeded[::-1], tmp_path)  # saved in any order
+    assert folder == tmp_path / "predictions"
+    assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*.npz")) == [
+        "early_1h/causal model_seed0.npz",
+        "early_1h/causal model_seed1.npz",
+        "early_1h/offline_model.npz",
+        "psg_start/causal model_seed0.npz",
+        "psg_start/causal model_seed1.npz",
+        "psg_start/offline_model.npz",
+    ]
+    loaded = load_predictions(tmp_path)
+    assert [(r.scenario, r.name, seed) for r, seed in loaded] == [
+        ("psg_start", "causal model", 0),
+        ("psg_start", "causal model", 1),
+        ("psg_start", "offline_model", None),
+        ("early_1h", "causal model", 0),
+        ("early_1h", "causal model", 1),
+        ("early_1h", "offline_model", None),
+    ]
+    saved = {(r.scenario, r.name, seed): r for r, seed in seeded}
+    for result, seed in loaded:
+        original = saved[(result.scenario, result.name, seed)]
+        for night, before in zip(result.nights, original.nights, strict=True):
+            np.testing.assert_array_equal(night.p_sleep, before.p_sleep)
+            assert night.thresholds == before.thresholds
+
+
+def test_load_predictions_says_what_to_run(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="run `sleepstream cv --out"):
+        load_predictions(tmp_path)
+    (tmp_path / "predictions" / "unknown_scenario").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="holds no predictions of scenarios"):
+        load_predictions(tmp_path)
+
+
+def test_report_predictions_rebuilds_the_report_and_the_docs(
+    results: list[LosoResult], tmp_path: Path
+) -> None:
+    out = tmp_path / "report"
+    save_predictions([(r, seed) for r, seed in _seeded(results) if "/" not in r.name], out)
+    docs = tmp_path / "docs" / "results.md"
+    docs.parent.mkdir()
+    docs.write_text(f"an earlier report\n{DOCS_MARKER}\nkept by hand\n")
+    metrics = report_predictions(out, check_docs_path(docs), n_resamples=20)
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+    assert metrics["scenarios"]["early_1h"]["causal model"]["seeds"] == [0, 1]
+    text = docs.read_text()
+    report = (out / "results.md").read_text().replace("](roc.png)", "](figures/roc.png)")
+    assert text.startswith(report.split("](scenarios.png)")[0])  # links point to figures/
+    assert text.endswith("kept by hand\n") and "an earlier report" not in text
+    assert (docs.parent / "figures" / "roc.png").exists()
+
+
+def test_docs_path_is_checked_with_its_figures_folder(tmp_path: Path) -> None:
+    assert check_docs_path(tmp_path / "new" / "results.md") == tmp_path / "new" / "results.md"
+    (tmp_path / "figures").write_text("a file where the figures go")
+    with pytest.raises(OutputPathError, match=r"--docs figures folder .*figures is a file"):
+        check_docs_path(tmp_path / "results.md")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["figures"]  # nothing created

@@ -7,11 +7,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from sklearn.metrics import roc_auc_score
 
 from sleepstream.cli import main
 from sleepstream.models.net import count_parameters
-from sleepstream.models.shipped import load_shipped, shipped_folder
+from sleepstream.models.shipped import (
+    load_shipped,
+    net_and_thresholds,
+    read_loso_metrics,
+    shipped_folder,
+    thresholds_from_loso,
+)
 from sleepstream.records import SLEEP_WAKE, Recording
 
 
@@ -53,6 +60,46 @@ def test_shipped_model_loads_and_scores_a_night(recordings: list[Recording]) -> 
     assert roc_auc_score(labels[scored], p[scored]) > 0.8
     asleep = model.is_asleep(p)
     assert asleep[scored].mean() > 0.5
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    first, second = a.state_dict(), b.state_dict()
+    return first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_net_and_thresholds_of_the_shipped_model_or_a_checkpoint(tmp_path: Path) -> None:
+    """What ``export`` exports: the shipped network with its card's thresholds, or a training
+    checkpoint's with thresholds chosen on a ``cv`` predictions file (none without one)."""
+    from sleepstream.evaluation.predictions import LosoResult, NightPrediction, save_result
+
+    shipped = load_shipped()
+    net, thresholds = net_and_thresholds()
+    assert thresholds == shipped.card.thresholds and _same_weights(net, shipped.net)
+
+    checkpoint = tmp_path / "last.ckpt"
+    spec = {"architecture": type(net).__name__, "init_args": net.init_args}
+    state = {f"net.{k}": v for k, v in net.state_dict().items()}
+    torch.save({"sleepstream_net": spec, "state_dict": state}, checkpoint)
+    rng = np.random.default_rng(0)
+    labels = (rng.random(400) < 0.8).astype(np.int8)
+    p_sleep = np.clip(0.6 * labels + 0.4 * rng.random(400), 0, 1)
+    night = NightPrediction("1", 30.0 * np.arange(400), labels, p_sleep, np.ones(400, bool))
+    predictions = save_result(LosoResult("m", True, [night]), tmp_path / "m_seed0.npz", 0)
+
+    net, thresholds = net_and_thresholds(checkpoint, predictions)
+    assert _same_weights(net, shipped.net)
+    assert thresholds == thresholds_from_loso([predictions])
+    assert set(thresholds) == {"operating", "wasa93", "wasa95"}
+    assert net_and_thresholds(checkpoint)[1] == {}
+
+
+def test_read_loso_metrics_says_what_to_run(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError) as error:
+        read_loso_metrics(tmp_path, Path("configs/m.yaml"))
+    expected = f"{tmp_path / 'metrics.json'} not found: run `sleepstream cv -c configs/m.yaml"
+    assert str(error.value).startswith(expected)
+    (tmp_path / "metrics.json").write_text('{"headline_scenario": "early_1h"}')
+    assert read_loso_metrics(tmp_path, Path("m.yaml")) == {"headline_scenario": "early_1h"}
 
 
 def test_replay_command_writes_the_plot(tmp_path: Path, data_dir: Path) -> None:

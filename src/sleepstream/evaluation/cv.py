@@ -1,8 +1,7 @@
-"""The ``sleepstream cv`` run: models over several seeds and the baselines, every scenario, saved.
+"""The ``sleepstream cv`` run: models over several seeds and the baselines, every scenario.
 
-Each predictor's out-of-fold predictions, with each night's deployable thresholds, are written to
-``<out>/predictions/<scenario>/<name>[_seed<k>].npz`` (:func:`~sleepstream.evaluation.predictions.
-save_result`), so the report can be rebuilt, and every figure recomputed, from the saved files.
+The results are saved with :func:`~sleepstream.evaluation.predictions.save_predictions` and
+reported with :func:`~sleepstream.evaluation.report.report_predictions`.
 """
 
 from __future__ import annotations
@@ -10,17 +9,42 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 from sleepstream.evaluation.loso import run_loso, run_loso_many
-from sleepstream.evaluation.predictions import LosoResult, load_result, save_result
-from sleepstream.evaluation.scenarios import SCENARIO_NAMES, SCENARIOS
+from sleepstream.evaluation.predictions import Seeded
 from sleepstream.records import Recording
 
 log = logging.getLogger(__name__)
 
-Seeded = tuple[LosoResult, int | None]
-"""One predictor's LOSO result in one scenario, with the seed it was trained with."""
+
+def run_cv(
+    configs: Sequence[str],
+    recordings: Sequence[Recording],
+    seeds: Sequence[int],
+    *,
+    overrides: Sequence[str] = (),
+    folds: Sequence[str] | None = None,
+    n_jobs: int = 1,
+    baselines: bool = True,
+    progress: bool = True,
+) -> list[Seeded]:
+    """:func:`run_models`, then (``baselines``) :func:`run_baselines` on the same folds."""
+    if n_jobs > 1:
+        import torch
+
+        torch.set_num_threads(1)  # the folds run in their own processes; this one waits
+    results = run_models(
+        configs,
+        recordings,
+        seeds,
+        overrides=overrides,
+        folds=folds,
+        n_jobs=n_jobs,
+        progress=progress,
+    )
+    if baselines:
+        results += run_baselines(recordings, folds=folds, progress=progress)
+    return results
 
 
 def run_models(
@@ -66,29 +90,3 @@ def run_baselines(
         by_scenario = run_loso(baseline, recordings, folds=folds, progress=progress)
         out += [(result, None) for result in by_scenario.values()]
     return out
-
-
-def prediction_path(out: Path, result: LosoResult, seed: int | None) -> Path:
-    """Where :func:`save_predictions` writes one result."""
-    stem = result.name if seed is None else f"{result.name}_seed{seed}"
-    return out / "predictions" / result.scenario / f"{stem}.npz"
-
-
-def save_predictions(results: Sequence[Seeded], out: Path) -> None:
-    """Every result's out-of-fold predictions and thresholds, one ``.npz`` each."""
-    for result, seed in results:
-        save_result(result, prediction_path(out, result, seed), seed)
-
-
-def load_predictions(out: Path) -> list[Seeded]:
-    """The results saved by :func:`save_predictions` under ``out``, in scenario order."""
-    folder = out / "predictions"
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder} not found: run `sleepstream cv --out {out}` first")
-    results: list[Seeded] = []
-    for scenario in SCENARIOS:
-        for path in sorted((folder / scenario.name).glob("*.npz")):
-            results.append(load_result(path))
-    if not results:
-        raise FileNotFoundError(f"{folder} holds no predictions of scenarios {SCENARIO_NAMES}")
-    return results

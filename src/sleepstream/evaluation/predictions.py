@@ -1,8 +1,14 @@
-"""Out-of-fold predictions of one predictor, and the thresholds chosen without the test night."""
+"""Out-of-fold predictions of one predictor, and the thresholds chosen without the test night.
+
+A ``cv`` run saves each predictor's predictions in each scenario (and seed) to
+``<out>/predictions/<scenario>/<name>[_seed<k>].npz`` (:func:`save_predictions`), so the report
+can be rebuilt, and every figure recomputed, from the saved files (:func:`load_predictions`).
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,6 +16,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from sleepstream.evaluation.scenarios import SCENARIO_NAMES, SCENARIOS
 from sleepstream.paths import atomic_file
 from sleepstream.records import SLEEP_WAKE, Recording
 
@@ -92,6 +99,10 @@ class LosoResult:
     threshold_source: str = ""
 
 
+Seeded = tuple[LosoResult, int | None]
+"""One predictor's LOSO result in one scenario, with the seed it was trained with (``None``:
+deterministic)."""
+
 THRESHOLD_KEYS = ("operating", "wasa93", "wasa95")
 
 
@@ -160,3 +171,42 @@ def load_result(path: Path) -> tuple[LosoResult, int | None]:
         threshold_source=meta.get("threshold_source", ""),
     )
     return result, meta.get("seed")
+
+
+def prediction_path(out: Path, result: LosoResult, seed: int | None) -> Path:
+    """Where :func:`save_predictions` writes one result under the report folder ``out``.
+
+    Examples
+    --------
+    >>> result = LosoResult("sleep_wake", True, [], scenario="early_1h")
+    >>> prediction_path(Path("reports/x"), result, seed=0).as_posix()
+    'reports/x/predictions/early_1h/sleep_wake_seed0.npz'
+    >>> prediction_path(Path("reports/x"), LosoResult("cole_kripke", False, []), None).name
+    'cole_kripke.npz'
+    """
+    if "/" in result.name or "\\" in result.name:
+        raise ValueError(f"Predictor name {result.name!r}: a file name cannot hold / or \\")
+    stem = result.name if seed is None else f"{result.name}_seed{seed}"
+    return out / "predictions" / result.scenario / f"{stem}.npz"
+
+
+def save_predictions(results: Sequence[Seeded], out: Path) -> Path:
+    """Every result's out-of-fold predictions and thresholds, one ``.npz`` each, under
+    ``out/predictions``; returns that folder."""
+    for result, seed in results:
+        save_result(result, prediction_path(out, result, seed), seed)
+    return out / "predictions"
+
+
+def load_predictions(out: Path) -> list[Seeded]:
+    """The results saved by :func:`save_predictions` under ``out``, in scenario order."""
+    folder = out / "predictions"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} not found: run `sleepstream cv --out {out}` first")
+    results: list[Seeded] = []
+    for scenario in SCENARIOS:
+        for path in sorted((folder / scenario.name).glob("*.npz")):
+            results.append(load_result(path))
+    if not results:
+        raise FileNotFoundError(f"{folder} holds no predictions of scenarios {SCENARIO_NAMES}")
+    return results

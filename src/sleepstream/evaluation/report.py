@@ -22,14 +22,11 @@ from sleepstream.evaluation.plots import (
     plot_scenarios,
     safe_filename,
 )
-from sleepstream.evaluation.predictions import LosoResult
+from sleepstream.evaluation.predictions import LosoResult, Seeded, load_predictions
 from sleepstream.evaluation.scenarios import HEADLINE, SCENARIO_NAMES, scenario
 from sleepstream.evaluation.seeds import seed_spread, subject_bootstrap, threshold_spread
 from sleepstream.events import OnsetTracker
-from sleepstream.paths import copy_atomic, write_atomic
-
-Seeded = tuple[LosoResult, int | None]
-"""One predictor's result in one scenario, and the seed it was trained with."""
+from sleepstream.paths import check_output_dir, check_output_file, copy_atomic, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -436,3 +433,23 @@ def update_docs(report: Path, docs: Path) -> None:
         copy_atomic(report.parent / name, figures / name)
         text = text.replace(f"]({name})", f"](figures/{name})")
     write_atomic(docs, text.rstrip() + "\n\n" + DOCS_MARKER + kept)
+
+
+def check_docs_path(docs: str | Path) -> Path:
+    """Check a ``--docs`` file and the ``figures/`` folder beside it, which :func:`update_docs`
+    writes, before any work (:mod:`sleepstream.paths`); returns the file's path."""
+    path = check_output_file(docs, "--docs file")
+    check_output_dir(path.parent / "figures", "--docs figures folder")
+    return path
+
+
+def report_predictions(
+    out: Path, docs: Path | None = None, *, n_resamples: int = 500
+) -> dict[str, Any]:
+    """:func:`write_report` of the predictions saved under ``out`` (:func:`~sleepstream.
+    evaluation.predictions.load_predictions`), into ``out``; with ``docs``, also
+    :func:`update_docs` of that file. Returns the content of ``metrics.json``."""
+    metrics = write_report(load_predictions(out), out, n_resamples=n_resamples)
+    if docs is not None:
+        update_docs(out / "results.md", docs)
+    return metrics

@@ -26,6 +26,7 @@ from rich.table import Table
 from sleepstream.data.times import is_unix_time, time_zone
 from sleepstream.live.backends import PipelineModel
 from sleepstream.live.detector import EpochResult, SleepDetector
+from sleepstream.paths import atomic_path
 from sleepstream.records import EPOCH_SECONDS, Recording, Stage
 
 if TYPE_CHECKING:
@@ -347,3 +348,28 @@ def replay_live(
                 console.log(f"{time_text(result.end, zone).strip()}: {', '.join(result.events)}")
 
         return replay(recording, detector, speed=speed, on_result=show)
+
+
+def replay_to_plot(
+    recording: Recording,
+    out: Path,
+    console: Console,
+    *,
+    model: str | None = None,
+    threshold: float | str = "wasa93",
+    speed: float = 0.0,
+    transient: bool = False,
+    timezone: str | ZoneInfo = "UTC",
+) -> list[EpochResult]:
+    """:func:`replay_live` of ``recording`` through a :class:`~sleepstream.live.detector.
+    SleepDetector` of ``model`` (:func:`load_step_model`) at ``threshold`` (a p(sleep) or the
+    name of one of the model's thresholds), then :func:`plot_replay` to ``out``, written whole
+    or not at all. Returns the detector's results."""
+    zone = timezone if isinstance(timezone, ZoneInfo) else time_zone(timezone)
+    detector = SleepDetector(load_step_model(model), threshold=threshold, timezone=zone.key)
+    results = replay_live(
+        recording, detector, console, speed=speed, transient=transient, timezone=zone
+    )
+    with atomic_path(out) as partial:
+        plot_replay(recording, results, detector.threshold, partial, timezone=zone)
+    return results

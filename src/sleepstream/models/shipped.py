@@ -8,6 +8,7 @@ install scores a night with :func:`load_shipped` and no training or download.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -108,6 +109,21 @@ def load_shipped(name: str = DEFAULT_NAME) -> ShippedModel:
     return load_model(shipped_folder(), name)
 
 
+def net_and_thresholds(
+    checkpoint: Path | None = None, predictions: Path | None = None
+) -> tuple[SleepNet, dict[str, float]]:
+    """A training checkpoint's network, with thresholds chosen on a ``cv`` predictions file
+    (:func:`thresholds_from_loso`; none without one), or the shipped network and its card's
+    thresholds."""
+    if checkpoint is None:
+        shipped = load_shipped()
+        return shipped.net, shipped.card.thresholds
+    from sleepstream.models.module import net_from_checkpoint
+
+    net = net_from_checkpoint(checkpoint)
+    return net, thresholds_from_loso([predictions]) if predictions is not None else {}
+
+
 def thresholds_from_loso(predictions: Sequence[Path]) -> dict[str, float]:
     """Thresholds chosen on pooled out-of-fold LOSO scores (``cv``'s ``predictions/.../*.npz``).
 
@@ -126,6 +142,17 @@ def thresholds_from_loso(predictions: Sequence[Path]) -> dict[str, float]:
     return choose_thresholds(scores)
 
 
+def read_loso_metrics(loso: Path, config: Path) -> dict[str, Any]:
+    """The ``metrics.json`` of the ``cv`` report folder ``loso`` (of ``config``'s model)."""
+    path = loso / "metrics.json"
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} not found: run `sleepstream cv -c {config} --out {loso}` first"
+        )
+    metrics: dict[str, Any] = json.loads(path.read_text())
+    return metrics
+
+
 def ship_model(
     config: Path,
     recordings: Sequence[Recording],
@@ -136,9 +163,11 @@ def ship_model(
 ) -> tuple[Path, Path]:
     """Train ``config`` on every night and save it with thresholds and figures of ``loso``.
 
-    The thresholds are chosen on the pooled out-of-fold scores of every seed's LOSO run in the
-    headline start scenario (``metrics["headline_scenario"]``); the card carries that scenario's
-    seed-mean figures.
+    ``loso`` is the report folder of ``sleepstream cv`` with this config, ``metrics`` its
+    ``metrics.json`` (:func:`read_loso_metrics`). The thresholds are chosen on the pooled
+    out-of-fold scores of every seed's LOSO run in the headline start scenario
+    (``metrics["headline_scenario"]``); the card carries that scenario's seed-mean figures.
+    Returns the paths of the weights and the card.
     """
     from sleepstream.models.net import count_parameters
     from sleepstream.models.training import train
