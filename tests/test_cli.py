@@ -333,6 +333,44 @@ def test_replay_checks_time_zone_and_unit_before_any_work(
     assert _one_error(caplog).startswith(message)
 
 
+def test_results_go_to_stdout_and_logs_to_stderr(tmp_path: Path) -> None:
+    """The command as a user runs it: stdout holds the result line alone, stderr the live
+    view, and an error is one log line on stderr with nothing on stdout."""
+    import subprocess
+    import sys
+
+    argv = _user_files(tmp_path, EVENING + np.arange(0.0, 1800.0, 5.0))
+    out = tmp_path / "night.png"
+    command = [sys.executable, "-m", "sleepstream.cli", *argv, "--out", str(out)]
+    env = {**os.environ, "COLUMNS": "120"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert re.fullmatch(rf"60 epochs, \d+ events; plot in {re.escape(str(out))}\n", done.stdout)
+    assert "sleepstream live" in done.stderr and "plot in" not in done.stderr
+
+    failed = subprocess.run(
+        [*command[:-1], str(tmp_path / "night.txt")], capture_output=True, text=True, env=env
+    )
+    assert failed.returncode == 2 and failed.stdout == ""
+    assert "ERROR" in failed.stderr and "expected a name ending in .png" in failed.stderr
+
+
+def test_report_prints_where_it_wrote(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from sleepstream.evaluation.predictions import LosoResult, NightPrediction, save_predictions
+
+    labels = np.array([0, 0, 1, 1, 1, 1, 0, 1] * 4, np.int8)
+    thresholds = {"operating": 0.5, "wasa93": 0.5, "wasa95": 0.5}
+    times, valid = 30.0 * np.arange(32), np.ones(32, bool)
+    p_sleep = [np.clip(labels * 0.7 + 0.1 * k, 0, 1) for k in range(3)]
+    nights = [
+        NightPrediction(f"S{k}", times, labels, p, valid, thresholds) for k, p in enumerate(p_sleep)
+    ]
+    save_predictions([(LosoResult("model", True, nights), None)], tmp_path)
+    assert main(["report", "--out", str(tmp_path)]) == 0
+    assert capsys.readouterr().out == f"Report in {tmp_path}\n"
+    assert (tmp_path / "metrics.json").exists()
+
+
 def test_ship_without_a_cv_report_says_what_to_run_before_loading_nights(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -343,13 +381,64 @@ def test_ship_without_a_cv_report_says_what_to_run_before_loading_nights(
     assert _one_error(caplog).startswith(expected)
 
 
+def test_the_converters_info_logs_are_off_unless_verbose(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sleepstream.logs import CONVERTER_LOGGERS, setup_logging
+
+    for name in CONVERTER_LOGGERS:
+        monkeypatch.setattr(logging.getLogger(name), "level", logging.NOTSET)
+    monkeypatch.setattr(os, "environ", dict(os.environ))
+    os.environ.pop("TQDM_DISABLE", None)
+    quiet = Console(file=io.StringIO())
+    setup_logging(quiet)
+    for name in ("coremltools", "onnxscript.optimizer._constant_folding", "torch.onnx._internal"):
+        logger = logging.getLogger(name)
+        assert not logger.isEnabledFor(logging.INFO) and logger.isEnabledFor(logging.WARNING)
+    assert os.environ["TQDM_DISABLE"] == "1"
+    setup_logging(quiet, verbose=True)  # the converters log at the root logger's level again
+    assert all(logging.getLogger(name).level == logging.NOTSET for name in CONVERTER_LOGGERS)
+
+
+def test_lightning_commands_keep_stdout_for_their_metrics(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """``fit`` writes nothing to stdout (its model summary and progress bar go to stderr);
+    ``test`` writes its metrics there as JSON, and nothing else."""
+    import json
+    import sys
+
+    import torch
+    from lightning.pytorch.demos.boring_classes import BoringDataModule, BoringModel
+
+    from sleepstream.models.training import SleepCLI
+
+    class Logged(BoringModel):
+        def test_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+            self.log("test_loss", self.step(batch))
+
+    def run(*args: str) -> pytest.CaptureResult[str]:
+        common = ["--trainer.default_root_dir", str(tmp_path), "--trainer.logger", "false"]
+        stdout = sys.stdout
+        try:
+            SleepCLI(Logged, BoringDataModule, args=[*args, *common], save_config_callback=None)
+            assert sys.stdout is stdout
+        finally:
+            sys.stdout = stdout
+        return capfd.readouterr()
+
+    fit = run("fit", "--trainer.max_epochs", "1")
+    assert fit.out == "" and "Trainable params" in fit.err and "Epoch 0" in fit.err
+    test = run("test")
+    assert list(json.loads(test.out)) == ["test_loss"]
+    assert "Test metric" in test.err
+
+
 def test_replay_of_unix_seconds_builds_epochs_from_the_first_sample(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     argv = _user_files(tmp_path, EVENING + np.arange(0.0, 3600.0, 5.0))
     out = tmp_path / "night.png"
     assert main(["-q", *argv, "--timezone", "Europe/Berlin", "--out", str(out)]) == 0
-    assert "120 epochs" in capsys.readouterr().err
+    assert "120 epochs" in capsys.readouterr().out
     assert out.stat().st_size > 10_000
 
 
@@ -363,7 +452,7 @@ def test_replay_refuses_milliseconds_in_one_line_unless_told(
     assert message.startswith(f"{argv[2]}, line 1: time 1774731600000 looks like milliseconds")
     assert "--time-unit ms" in message
     assert main(["-q", *argv, "--time-unit", "ms", *out]) == 0
-    assert "20 epochs" in capsys.readouterr().err
+    assert "20 epochs" in capsys.readouterr().out
 
 
 def test_replay_of_a_night_across_the_fall_back_change(
@@ -387,7 +476,7 @@ def test_replay_of_a_night_across_the_fall_back_change(
     assert "2026-10-25T02:30:00+01:00" in (tmp_path / "hr.csv").read_text()
     out = tmp_path / "night.png"
     assert main(["-q", *argv, "--timezone", "Europe/Berlin", "--out", str(out)]) == 0
-    assert "960 epochs" in capsys.readouterr().err
+    assert "960 epochs" in capsys.readouterr().out
 
 
 # --- files are written whole or not at all -----------------------------------------------------

@@ -567,3 +567,23 @@ def test_real_files_download_verified_and_resume_after_a_drop(
     assert kept > 0
     assert mirror.state.ranges(largest) == [None, f"bytes={kept}-"]
     assert _leftover_parts(dest) == []
+
+
+def test_fetch_command_prints_what_it_did_on_stdout(
+    mirror: Mirror, dest: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sleepstream.cli import main
+
+    argv = ["-q", "data", "fetch", "--dest", str(dest), "--base-url", mirror.url]
+    assert main([*argv, "--only", "heart_rate"]) == 0
+    assert main(argv) == 0
+    heart_rate = [data for path, data in FILES.items() if path.startswith("heart_rate/")]
+    size = (sum(len(data) for data in FILES.values()) - sum(map(len, heart_rate))) / 1e6
+    captured = capsys.readouterr()
+    assert captured.out.splitlines() == [
+        f"{dest}: {len(heart_rate)} files downloaded "
+        f"({sum(map(len, heart_rate)) / 1e6:.1f} MB), 0 already present and verified",
+        f"{dest}: {len(FILES) - len(heart_rate)} files downloaded ({size:.1f} MB), "
+        f"{len(heart_rate)} already present and verified",
+    ]
+    assert captured.err == ""

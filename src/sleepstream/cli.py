@@ -1,7 +1,8 @@
 """The ``sleepstream`` command: arguments in, one library call per subcommand.
 
 ``sleepstream --help`` lists the subcommands, ``sleepstream COMMAND --help`` their options.
-Every output path (``--out``, ``--docs``, ``--dest``) is checked before any work starts
+Results (tables, JSON, the paths written) go to stdout; logs, progress and the live view to
+stderr. Every output path (``--out``, ``--docs``, ``--dest``) is checked before any work starts
 (:mod:`sleepstream.paths`), and every file is written whole or not at all.
 """
 
@@ -16,21 +17,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
-from rich.logging import RichHandler
 
+from sleepstream.logs import setup_logging
 from sleepstream.paths import check_output_dir, check_output_file, write_atomic
 
 log = logging.getLogger("sleepstream")
 console = Console(stderr=True)
-
-
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(message)s",
-        handlers=[RichHandler(console=console, show_path=False)],
-    )
-
+"""Logs, progress bars and the live replay view; results are printed to stdout."""
 
 DEFAULT_DB = "sleepstream.sqlite3"
 FIGURE_SUFFIXES = (".png", ".pdf", ".svg")
@@ -47,7 +40,7 @@ def _data_fetch(a: argparse.Namespace) -> int:
     dest = check_output_dir(a.dest or default_data_dir(), "--dest folder")
     include = [f"{name.rstrip('/')}/" for name in a.only] if a.only else None
     done = fetch(dest, a.base_url, include=include, progress=not a.quiet)
-    console.print(
+    print(
         f"{dest}: {len(done.downloaded)} files downloaded ({done.bytes / 1e6:.1f} MB), "
         f"{len(done.skipped)} already present and verified"
     )
@@ -79,7 +72,7 @@ def _write_report(out: Path, docs: Path | None) -> int:
     from sleepstream.evaluation.report import report_predictions
 
     report_predictions(out, docs)
-    console.print(f"Report in {out}")
+    print(f"Report in {out}")
     return 0
 
 
@@ -118,7 +111,7 @@ def _cv(a: argparse.Namespace) -> int:
         progress=not a.quiet,
     )
     saved = save_predictions(results, out)
-    console.print(f"Predictions in {saved} ({time.perf_counter() - start:.0f} s)")
+    print(f"Predictions in {saved} ({time.perf_counter() - start:.0f} s)")
     return _write_report(out, docs)
 
 
@@ -130,7 +123,7 @@ def _ship(a: argparse.Namespace) -> int:
     config, loso = Path(a.config), Path(a.loso)
     metrics = read_loso_metrics(loso, config)  # before the nights load: fail fast
     weights, meta = ship_model(config, load_all(a.data), loso, metrics, out, a.overrides)
-    console.print(f"Saved {weights} and {meta}")
+    print(f"Saved {weights} and {meta}")
     return 0
 
 
@@ -166,7 +159,7 @@ def _replay(a: argparse.Namespace) -> int:
         timezone=a.timezone or "UTC",
     )
     events = sum(len(r.events) for r in results)
-    console.print(f"{len(results)} epochs, {events} events; plot in {out}")
+    print(f"{len(results)} epochs, {events} events; plot in {out}")
     return 0
 
 
@@ -179,8 +172,9 @@ def _export(a: argparse.Namespace) -> int:
     net, thresholds = net_and_thresholds(_optional_path(a.ckpt), _optional_path(a.thresholds))
     recording = load_recording(data_folder(a.data), a.subject) if a.subject else None
     summary = export_all(net, thresholds, out, recording, precision=a.precision, metadata_extra={})
-    write_atomic(out / "export_summary.json", json.dumps(summary, indent=2) + "\n")
-    console.print_json(json.dumps(summary))
+    text = json.dumps(summary, indent=2)
+    write_atomic(out / "export_summary.json", text + "\n")
+    print(text)
     return 0
 
 
@@ -370,7 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         build_cli(argv)
         return 0
     args = build_parser().parse_args(argv)
-    _setup_logging(args.verbose)
+    setup_logging(console, args.verbose)
     try:
         return int(args.run(args))
     except KeyboardInterrupt:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -9,6 +10,7 @@ import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from lightning.pytorch.cli import LightningCLI
@@ -22,6 +24,39 @@ from sleepstream.records import Recording
 log = logging.getLogger(__name__)
 
 
+class SleepCLI(LightningCLI):
+    """LightningCLI with stdout kept for results.
+
+    While ``fit``, ``validate``, ``test`` or ``predict`` runs, what Lightning writes to stdout
+    (the model summary, the progress bars, the metrics table) goes to stderr; ``validate`` and
+    ``test`` then print their metrics to stdout as one JSON object. ``--help`` and
+    ``--print_config`` write to stdout as usual. If the command fails, the caller restores
+    ``sys.stdout`` (:func:`build_cli` does).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._stdout = sys.stdout
+        super().__init__(*args, **kwargs)
+
+    def before_fit(self) -> None:
+        sys.stdout = sys.stderr
+
+    before_validate = before_test = before_predict = before_fit
+
+    def after_fit(self) -> None:
+        sys.stdout = self._stdout
+
+    after_predict = after_fit
+
+    def after_validate(self) -> None:
+        sys.stdout = self._stdout
+        if self.trainer.is_global_zero:
+            metrics = {k: float(v) for k, v in sorted(self.trainer.callback_metrics.items())}
+            print(json.dumps(metrics, indent=2))
+
+    after_test = after_validate
+
+
 def build_cli(args: Sequence[str], run: bool = True) -> LightningCLI:
     """The LightningCLI of ``sleepstream fit|validate|test|predict`` (``run=False``: no command).
 
@@ -33,19 +68,22 @@ def build_cli(args: Sequence[str], run: bool = True) -> LightningCLI:
     """
     os.environ.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")
     # The arguments come from ``args`` only; without a command, none are left for a launcher.
-    argv, sys.argv = sys.argv, [sys.argv[0], *(args if run else [])]
+    argv, sys.argv, stdout = sys.argv, [sys.argv[0], *(args if run else [])], sys.stdout
     try:
-        return LightningCLI(
-            SleepWakeModule,
-            SleepDataModule,
-            args=list(args),
-            run=run,
-            seed_everything_default=0,
-            save_config_kwargs={"overwrite": True},
-            parser_kwargs={"prog": "sleepstream"} if run else {},
-        )
+        with warnings.catch_warnings():
+            # Lightning warns when sys.argv holds arguments too: here they are the same ones.
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+            return SleepCLI(
+                SleepWakeModule,
+                SleepDataModule,
+                args=list(args),
+                run=run,
+                seed_everything_default=0,
+                save_config_kwargs={"overwrite": True},
+                parser_kwargs={"prog": "sleepstream"} if run else {},
+            )
     finally:
-        sys.argv = argv
+        sys.argv, sys.stdout = argv, stdout
 
 
 def train(
