@@ -45,13 +45,32 @@ def test_missing_data_folder_is_a_clear_error(
     assert "is not a sleep-accel data folder" in caplog.text
 
 
-def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+COMMANDS = ["fit", "validate", "test", "predict", "data", "baselines", "cv", "report", "ship"]
+COMMANDS += ["replay", "export", "serve", "simulate"]
+
+
+def test_help_lists_every_command_with_a_description(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    for command in ("fit", "validate", "test", "predict", "cv", "report", "ship", "replay"):
-        assert command in text
+    listed = re.findall(r"^ {4}(\w+) +(\S.*)$", text, flags=re.MULTILINE)
+    assert [name for name, _ in listed] == COMMANDS
+    assert all(len(description) > 10 for _, description in listed), listed
+    commands = text.split("positional arguments:")[1].split("options:")[0]
+    assert not re.search(r"^ {8,}\S", commands, flags=re.MULTILINE), "a description wraps"
+
+
+def test_lightning_commands_show_the_models_parameters(capsys: pytest.CaptureFixture[str]) -> None:
+    """``fit --help`` is LightningCLI's, with the text of ``SleepWakeModule``'s docstring."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--model.wake_weight WAKE_WEIGHT Loss weight of wake epochs relative to sleep" in text
 
 
 def test_report_without_predictions_says_what_to_run(

@@ -25,6 +25,13 @@ log = logging.getLogger("sleepstream")
 console = Console(stderr=True)
 """Logs, progress bars and the live replay view; results are printed to stdout."""
 
+LIGHTNING_COMMANDS = {
+    "fit": "train a model (LightningCLI: fit -c CONFIG)",
+    "validate": "validation loss, AUROC and kappa (LightningCLI)",
+    "test": "AUROC and kappa on --data.held_out (LightningCLI)",
+    "predict": "p(sleep) per epoch of held-out nights (LightningCLI)",
+}
+"""The subcommands main() hands to LightningCLI, with their line in ``sleepstream --help``."""
 DEFAULT_DB = "sleepstream.sqlite3"
 FIGURE_SUFFIXES = (".png", ".pdf", ".svg")
 """File endings ``replay --out`` accepts (matplotlib picks the format from it)."""
@@ -205,8 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     commands = parser.add_subparsers(dest="command", required=True)
-    for name in LIGHTNING_COMMANDS:  # dispatched to LightningCLI by main(); listed for --help
-        commands.add_parser(name, help=f"LightningCLI {name} (sleepstream {name} -c CONFIG)")
+    for name, text in LIGHTNING_COMMANDS.items():  # main() hands these to LightningCLI
+        commands.add_parser(name, help=text)
 
     data = commands.add_parser("data", help="download or inspect the sleep-accel data")
     data_commands = data.add_subparsers(dest="data_command", required=True)
@@ -345,9 +352,6 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--register-burst", type=int, default=30, help="registrations at once per address (30)"
     )
     serve.set_defaults(run=_serve)
-
-
-LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
