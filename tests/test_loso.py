@@ -69,3 +69,14 @@ def test_one_fold_cannot_choose_deployable_thresholds(recordings: list[Recording
 def test_unknown_scenario_is_named() -> None:
     with pytest.raises(ValueError, match="Unknown start scenario 'noon'"):
         scenario("noon")
+
+
+def test_progress_is_shown_on_stderr(
+    recordings: list[Recording], capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FORCE_COLOR", "1")  # a terminal, where rich draws the bar
+    nights = recordings[:3]
+    folds = [r.subject_id for r in nights[:2]]
+    run_loso(LogisticCausal(), nights, folds=folds, scenarios=SCENARIOS[:1], progress=True)
+    shown = capfd.readouterr()
+    assert shown.out == "" and "LOSO logreg_causal" in shown.err

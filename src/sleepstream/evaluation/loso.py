@@ -26,6 +26,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
+from rich.console import Console
 from rich.progress import Progress
 
 from sleepstream.evaluation.metrics import threshold_for_sleep_correct, threshold_max_kappa
@@ -179,7 +180,8 @@ def run_loso_many(
     _warm_feature_cache(templates, recordings, scenarios)
     fold_scores: list[FoldScores] = []
     names = ", ".join(dict.fromkeys(t.name for t in templates))
-    with Progress(disable=not progress, transient=True) as bar:
+    # On stderr: stdout is for what a command was asked for.
+    with Progress(console=Console(stderr=True), disable=not progress, transient=True) as bar:
         task = bar.add_task(f"LOSO {names}", total=len(tasks))
         if n_jobs > 1:
             # Fresh interpreters, not forks: a fork of a process whose torch threads have run
