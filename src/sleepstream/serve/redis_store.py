@@ -28,8 +28,22 @@ key                                type        holds
                                                pickle), ``last_seq``, ``updated``
 ``PREFIX batches:ID``              hash        batch ``seq`` to its SHA-256 digest
 ``PREFIX epochs:ID``               sorted set  each result as JSON, scored by its end
-``PREFIX events``                  stream      ``device`` and ``results`` (JSON) per batch
+``PREFIX events``                  stream      ``device`` and ``results`` (JSON) per batch;
+                                               ``group``, ``member`` and ``change`` (``join``
+                                               or ``leave``) per change of a group's members
+``PREFIX group:ID``                hash        ``created``
+``PREFIX group_token:KEY``         hash        ``secret_hash`` (SHA-256), ``group_id``,
+                                               ``created``
+``PREFIX members:ID``              sorted set  the group's member device ids, scored by the
+                                               time they joined
 =================================  ==========  ================================================
+
+Groups came after layout version 1 without changing it: their keys are new keys, so a Redis
+written before them is read as it is (it has no groups), and a process of an earlier
+sleepstream on the same Redis never reads them (it finds no group tokens, and passes over the
+stream entries without a ``device`` field). Joining and leaving are scripts too, which write
+the membership and append the change to the event stream together, so every process learns of
+a member's arrival before any of its results that follow.
 
 What Redis has acknowledged survives a crash of the server processes. That it survives a crash
 of Redis itself is Redis's configuration: ``appendonly yes`` with ``appendfsync always`` for
@@ -52,7 +66,15 @@ import redis
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
-from sleepstream.serve.store import BatchCommit, Device, DeviceState, EpochRecord
+from sleepstream.serve.store import (
+    BatchCommit,
+    Device,
+    DeviceState,
+    EpochRecord,
+    Group,
+    Joining,
+    MemberState,
+)
 from sleepstream.serve.tokens import Grant, Role
 
 log = logging.getLogger(__name__)
@@ -106,6 +128,49 @@ end
 return 1
 """
 
+
+_ADD_GROUP = """#!lua
+-- KEYS: group, group token; ARGV: created, secret hash, group id, token created
+if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[2]) == 1 then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'created', ARGV[1])
+redis.call('HSET', KEYS[2], 'secret_hash', ARGV[2], 'group_id', ARGV[3], 'created', ARGV[4])
+return 1
+"""
+_ADD_MEMBER = """#!lua
+-- KEYS: group, device, members, events; ARGV: group id, device id, joined, max members,
+-- max events. Returns -1 unknown group, -2 unknown device, 0 full, 1 already, 2 joined.
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return -1
+end
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  return -2
+end
+if redis.call('ZSCORE', KEYS[3], ARGV[2]) then
+  return 1
+end
+if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[4]) then
+  return 0
+end
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[5], '*', 'group', ARGV[1], 'member', ARGV[2],
+           'change', 'join')
+return 2
+"""
+_REMOVE_MEMBER = """#!lua
+-- KEYS: members, events; ARGV: group id, device id, max events
+if redis.call('ZREM', KEYS[1], ARGV[2]) == 0 then
+  return 0
+end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'group', ARGV[1], 'member', ARGV[2],
+           'change', 'leave')
+return 1
+"""
+_JOINING = (Joining.FULL, Joining.ALREADY, Joining.JOINED)
+"""What the answers 0, 1, 2 of the joining script mean."""
+MEMBERS_AT_ONCE = 1000
+"""Members whose state one round trip reads."""
 
 _TAKE = """
 local interval, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -190,6 +255,9 @@ class RedisStore:
         self._add_device = self.redis.register_script(_ADD_DEVICE)
         self._add_grant = self.redis.register_script(_ADD_GRANT)
         self._commit = self.redis.register_script(_COMMIT_BATCH)
+        self._add_group = self.redis.register_script(_ADD_GROUP)
+        self._add_member = self.redis.register_script(_ADD_MEMBER)
+        self._remove_member = self.redis.register_script(_REMOVE_MEMBER)
         try:
             self._setup()
         except redis.RedisError as error:
@@ -276,16 +344,27 @@ class RedisStore:
             )
 
     def grant(self, key: str) -> Grant | None:
-        """The token record with ``key``, or ``None``."""
+        """The token record with ``key`` (of a device, viewer or group token), or ``None``:
+        both kinds of record in one round trip."""
         if not _ID.fullmatch(key):
             return None
-        secret_hash, device_id, role, created = self.redis.hmget(
-            self._key("token", key), ["secret_hash", "device_id", "role", "created"]
-        )
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hmget(self._key("token", key), ["secret_hash", "device_id", "role", "created"])
+        pipe.hmget(self._key("group_token", key), ["secret_hash", "group_id", "created"])
+        (secret_hash, device_id, role, created), group_token = pipe.execute()
+        if secret_hash is not None:
+            return Grant(
+                key,
+                _bytes(secret_hash),
+                _text(device_id),
+                Role(_text(role)),
+                float(_text(created)),
+            )
+        secret_hash, group_id, created = group_token
         if secret_hash is None:
             return None
         return Grant(
-            key, _bytes(secret_hash), _text(device_id), Role(_text(role)), float(_text(created))
+            key, _bytes(secret_hash), "", Role.GROUP, float(_text(created)), _text(group_id)
         )
 
     # -- detector state and results -----------------------------------------------------------
@@ -348,6 +427,87 @@ class RedisStore:
             return None
         found = self.redis.zrange(self._key("epochs", device_id), -1, -1)
         return decode(_bytes(found[0])) if found else None
+
+    # -- groups -------------------------------------------------------------------------------
+    def add_group(self, group: Group, grant: Grant) -> None:
+        """Create ``group``, without members, with its group token."""
+        _check_id(group.id)
+        _check_id(grant.key)
+        added = self._add_group(
+            keys=[self._key("group", group.id), self._key("group_token", grant.key)],
+            args=[repr(group.created), grant.secret_hash, group.id, repr(grant.created)],
+        )
+        if added != 1:
+            raise RuntimeError(f"group {group.id} or token {grant.key} is already stored")
+
+    def group(self, group_id: str) -> Group | None:
+        """The group, or ``None`` if unknown."""
+        if not _ID.fullmatch(group_id):
+            return None
+        created = self.redis.hget(self._key("group", group_id), "created")
+        return None if created is None else Group(group_id, float(_text(created)))
+
+    def add_member(self, group_id: str, device_id: str, joined: float, max_members: int) -> Joining:
+        """Make the device a member of the group, unless the group has ``max_members``
+        already (one script: counted and written at once), and append the change to
+        :attr:`events`. ``KeyError`` for an unknown group or device."""
+        if not (_ID.fullmatch(group_id) and _ID.fullmatch(device_id)):
+            raise KeyError(f"unknown group {group_id!r:.80} or device {device_id!r:.80}")
+        answer = self._add_member(
+            keys=[
+                self._key("group", group_id),
+                self._key("device", device_id),
+                self._key("members", group_id),
+                self.events,
+            ],
+            args=[group_id, device_id, repr(joined), str(max_members), str(self.max_events)],
+        )
+        if answer == -1:
+            raise KeyError(f"unknown group {group_id!r}")
+        if answer == -2:
+            raise KeyError(f"unknown device {device_id!r}")
+        return _JOINING[int(answer)]
+
+    def remove_member(self, group_id: str, device_id: str) -> bool:
+        """The device leaves the group (and the change is appended to :attr:`events`):
+        whether it was a member."""
+        if not (_ID.fullmatch(group_id) and _ID.fullmatch(device_id)):
+            return False
+        removed = self._remove_member(
+            keys=[self._key("members", group_id), self.events],
+            args=[group_id, device_id, str(self.max_events)],
+        )
+        return bool(removed == 1)
+
+    def members(self, group_id: str) -> list[str]:
+        """The ids of the group's members, in the order they joined."""
+        if not _ID.fullmatch(group_id):
+            return []
+        return [
+            _text(member) for member in self.redis.zrange(self._key("members", group_id), 0, -1)
+        ]
+
+    def member_states(self, group_id: str) -> list[MemberState]:
+        """Each member of the group with its last sequence number and newest result, in the
+        order they joined (a round trip per :data:`MEMBERS_AT_ONCE` members)."""
+        if not _ID.fullmatch(group_id):
+            return []
+        found = self.redis.zrange(self._key("members", group_id), 0, -1, withscores=True)
+        members = [(_text(pair[0]), float(pair[1])) for pair in found]
+        states = []
+        for first in range(0, len(members), MEMBERS_AT_ONCE):
+            chunk = members[first : first + MEMBERS_AT_ONCE]
+            pipe = self.redis.pipeline(transaction=False)
+            for device_id, _ in chunk:
+                pipe.hget(self._key("state", device_id), "last_seq")
+                pipe.zrange(self._key("epochs", device_id), -1, -1)
+            answers = pipe.execute()
+            for (device_id, joined), last_seq, newest in zip(
+                chunk, answers[::2], answers[1::2], strict=True
+            ):
+                current = decode(_bytes(newest[0])) if newest else None
+                states.append(MemberState(device_id, joined, int(_text(last_seq or 0)), current))
+        return states
 
     def close(self) -> None:
         """Close the connections (everything acknowledged is already in Redis)."""

@@ -3,7 +3,10 @@
 Every write is a transaction committed with ``synchronous=FULL``, so what a method has
 returned survives a crash of the process (and of the machine). One connection is shared by the
 server's threads under a lock; SQLite runs one writer at a time anyway. The schema carries its
-version (``PRAGMA user_version``); a file of another version is refused, never altered.
+version (``PRAGMA user_version``). A file of an earlier version is upgraded in place, in one
+transaction that only adds tables (version 1, from before groups, gains the tables of
+groups, group tokens and memberships); a file of a later version, or of another program, is
+refused, never altered.
 """
 
 from __future__ import annotations
@@ -18,13 +21,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sleepstream.serve.store import BatchCommit, Device, DeviceState, EpochRecord
+from sleepstream.serve.store import (
+    BatchCommit,
+    Device,
+    DeviceState,
+    EpochRecord,
+    Group,
+    Joining,
+    MemberState,
+)
 from sleepstream.serve.tokens import Grant, Role
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
-SCHEMA = """
+SCHEMA_VERSION = 2
+SCHEMA_V1 = """
 CREATE TABLE devices (
     id TEXT PRIMARY KEY,
     threshold TEXT NOT NULL,
@@ -69,6 +80,28 @@ CREATE TABLE epochs (
 );
 CREATE INDEX epochs_by_end ON epochs (device_id, "end");
 """
+GROUPS = """
+CREATE TABLE groups (
+    id TEXT PRIMARY KEY,
+    created REAL NOT NULL
+);
+CREATE TABLE group_tokens (
+    key TEXT PRIMARY KEY,
+    secret_hash BLOB NOT NULL,
+    group_id TEXT NOT NULL REFERENCES groups(id),
+    created REAL NOT NULL
+);
+CREATE TABLE memberships (
+    group_id TEXT NOT NULL REFERENCES groups(id),
+    device_id TEXT NOT NULL REFERENCES devices(id),
+    joined REAL NOT NULL,
+    PRIMARY KEY (group_id, device_id)
+);
+CREATE INDEX memberships_by_joining ON memberships (group_id, joined);
+"""
+UPGRADES = (SCHEMA_V1, GROUPS)
+"""The script that takes a file from version ``k`` to ``k + 1``, for each ``k`` from 0; only
+ever appended to (a file's tables are those of every script up to its version)."""
 _EPOCH_COLUMNS = (
     'start, "end", start_local, end_local, p_sleep, p_model, state, events, vetoed, '
     "late_samples, hr_samples, motion_seconds, seq"
@@ -78,8 +111,9 @@ _EPOCH_COLUMNS = (
 class SQLiteStore:
     """A :class:`~sleepstream.serve.store.Store` in the SQLite file ``path``.
 
-    The file and its tables are created on first use. ``RuntimeError`` names the file when it
-    is not an SQLite database or holds another schema version.
+    The file and its tables are created on first use, and a file of an earlier schema
+    version is upgraded (:data:`UPGRADES`). ``RuntimeError`` names the file when it is not
+    an SQLite database, or holds a later schema version.
 
     Examples
     --------
@@ -108,21 +142,35 @@ class SQLiteStore:
         db.execute("PRAGMA journal_mode = WAL")
         db.execute("PRAGMA synchronous = FULL")
         db.execute("PRAGMA foreign_keys = ON")
-        version = int(db.execute("PRAGMA user_version").fetchone()[0])
-        if version == 0:
-            if db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+        if self._version() == SCHEMA_VERSION:
+            return
+        with self._transaction() as db:
+            db.execute("BEGIN IMMEDIATE")  # the version is read again under the write lock
+            version = self._version()
+            if version == 0 and db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
                 raise RuntimeError(
                     f"{self.path} is an SQLite database of something else (tables but no "
                     "sleepstream schema version); give another --db file"
                 )
-            with self._transaction():
-                db.executescript(f"BEGIN; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+            if version > SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"{self.path} has store schema version {version}; this sleepstream reads "
+                    f"versions up to {SCHEMA_VERSION}"
+                )
+            for script in UPGRADES[version:SCHEMA_VERSION]:
+                for statement in script.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        if version == 0:
             log.info("created the store %s", self.path)
-        elif version != SCHEMA_VERSION:
-            raise RuntimeError(
-                f"{self.path} has store schema version {version}; this sleepstream reads "
-                f"version {SCHEMA_VERSION}"
+        elif version < SCHEMA_VERSION:
+            log.info(
+                "upgraded the store %s from version %d to %d", self.path, version, SCHEMA_VERSION
             )
+
+    def _version(self) -> int:
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db, self._lock)
@@ -155,12 +203,17 @@ class SQLiteStore:
             _insert_grant(db, grant)
 
     def grant(self, key: str) -> Grant | None:
-        """The token record with ``key``, or ``None``."""
-        rows = self._query("SELECT * FROM tokens WHERE key = ?", (key,))
+        """The token record with ``key`` (of a device, viewer or group token), or ``None``."""
+        rows = self._query(
+            "SELECT key, secret_hash, device_id, role, created, '' FROM tokens WHERE key = ? "
+            "UNION ALL SELECT key, secret_hash, '', 'group', created, group_id "
+            "FROM group_tokens WHERE key = ?",
+            (key, key),
+        )
         if not rows:
             return None
-        key, secret_hash, device_id, role, created = rows[0]
-        return Grant(key, bytes(secret_hash), device_id, Role(role), created)
+        key, secret_hash, device_id, role, created, group_id = rows[0]
+        return Grant(key, bytes(secret_hash), device_id, Role(role), created, group_id)
 
     # -- detector state and results -----------------------------------------------------------
     def state(self, device_id: str) -> DeviceState:
@@ -221,6 +274,79 @@ class SQLiteStore:
             (device_id,),
         )
         return _epoch(rows[0]) if rows else None
+
+    # -- groups -------------------------------------------------------------------------------
+    def add_group(self, group: Group, grant: Grant) -> None:
+        """Create ``group``, without members, with its group token."""
+        with self._transaction() as db:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("INSERT INTO groups VALUES (?, ?)", (group.id, group.created))
+            db.execute(
+                "INSERT INTO group_tokens VALUES (?, ?, ?, ?)",
+                (grant.key, grant.secret_hash, group.id, grant.created),
+            )
+
+    def group(self, group_id: str) -> Group | None:
+        """The group, or ``None`` if unknown."""
+        rows = self._query("SELECT id, created FROM groups WHERE id = ?", (group_id,))
+        return Group(*rows[0]) if rows else None
+
+    def add_member(self, group_id: str, device_id: str, joined: float, max_members: int) -> Joining:
+        """Make the device a member of the group, unless the group has ``max_members``
+        already (counted in the same transaction). ``KeyError`` for an unknown group or
+        device."""
+        with self._transaction() as db:
+            db.execute("BEGIN IMMEDIATE")
+            for table, name in (("groups", group_id), ("devices", device_id)):
+                if not db.execute(f"SELECT 1 FROM {table} WHERE id = ?", (name,)).fetchone():
+                    raise KeyError(f"unknown {table[:-1]} {name!r:.80}")
+            if db.execute(
+                "SELECT 1 FROM memberships WHERE group_id = ? AND device_id = ?",
+                (group_id, device_id),
+            ).fetchone():
+                return Joining.ALREADY
+            count = db.execute(
+                "SELECT count(*) FROM memberships WHERE group_id = ?", (group_id,)
+            ).fetchone()[0]
+            if count >= max_members:
+                return Joining.FULL
+            db.execute("INSERT INTO memberships VALUES (?, ?, ?)", (group_id, device_id, joined))
+        return Joining.JOINED
+
+    def remove_member(self, group_id: str, device_id: str) -> bool:
+        """The device leaves the group: whether it was a member."""
+        with self._transaction() as db:
+            db.execute("BEGIN IMMEDIATE")
+            removed = db.execute(
+                "DELETE FROM memberships WHERE group_id = ? AND device_id = ?",
+                (group_id, device_id),
+            )
+        return removed.rowcount == 1
+
+    def members(self, group_id: str) -> list[str]:
+        """The ids of the group's members, in the order they joined."""
+        rows = self._query(
+            "SELECT device_id FROM memberships WHERE group_id = ? ORDER BY joined, device_id",
+            (group_id,),
+        )
+        return [device_id for (device_id,) in rows]
+
+    def member_states(self, group_id: str) -> list[MemberState]:
+        """Each member of the group with its last sequence number and newest result, in the
+        order they joined (one query)."""
+        columns = ", ".join(f"e.{c.strip()}" for c in _EPOCH_COLUMNS.split(","))
+        rows = self._query(
+            f"SELECT m.device_id, m.joined, s.last_seq, {columns} FROM memberships m "
+            "JOIN detector_state s ON s.device_id = m.device_id "
+            "LEFT JOIN epochs e ON e.device_id = m.device_id AND e.start = "
+            "(SELECT max(start) FROM epochs WHERE device_id = m.device_id) "
+            "WHERE m.group_id = ? ORDER BY m.joined, m.device_id",
+            (group_id,),
+        )
+        return [
+            MemberState(row[0], row[1], int(row[2]), None if row[3] is None else _epoch(row[3:]))
+            for row in rows
+        ]
 
     def close(self) -> None:
         """Close the connection (everything acknowledged is already on disk)."""

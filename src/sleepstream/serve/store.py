@@ -3,7 +3,8 @@
 A store holds the devices, their tokens (hashed, :mod:`sleepstream.serve.tokens`), each
 device's detector state (the snapshot bytes of :meth:`SleepDetector.snapshot
 <sleepstream.live.detector.SleepDetector.snapshot>`, portable data, never a pickle), its epoch
-results and the sequence numbers of the batches it has applied. :class:`Store` is all the
+results and the sequence numbers of the batches it has applied; and the groups, each with its
+group token and its members (the devices that joined it, at most ``max_members``). :class:`Store` is all the
 service needs from one; :class:`~sleepstream.serve.sqlite.SQLiteStore` is the default, and
 :class:`~sleepstream.serve.redis_store.RedisStore` keeps the same in Redis for several server
 processes.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Protocol
 
 from sleepstream.serve.tokens import Grant
@@ -77,6 +79,41 @@ class EpochRecord:
 
 
 @dataclass(frozen=True)
+class Group:
+    """A group of devices, followed as one with its group token.
+
+    Attributes
+    ----------
+    id
+        The group's public identifier (in URLs); a device that knows it may join.
+    created
+        Unix seconds of its creation.
+    """
+
+    id: str
+    created: float
+
+
+class Joining(StrEnum):
+    """What became of a device's request to join a group."""
+
+    JOINED = "joined"
+    ALREADY = "already a member"
+    FULL = "the group is full"
+
+
+@dataclass(frozen=True)
+class MemberState:
+    """A member of a group: when it joined (Unix seconds), the sequence number of its last
+    stored batch, and its newest result (``None`` before any)."""
+
+    device_id: str
+    joined: float
+    last_seq: int
+    current: EpochRecord | None
+
+
+@dataclass(frozen=True)
 class BatchCommit:
     """What storing one batch writes: its sequence number and digest, the device's detector
     snapshot after it, and the results it closed."""
@@ -104,7 +141,7 @@ class Store(Protocol):
         ...
 
     def grant(self, key: str) -> Grant | None:
-        """The token record with ``key``, or ``None``."""
+        """The token record with ``key`` (of a device, viewer or group token), or ``None``."""
         ...
 
     def state(self, device_id: str) -> DeviceState:
@@ -131,6 +168,33 @@ class Store(Protocol):
 
     def last_epoch(self, device_id: str) -> EpochRecord | None:
         """The device's newest result, or ``None``."""
+        ...
+
+    def add_group(self, group: Group, grant: Grant) -> None:
+        """Create ``group``, without members, with its group token."""
+        ...
+
+    def group(self, group_id: str) -> Group | None:
+        """The group, or ``None`` if unknown."""
+        ...
+
+    def add_member(self, group_id: str, device_id: str, joined: float, max_members: int) -> Joining:
+        """Make the device a member of the group, unless the group has ``max_members``
+        already (checked and written at once: two joins never pass the limit). Joining again
+        changes nothing. ``KeyError`` for an unknown group or device."""
+        ...
+
+    def remove_member(self, group_id: str, device_id: str) -> bool:
+        """The device leaves the group: whether it was a member."""
+        ...
+
+    def members(self, group_id: str) -> list[str]:
+        """The ids of the group's members, in the order they joined."""
+        ...
+
+    def member_states(self, group_id: str) -> list[MemberState]:
+        """Each member of the group with its last sequence number and newest result, in the
+        order they joined."""
         ...
 
     def close(self) -> None:

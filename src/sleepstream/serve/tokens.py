@@ -23,23 +23,32 @@ _ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01234
 
 
 class Role(StrEnum):
-    """What a token may do with its device."""
+    """What a token may do with its device, or its group."""
 
     DEVICE = "device"
-    """Send batches, create viewer tokens, read."""
+    """Send batches, create viewer tokens, join and leave groups, read."""
     VIEWER = "viewer"
     """Read the device's state and subscribe to its events."""
+    GROUP = "group"
+    """Read the states of a group's members and subscribe to their events; nothing of any
+    device on its own."""
 
 
 @dataclass(frozen=True)
 class Grant:
-    """A stored token: who it is for and what it may do (the secret only as its hash)."""
+    """A stored token: who it is for and what it may do (the secret only as its hash).
+
+    A device or viewer token names its device (``device_id``; ``group_id`` is empty); a group
+    token (:attr:`Role.GROUP`) names its group (``group_id``; ``device_id`` is empty, so it
+    is never any device's).
+    """
 
     key: str
     secret_hash: bytes
     device_id: str
     role: Role
     created: float
+    group_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -65,9 +74,26 @@ def new_token(device_id: str, role: Role, now: float) -> NewToken:
     >>> key == token.grant.key and matches(token.grant, secret)
     True
     """
-    key, secret = secrets.token_urlsafe(KEY_BYTES), secrets.token_urlsafe(SECRET_BYTES)
-    grant = Grant(key, secret_hash(secret), device_id, role, now)
+    key, secret = _random_key_and_secret()
+    return NewToken(f"{key}.{secret}", Grant(key, secret_hash(secret), device_id, role, now))
+
+
+def new_group_token(group_id: str, now: float) -> NewToken:
+    """A random token that reads the group ``group_id``.
+
+    Examples
+    --------
+    >>> token = new_group_token("g1", 0.0)
+    >>> token.grant.role, token.grant.group_id, token.grant.device_id
+    (<Role.GROUP: 'group'>, 'g1', '')
+    """
+    key, secret = _random_key_and_secret()
+    grant = Grant(key, secret_hash(secret), "", Role.GROUP, now, group_id)
     return NewToken(f"{key}.{secret}", grant)
+
+
+def _random_key_and_secret() -> tuple[str, str]:
+    return secrets.token_urlsafe(KEY_BYTES), secrets.token_urlsafe(SECRET_BYTES)
 
 
 def split_token(text: str) -> tuple[str, str] | None:
