@@ -8,6 +8,7 @@ Python client against a real server process.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import sqlite3
@@ -22,6 +23,7 @@ from test_serve_redis import EPOCHS, commit, registered
 from sleepstream.serve.redis_store import RedisStore
 from sleepstream.serve.sqlite import SQLiteStore
 from sleepstream.serve.store import Group, Joining, MemberState, Store
+from sleepstream.serve.subscribers import Subscribers
 from sleepstream.serve.tokens import Role, new_group_token
 
 redis_url = test_serve_redis.redis_url
@@ -212,3 +214,86 @@ def test_a_sqlite_file_of_a_later_version_is_refused_and_not_altered(tmp_path: P
     with contextlib.closing(sqlite3.connect(path)) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == 3
         assert "groups" not in {n for (n,) in db.execute("SELECT name FROM sqlite_master")}
+
+
+# -- subscribers -------------------------------------------------------------------------------
+def test_a_group_subscription_gets_the_messages_of_its_members_only() -> None:
+    async def scenario() -> tuple[list[object], list[object], bool]:
+        subscribers = Subscribers()
+        group, device = subscribers.subscribe_group("g"), subscribers.subscribe("x")
+        subscribers.set_members("g", ["a", "b"])
+        subscribers.set_members("g", ["c"])  # known already: a later reader changes nothing
+        for device_id in ("a", "x", "c", "b"):
+            subscribers.publish(device_id, [{"from": device_id}])
+        subscribers.change_member("g", "x", joined=True)
+        subscribers.change_member("g", "a", joined=False)
+        for device_id in ("a", "x", "b"):
+            subscribers.publish(device_id, [{"from": device_id}])
+        got = [group.queue.get_nowait() for _ in range(group.queue.qsize())]
+        own = [device.queue.get_nowait() for _ in range(device.queue.qsize())]
+        subscribers.unsubscribe(group)
+        subscribers.unsubscribe(device)
+        return got, own, subscribers.wanted("b") or subscribers.watches_group("g")
+
+    got, own, anything_left = asyncio.run(scenario())
+    assert got == [
+        {"from": "a"},
+        {"from": "b"},
+        {"type": "joined", "group_id": "g", "device_id": "x"},
+        {"type": "left", "group_id": "g", "device_id": "a"},
+        {"from": "x"},
+        {"from": "b"},
+    ]
+    assert own == [{"from": "x"}, {"from": "x"}]
+    assert not anything_left
+
+
+@pytest.mark.parametrize("read", ["before the changes", "after the changes"])
+def test_joins_and_leaves_before_the_members_are_read_are_applied_over_them(read: str) -> None:
+    """A group's members are read from the store while joins and leaves come in: whether the
+    store was read before or after them, the members are the same."""
+
+    async def scenario() -> tuple[bool, bool, set[str]]:
+        subscribers = Subscribers()
+        subscriber = subscribers.subscribe_group("g")
+        known_early = subscribers.members_known("g")
+        subscribers.change_member("g", "new", joined=True)
+        subscribers.change_member("g", "gone", joined=False)
+        subscribers.change_member("g", "back", joined=False)
+        subscribers.change_member("g", "back", joined=True)
+        stored = ["old", "gone"] if read == "before the changes" else ["old", "new", "back"]
+        subscribers.set_members("g", stored)
+        for device_id in ("old", "new", "gone", "back", "other"):
+            subscribers.publish(device_id, [{"from": device_id}])
+        got = [subscriber.queue.get_nowait() for _ in range(subscriber.queue.qsize())]
+        senders = {m["from"] for m in got if m is not None and "from" in m}
+        return known_early, subscribers.members_known("g"), senders
+
+    known_early, known, senders = asyncio.run(scenario())
+    assert not known_early and known
+    assert senders == {"old", "new", "back"}
+
+
+def test_a_group_subscriber_that_falls_behind_is_cut_off_and_forgotten() -> None:
+    async def scenario() -> tuple[list[object], bool, list[object]]:
+        subscribers = Subscribers(max_queue=2, max_group_queue=4)
+        slow = subscribers.subscribe_group("g")
+        subscribers.set_members("g", ["a"])
+        subscribers.publish("a", [{"n": n} for n in range(3)])  # over a device's limit only
+        subscribers.publish("a", [{"n": n} for n in range(3, 6)])
+        queued = [slow.queue.get_nowait() for _ in range(slow.queue.qsize())]
+        subscribers.unsubscribe(slow)
+        # After messages were lost (cut_off_all) a group's members are read again.
+        other = subscribers.subscribe_group("h")
+        subscribers.set_members("h", ["b"])
+        subscribers.cut_off_all()
+        again = subscribers.subscribe_group("h")
+        subscribers.unsubscribe(other)  # the old subscription ends after the new one began
+        subscribers.publish("b", [{"n": 0}])
+        ends = [other.queue.get_nowait(), again.queue.qsize(), subscribers.members_known("h")]
+        return queued, subscribers.wanted("a"), ends
+
+    queued, still_wanted, ends = asyncio.run(scenario())
+    assert queued == [{"n": 0}, {"n": 1}, {"n": 2}, {"n": 3}, None]
+    assert not still_wanted
+    assert ends == [None, 0, False]

@@ -6,7 +6,11 @@ stored it: :meth:`RedisStore.commit_batches
 same script that commits them, and every process follows that stream (``XREAD BLOCK``) and
 hands each entry to its own :class:`~sleepstream.serve.subscribers.Subscribers`. So a
 subscriber connected to one process receives the results of a device that posts to another, in
-the order they were committed, each once.
+the order they were committed, each once. A device joining or leaving a group is an entry of
+the same stream (:meth:`RedisStore.add_member
+<sleepstream.serve.redis_store.RedisStore.add_member>`), so a group's subscriber on any
+process gets a member's results from those committed after its join to those committed
+before its leave.
 
 A stream rather than pub/sub: a process whose connection to Redis drops reads on from the last
 entry it saw once it is back, and loses nothing unless the stream was trimmed past that entry
@@ -124,9 +128,13 @@ class RedisEvents:
             subscribers.cut_off_all()
 
     def _pass_on(self, subscribers: Subscribers, fields: dict[object, object]) -> None:
-        """Queue the messages of one entry for the device's subscribers in this process."""
+        """Queue the messages of one entry for the subscribers in this process: a batch's
+        results for the device's (and its groups'), a join or leave for the group's."""
+        if b"group" in fields:
+            self._pass_on_change(subscribers, fields)
+            return
         device, text = fields.get(b"device"), fields.get(b"results")
-        if not isinstance(device, bytes) or not subscribers.count(device_id := device.decode()):
+        if not isinstance(device, bytes) or not subscribers.wanted(device_id := device.decode()):
             return
         try:
             if not isinstance(text, bytes):
@@ -136,6 +144,18 @@ class RedisEvents:
             log.error("an entry of the event stream cannot be read (%s); skipped", error)
             return
         subscribers.publish(device_id, messages(device_id, results))
+
+    def _pass_on_change(self, subscribers: Subscribers, fields: dict[object, object]) -> None:
+        """A device that joined or left a group, for the group's subscribers in this process."""
+        group, member, change = fields.get(b"group"), fields.get(b"member"), fields.get(b"change")
+        if not isinstance(group, bytes) or not subscribers.watches_group(
+            group_id := group.decode()
+        ):
+            return
+        if not isinstance(member, bytes) or change not in (b"join", b"leave"):
+            log.error("a change of group %s in the event stream cannot be read; skipped", group_id)
+            return
+        subscribers.change_member(group_id, member.decode(), change == b"join")
 
 
 def _streams(found: object) -> list[object]:
