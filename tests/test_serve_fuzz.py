@@ -1,10 +1,12 @@
 """The service fuzzed from its own OpenAPI document (schemathesis), in process.
 
-Two devices are registered and have results; every request is made with a token of the first
-(its device token or its viewer token), at the first device's URL, the second's, or a
-generated one. Every answer must be no 5xx, conform to the document (status, headers,
-body), and hold nothing of the second device: not its tokens, not its results, and not its
-id unless the request named it. The second device's stored state is the same afterwards.
+Two devices are registered and have results, each a member of its own group; every request is
+made with a token of the first (its device token, its viewer token or its group's token), at
+the first device's (or group's) URL, the second's, or a generated one. Every answer must be no
+5xx, conform to the document (status, headers, body), and hold nothing of the second device
+or its group: not their tokens, not the results, and not the device's id unless the request
+named it. The second device's stored state is the same afterwards, and it is still a member
+of its group.
 """
 
 from __future__ import annotations
@@ -34,7 +36,14 @@ from sleepstream.serve.sqlite import SQLiteStore
 
 EXAMPLES = 40
 """Examples per operation and generation mode (the whole file runs in about 20 s)."""
-NOTHING_TO_MAKE_INVALID = ("GET /health", "POST /devices/{device_id}/viewers")
+NOTHING_TO_MAKE_INVALID = (
+    "GET /health",
+    "POST /devices/{device_id}/viewers",
+    "POST /groups",
+    "GET /groups/{group_id}",
+    "PUT /devices/{device_id}/groups/{group_id}",
+    "DELETE /devices/{device_id}/groups/{group_id}",
+)
 OTHER_ZONE = "Asia/Kathmandu"
 """The other device's time zone: its local times end in +05:45, which no other zone uses."""
 
@@ -63,7 +72,9 @@ class World:
     store: SQLiteStore
     mine: dict[str, str]
     my_viewer: str
+    my_group: dict[str, str]
     other: dict[str, str]
+    other_group: dict[str, str]
     secrets: list[str]
     """Text of the other device that no answer may hold (its id aside)."""
 
@@ -85,6 +96,10 @@ def world(tmp_path: Path, model: OnnxPipeline) -> Iterator[World]:
             client.post(f"/devices/{d['device_id']}/viewers", headers=bearer(d["token"])).json()
             for d in (mine, other)
         )
+        my_group, other_group = (client.post("/groups").json() for _ in range(2))
+        for device, group in ((mine, my_group), (other, other_group)):
+            url = f"/devices/{device['device_id']}/groups/{group['group_id']}"
+            assert client.put(url, headers=bearer(device["token"])).status_code == 200
         their_results = []
         for device, days in ((mine, 0), (other, 3)):  # the other's night three days later
             for batch in night_batches(300.0):
@@ -99,9 +114,10 @@ def world(tmp_path: Path, model: OnnxPipeline) -> Iterator[World]:
     assert len(their_results) == 9 and their_results[0]["start_local"].endswith("+05:45")
     # Not its zone's name: a registration may choose it and hear it back.
     secrets = [other["token"], other_viewer["token"], other_viewer["viewer_id"], "+05:45"]
+    secrets.append(other_group["token"])
     secrets += [json.dumps(r["start"]) for r in their_results]
     assert not any(json.dumps(T0 + k * 30.0) in secrets for k in range(20))
-    yield World(app, store, mine, my_viewer["token"], other, secrets)
+    yield World(app, store, mine, my_viewer["token"], my_group, other, other_group, secrets)
     store.close()
 
 
@@ -123,24 +139,34 @@ def test_the_api_fuzzed_from_its_schema(world: World, label: str, mode: Generati
     operation = schema.find_operation_by_label(label)
     assert operation is not None
     if mode is GenerationMode.NEGATIVE and label in NOTHING_TO_MAKE_INVALID:
-        pytest.skip("nothing to make invalid: no body, no query, the device id is any text")
+        pytest.skip("nothing to make invalid: no body, no query, the ids are any text")
     other_id, my_id = world.other["device_id"], world.mine["device_id"]
     before = world.store.state(other_id), world.store.epochs(other_id, 0.0, 10_000)
     statuses: Counter[int] = Counter()
 
-    def cases(token: str, device_id: str | None) -> st.SearchStrategy[schemathesis.Case]:
-        """Cases with this token and device (given: never made invalid); None: generated."""
-        given_path = None if device_id is None or "{device_id}" not in label else {}
+    other_group, my_group = world.other_group["group_id"], world.my_group["group_id"]
+
+    def cases(
+        token: str, device_id: str | None, group_id: str | None
+    ) -> st.SearchStrategy[schemathesis.Case]:
+        """Cases with this token, device and group (given: never made invalid); None:
+        generated."""
+        given = {"device_id": device_id, "group_id": group_id}
+        path = {k: v for k, v in given.items() if v is not None and f"{{{k}}}" in label}
         return operation.as_strategy(
             mode,
             headers={"Authorization": f"Bearer {token}"},
-            path_parameters=None if given_path is None else {"device_id": device_id},
+            path_parameters=path or None,
         )
 
-    tokens = st.sampled_from([world.mine["token"], world.my_viewer])
+    tokens = st.sampled_from([world.mine["token"], world.my_viewer, world.my_group["token"]])
     devices = st.sampled_from([my_id, my_id, other_id, None])  # half of them reach our device
+    groups = st.sampled_from([my_group, my_group, other_group, None])
 
-    @given(case=st.tuples(tokens, devices).flatmap(lambda both: cases(*both)), data=st.data())
+    @given(
+        case=st.tuples(tokens, devices, groups).flatmap(lambda given: cases(*given)),
+        data=st.data(),
+    )
     @settings(
         max_examples=EXAMPLES,
         deadline=None,
@@ -164,10 +190,13 @@ def test_the_api_fuzzed_from_its_schema(world: World, label: str, mode: Generati
         assert not leaked, f"{case.method} {case.formatted_path}: {answer.status_code} {text}"
         if other_id in text:
             assert other_id in case.formatted_path and answer.status_code == 403, text
+        if other_group in text:  # its id, as the request named it; never its members
+            assert other_group in case.formatted_path, text
 
     fuzz()
     assert world.store.state(other_id) == before[0]
     assert world.store.epochs(other_id, 0.0, 10_000) == before[1]
+    assert other_id in world.store.members(other_group)
     assert statuses
     if mode is GenerationMode.POSITIVE:
         # Valid requests get past the tokens: accepted, or (batches) refused by the detector,

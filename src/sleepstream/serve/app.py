@@ -9,11 +9,18 @@ endpoint                                   token                         what
 ``POST /devices/{id}/viewers``             the device's                  make a viewer token
 ``GET /devices/{id}``                      the device's or a viewer's    state and night
 ``WS /devices/{id}/events?token=...``      the device's or a viewer's    results as they come
+``PUT /devices/{id}/groups/{group}``       the device's                  join a group
+``DELETE /devices/{id}/groups/{group}``    the device's                  leave a group
+``POST /groups``                           none                          create a group
+``GET /groups/{group}``                    the group's                   members' states
+``WS /groups/{group}/events?token=...``    the group's                   members' results
 ``GET /health``                            none                          liveness
 =========================================  ============================  ====================
 
 Tokens go in ``Authorization: Bearer TOKEN`` (the WebSocket takes ``?token=``, as browsers
-cannot set headers there). Every error is a 4xx with a JSON body ``{"detail": ...}``; see
+cannot set headers there). A group token reads its group and nothing else; a device or viewer
+token reads no group. A device joins a group with its own token, so its consent is needed for
+the group's token to follow it. Every error is a 4xx with a JSON body ``{"detail": ...}``; see
 ``docs/robustness.md`` ("The service") for each one.
 """
 
@@ -22,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import secrets
 from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Annotated, Any
@@ -48,13 +56,17 @@ from sleepstream.serve.schema import (
     DeviceView,
     EpochOut,
     Error,
+    GroupCreated,
+    GroupView,
     Limits,
+    Membership,
+    MemberView,
     ViewerCreated,
     parse_batch,
 )
-from sleepstream.serve.store import EpochRecord, Store
-from sleepstream.serve.subscribers import Broker, Subscribers, messages
-from sleepstream.serve.tokens import Grant, Role
+from sleepstream.serve.store import EpochRecord, Group, Joining, MemberState, Store
+from sleepstream.serve.subscribers import Broker, Subscribers, Subscription, messages
+from sleepstream.serve.tokens import Grant, Role, new_group_token
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +75,13 @@ POLICY_VIOLATION = 1008
 TRY_AGAIN_LATER = 1013
 """WebSocket close code for a subscriber cut off for falling behind."""
 KEEP_ALIVE_SECONDS = 75
+GROUP_ID_BYTES = 12
 """Idle HTTP connections are kept this long, past a watch's 30 s or 60 s between batches."""
 DESCRIPTION = """
 A watch registers (`POST /devices`) and sends numbered batches of samples with its device
-token; each is acknowledged once stored. Viewer tokens read one device's state.
+token; each is acknowledged once stored. Viewer tokens read one device's state. A group
+(`POST /groups`) gathers the watches that join it with their own token (`PUT
+/devices/{device_id}/groups/{group_id}`); its group token reads all of them at once.
 
 Not listed below (OpenAPI has no WebSockets):
 
@@ -77,8 +92,13 @@ Not listed below (OpenAPI has no WebSockets):
   message (binary: msgpack; text: JSON), and answers each in turn with `{"type": "ack", ...}`
   (the answer of `POST /devices/{device_id}/batches`) or `{"type": "error", "status": ...,
   "detail": ...}` (the status the `POST` would have had).
+- **`WS /groups/{group_id}/events?token=TOKEN`** (the group's token) sends a `state` message
+  listing the members and their current states (as `GET /groups/{group_id}`), then the
+  `epoch` and `event` messages of every member (each with its `device_id`), and a `joined` or
+  `left` message (`{"type": "joined", "group_id": ..., "device_id": ...}`) when a device
+  joins or leaves: a member's results from its join on, none after it left.
 """
-_bearer = HTTPBearer(auto_error=False, description="a device token or a viewer token")
+_bearer = HTTPBearer(auto_error=False, description="a device, viewer or group token")
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
@@ -125,8 +145,8 @@ def create_app(
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
     _add_error_handlers(app)
 
-    def grant(device_id: str, credentials: Credentials, role: Role | None) -> Grant:
-        """The grant of the request's token for ``device_id`` (``role``: only that role)."""
+    def authenticated(credentials: Credentials) -> Grant:
+        """The grant of the request's token (401 without one), its request taken (429)."""
         found = devices.grant(credentials.credentials) if credentials else None
         if found is None:
             raise HTTPException(
@@ -135,6 +155,13 @@ def create_app(
                 headers={"WWW-Authenticate": "Bearer"},
             )
         _take(per_token, found.key, "per token")
+        return found
+
+    def grant(device_id: str, credentials: Credentials, role: Role | None) -> Grant:
+        """The grant of the request's token for ``device_id`` (``role``: only that role)."""
+        found = authenticated(credentials)
+        if found.role is Role.GROUP:
+            raise HTTPException(403, "a group token reads only its group (GET /groups/ID)")
         if found.device_id != device_id:
             raise HTTPException(403, f"this token is not for device {device_id}")
         if role is not None and found.role != role:
@@ -142,6 +169,22 @@ def create_app(
                 403, "a viewer token can only read; this needs the device's own token"
             )
         return found
+
+    def group_grant(group_id: str, credentials: Credentials) -> Grant:
+        """The grant of the request's token for the group ``group_id``."""
+        found = authenticated(credentials)
+        if found.role is not Role.GROUP:
+            raise HTTPException(
+                403, "a device or viewer token reads no group; this needs the group's token"
+            )
+        if found.group_id != group_id:
+            raise HTTPException(403, f"this token is not for group {group_id}")
+        return found
+
+    def member_changed(group_id: str, device_id: str, joined: bool) -> None:
+        """Tell this process's subscribers of the group (with a broker, the broker does)."""
+        if broker is None:
+            subscribers.change_member(group_id, device_id, joined)
 
     @app.get("/health")
     def health() -> dict[str, str]:
@@ -294,22 +337,129 @@ def create_app(
                     "current": None if last is None else last.model_dump(mode="json"),
                 }
             )
-            while True:
-                message = asyncio.ensure_future(subscription.queue.get())
-                await asyncio.wait({message, closed}, return_when=asyncio.FIRST_COMPLETED)
-                if closed.done():
-                    message.cancel()
-                    return
-                if message.result() is None:
-                    await websocket.close(TRY_AGAIN_LATER, "fell too far behind")
-                    return
-                await websocket.send_json(message.result())
+            await _forward(websocket, subscription, closed)
+        finally:
+            closed.cancel()
+            subscribers.unsubscribe(subscription)
+
+    # -- groups -------------------------------------------------------------------------------
+    @app.post(
+        "/groups", status_code=201, dependencies=[Depends(address_limit)], responses=_errors(429)
+    )
+    def create_group() -> GroupCreated:
+        """Create a group; the answer holds its group token, shown this once. Devices join it
+        with their own token and its id; the group token reads them all."""
+        now = devices.clock()
+        group = Group(secrets.token_urlsafe(GROUP_ID_BYTES), now)
+        token = new_group_token(group.id, now)
+        store.add_group(group, token.grant)
+        log.info("created group %s", group.id)
+        return GroupCreated(group_id=group.id, token=token.text)
+
+    @app.put(
+        "/devices/{device_id}/groups/{group_id}",
+        responses=_errors(401, 403, 404, 409, 422, 429, described={409: _GROUP_ERRORS[409]}),
+    )
+    async def join_group(device_id: str, group_id: str, credentials: Credentials) -> Membership:
+        """Join the group, with the device's own token (its consent): from the answer on, the
+        group's token reads this device's state and events, until it leaves. Joining again
+        changes nothing."""
+        await run_in_threadpool(grant, device_id, credentials, Role.DEVICE)
+        try:
+            joining = await run_in_threadpool(
+                store.add_member, group_id, device_id, devices.clock(), limits.max_members
+            )
+        except KeyError:
+            raise HTTPException(404, f"unknown group {group_id}") from None
+        if joining is Joining.FULL:
+            raise HTTPException(
+                409, f"group {group_id} has {limits.max_members} members, the most it may have"
+            )
+        if joining is Joining.JOINED:
+            member_changed(group_id, device_id, True)
+        return Membership(group_id=group_id, device_id=device_id, member=True)
+
+    @app.delete(
+        "/devices/{device_id}/groups/{group_id}", responses=_errors(401, 403, 404, 422, 429)
+    )
+    async def leave_group(device_id: str, group_id: str, credentials: Credentials) -> Membership:
+        """Leave the group, with the device's own token: from the answer on, the group's
+        token reads nothing of this device. Leaving a group it is not a member of is fine."""
+        await run_in_threadpool(grant, device_id, credentials, Role.DEVICE)
+        if await run_in_threadpool(store.group, group_id) is None:
+            raise HTTPException(404, f"unknown group {group_id}")
+        if await run_in_threadpool(store.remove_member, group_id, device_id):
+            member_changed(group_id, device_id, False)
+        return Membership(group_id=group_id, device_id=device_id, member=False)
+
+    @app.get("/groups/{group_id}", responses=_errors(401, 403, 422, 429, described=_GROUP_ERRORS))
+    def group_view(group_id: str, credentials: Credentials) -> GroupView:
+        """The group's members, in the order they joined, each with its current state."""
+        group_grant(group_id, credentials)
+        members = [_member_view(m) for m in store.member_states(group_id)]
+        return GroupView(group_id=group_id, members=members)
+
+    @app.websocket("/groups/{group_id}/events")
+    async def group_events(websocket: WebSocket, group_id: str, token: str = "") -> None:
+        """Every new epoch result and event of each member of the group (the messages of
+        ``WS /devices/{id}/events``), and a ``joined`` or ``left`` message when a device
+        joins or leaves, after a first ``{"type": "state", ...}`` message with the members'
+        current states."""
+        found = await run_in_threadpool(devices.grant, token)
+        if found is None or found.role is not Role.GROUP or found.group_id != group_id:
+            await websocket.close(POLICY_VIOLATION, "this group's token is needed")
+            return
+        wait = await run_in_threadpool(per_token.take, found.key)
+        if wait > 0:
+            reason = f"too many requests per token; retry after {retry_after(wait)} s"
+            await websocket.close(TRY_AGAIN_LATER, reason)
+            return
+        await websocket.accept()
+        subscription = subscribers.subscribe_group(group_id)
+        closed = asyncio.ensure_future(_until_closed(websocket))
+        try:
+            # Members first, then their states: a result stored in between is in the states.
+            if not subscribers.members_known(group_id):
+                members = await run_in_threadpool(store.members, group_id)
+                subscribers.set_members(group_id, members)
+            states = await run_in_threadpool(store.member_states, group_id)
+            view = GroupView(group_id=group_id, members=[_member_view(m) for m in states])
+            await websocket.send_json({"type": "state", **view.model_dump(mode="json")})
+            await _forward(websocket, subscription, closed)
         finally:
             closed.cancel()
             subscribers.unsubscribe(subscription)
 
     app.openapi = lambda: _openapi(app, model.thresholds)  # type: ignore[method-assign]
     return app
+
+
+async def _forward(
+    websocket: WebSocket, subscription: Subscription, closed: asyncio.Task[None]
+) -> None:
+    """Send the subscription's messages as they come, until the client closes the WebSocket
+    (``closed`` is done), or close it with 1013 when the subscriber fell too far behind."""
+    while True:
+        message = asyncio.ensure_future(subscription.queue.get())
+        await asyncio.wait({message, closed}, return_when=asyncio.FIRST_COMPLETED)
+        if closed.done():
+            message.cancel()
+            return
+        if message.result() is None:
+            await websocket.close(TRY_AGAIN_LATER, "fell too far behind")
+            return
+        await websocket.send_json(message.result())
+
+
+def _member_view(member: MemberState) -> MemberView:
+    current = None if member.current is None else EpochOut.model_validate(member.current)
+    return MemberView(
+        device_id=member.device_id,
+        joined=member.joined,
+        last_seq=member.last_seq,
+        state=None if current is None else current.state,
+        current=current,
+    )
 
 
 async def _until_closed(websocket: WebSocket) -> None:
@@ -334,23 +484,33 @@ def _take(buckets: Buckets, key: str, what: str) -> None:
 _ERRORS = {
     400: "the body is not JSON, or not msgpack",
     401: "no valid token",
-    403: "the token is not for this device, or a viewer's where the device's is needed",
+    403: "the token is not for this device (a group token is for none), or a viewer's where "
+    "the device's is needed",
+    404: "no such group",
     409: "the sequence number skips or contradicts stored batches",
     413: "the body, or the samples in the batch, are over the limits",
     415: "the body is neither JSON nor msgpack (Content-Type)",
     422: "a field or value that is refused",
     429: "too many requests: retry after Retry-After seconds",
 }
+_GROUP_ERRORS = {
+    403: "the token is not this group's (a device or viewer token reads no group)",
+    409: "the group has the most members it may have",
+}
 
 
-def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI answers of the refusals ``codes`` (with their headers)."""
+def _errors(
+    *codes: int, described: dict[int, str] | None = None
+) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI answers of the refusals ``codes`` (with their headers), described as in
+    ``described``, else as in :data:`_ERRORS`."""
     headers = {
         401: {"WWW-Authenticate": {"schema": {"type": "string"}, "required": True}},
         429: {"Retry-After": {"schema": {"type": "integer"}, "required": True}},
     }
+    texts = {**_ERRORS, **(described or {})}
     return {
-        code: {"model": Error, "description": _ERRORS[code], "headers": headers.get(code, {})}
+        code: {"model": Error, "description": texts[code], "headers": headers.get(code, {})}
         for code in codes
     }
 

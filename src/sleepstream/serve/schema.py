@@ -52,12 +52,16 @@ class Limits:
         Epoch results returned by one ``GET`` (24 h); ``more`` says when there are more.
     night_hours
         What ``GET`` returns without ``since``: the results of the last this many hours.
+    max_members
+        Devices a group may hold (a join beyond is refused with 409); also bounds what
+        ``GET /groups/{id}`` and a group's first WebSocket message list.
     """
 
     max_body_bytes: int = 8 * 2**20
     max_samples: int = 60_000
     max_results: int = 2880
     night_hours: float = 12.0
+    max_members: int = 10_000
 
 
 _STRICT = ConfigDict(strict=True, allow_inf_nan=False, extra="forbid")
@@ -285,6 +289,39 @@ class DeviceView(BaseModel):
     current: EpochOut | None
     results: list[EpochOut]
     more: bool = Field(description="more results follow: ask again with since = last end")
+
+
+class GroupCreated(BaseModel):
+    """A new group and its group token (shown once): the token reads the states and events
+    of the group's members; a device that is given ``group_id`` may join it."""
+
+    group_id: str
+    token: str
+
+
+class Membership(BaseModel):
+    """A device's membership of a group after joining (``member``: true) or leaving."""
+
+    group_id: str
+    device_id: str
+    member: bool
+
+
+class MemberView(BaseModel):
+    """A member of a group and its current state."""
+
+    device_id: str
+    joined: float = Field(description="Unix seconds when it joined")
+    last_seq: int
+    state: State | None = Field(description="the newest result's state; null before any")
+    current: EpochOut | None
+
+
+class GroupView(BaseModel):
+    """A group's members, in the order they joined, each with its current state."""
+
+    group_id: str
+    members: list[MemberView]
 
 
 def parse_batch(body: bytes, content_type: str | None, limits: Limits) -> Batch:
