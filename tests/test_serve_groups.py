@@ -14,16 +14,17 @@ import logging
 import re
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 import test_serve_redis
 from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
-from test_serve import Batch, Json, Service, bearer, night_batches, pushed
+from test_serve import Batch, Json, Server, Service, bearer, night_batches, pushed
 from test_serve_redis import EPOCHS, commit, registered
 
+from sleepstream.client import Client, Message, ServiceError
 from sleepstream.live.backends import OnnxPipeline
 from sleepstream.serve.app import create_app
 from sleepstream.serve.limits import RateLimits
@@ -724,3 +725,78 @@ def test_a_group_subscriber_on_one_app_gets_a_member_posting_to_another(
     assert received == expected
     assert sum(m["type"] == "epoch" for m in received) >= 5
     assert [m["device_id"] for m in view["members"]] == [sentinel["device_id"]]
+
+
+# -- the client, against a real server ---------------------------------------------------------
+@pytest.mark.timeout(90)
+def test_the_client_creates_joins_reads_and_follows_a_group(tmp_path: Path) -> None:
+    server = Server(tmp_path / "client.sqlite3", tmp_path / "client.log")
+    night = night_batches(600.0, batch_seconds=60.0, seed=5)
+
+    async def scenario() -> tuple[list[Message], list[Json], Json, list[int]]:
+        async with Client(server.url, timeout=10) as client:
+            group = await client.create_group()
+            a, b, stranger = [await client.register() for _ in range(3)]
+            await client.join(a.device_id, a.token, group.group_id)
+            received: list[Message] = []
+
+            async def follow() -> None:
+                async for message in client.group_events(group.group_id, group.token):
+                    received.append(message)
+
+            reader = asyncio.create_task(follow())
+            while not received:
+                await asyncio.sleep(0.02)
+            joined = await client.join(b.device_id, b.token, group.group_id)
+            acked: list[Json] = []
+            for batch in night:
+                for device in (a, b, stranger):
+                    ack = await client.send(device.device_id, device.token, batch)
+                    if device is not stranger:
+                        acked += [r.model_dump(mode="json") for r in ack.results]
+            left = await client.leave(a.device_id, a.token, group.group_id)
+            while sum(m["type"] in ("epoch", "left") for m in received) < len(acked) + 1:
+                await asyncio.sleep(0.02)
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+            view = await client.group(group.group_id, group.token)
+            statuses = []
+            for call in (
+                client.join(a.device_id, a.token, "no-such-group"),
+                client.group(group.group_id, a.token),
+                client.join(a.device_id, b.token, group.group_id),
+                _first(client.group_events(group.group_id, a.token)),
+            ):
+                with pytest.raises(ServiceError) as refused:
+                    await call
+                statuses.append(refused.value.status)
+            summary = {
+                "joined": joined.member,
+                "left": left.member,
+                "members": [m.device_id for m in view.members],
+                "b": b.device_id,
+                "stranger": stranger.device_id,
+            }
+            return received, acked, summary, statuses
+
+    try:
+        received, acked, summary, statuses = asyncio.run(asyncio.wait_for(scenario(), 60))
+    finally:
+        server.stop()
+    assert received[0]["type"] == "state" and len(received[0]["members"]) == 1
+    epochs = [m["result"] for m in received if m["type"] == "epoch"]
+    assert sorted(epochs, key=lambda r: (r["start"], r["seq"])) == sorted(
+        acked, key=lambda r: (r["start"], r["seq"])
+    )
+    assert len(epochs) >= 15
+    assert summary["stranger"] not in str(received)
+    assert summary["joined"] is True and summary["left"] is False
+    assert summary["members"] == [summary["b"]]
+    assert statuses == [404, 403, 403, 403]
+    assert "Traceback" not in (tmp_path / "client.log").read_text()
+
+
+async def _first(messages: AsyncIterator[Message]) -> None:
+    async for _ in messages:
+        return

@@ -14,12 +14,23 @@ Examples
 ...         view = await client.night(device.device_id, device.token)
 ...         async for message in client.events(device.device_id, device.token):
 ...             print(message["type"])
+
+A group follows many watches with one token:
+
+>>> async def world(url: str, watches: list[tuple[str, str]]) -> None:  # doctest: +SKIP
+...     async with Client(url) as client:
+...         group = await client.create_group()
+...         for device_id, token in watches:  # each watch joins with its own token
+...             await client.join(device_id, token, group.group_id)
+...         async for message in client.group_events(group.group_id, group.token):
+...             print(message["type"], message.get("device_id"))
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -27,10 +38,23 @@ import httpx
 import msgpack
 import websockets
 
-from sleepstream.serve.schema import MSGPACK, BatchAck, DeviceCreated, DeviceView, ViewerCreated
+from sleepstream.serve.schema import (
+    MSGPACK,
+    BatchAck,
+    DeviceCreated,
+    DeviceView,
+    GroupCreated,
+    GroupView,
+    Membership,
+    ViewerCreated,
+)
 
 Message = dict[str, Any]
-"""A subscriber's message: ``{"type": "state" | "epoch" | "event", ...}``."""
+"""A subscriber's message: ``{"type": "state" | "epoch" | "event", ...}`` (of a group, also
+``"joined"`` and ``"left"``)."""
+MAX_MESSAGE_BYTES = 2**20
+MAX_GROUP_BYTES = 2**25
+"""A group's first message lists up to 10,000 members' states (about 6 MB)."""
 
 
 class ServiceError(RuntimeError):
@@ -109,15 +133,55 @@ class Client:
         answer = await self._http.post(f"/devices/{device_id}/viewers", headers=_bearer(token))
         return ViewerCreated.model_validate(_checked(answer))
 
+    async def create_group(self) -> GroupCreated:
+        """A new group; its group token (in the answer) reads the devices that join it."""
+        return GroupCreated.model_validate(_checked(await self._http.post("/groups")))
+
+    async def join(self, device_id: str, token: str, group_id: str) -> Membership:
+        """The device joins the group, with the device's own token (joining again is fine)."""
+        url = f"/devices/{device_id}/groups/{group_id}"
+        return Membership.model_validate(
+            _checked(await self._http.put(url, headers=_bearer(token)))
+        )
+
+    async def leave(self, device_id: str, token: str, group_id: str) -> Membership:
+        """The device leaves the group, with the device's own token."""
+        url = f"/devices/{device_id}/groups/{group_id}"
+        answer = await self._http.delete(url, headers=_bearer(token))
+        return Membership.model_validate(_checked(answer))
+
+    async def group(self, group_id: str, token: str) -> GroupView:
+        """The group's members and their current states, with the group's token."""
+        answer = await self._http.get(f"/groups/{group_id}", headers=_bearer(token))
+        return GroupView.model_validate(_checked(answer))
+
     async def events(self, device_id: str, token: str) -> AsyncIterator[Message]:
         """The device's messages as they come: first ``{"type": "state", ...}``, then an
         ``epoch`` message for each result and an ``event`` message for each ``fell_asleep``,
         ``woke_up`` or ``unknown``. Ends when the server closes the connection normally; raises
         :class:`ServiceError` for a refused token (403) or a connection cut off (503)."""
-        base = "ws" + self.url.removeprefix("http")
-        url = f"{base}/devices/{device_id}/events?token={token}"
+        path = f"/devices/{device_id}/events"
+        async with contextlib.aclosing(self._messages(path, token)) as messages:
+            async for message in messages:
+                yield message
+
+    async def group_events(self, group_id: str, token: str) -> AsyncIterator[Message]:
+        """The messages of every member of the group, with the group's token: first
+        ``{"type": "state", "members": [...], ...}``, then the ``epoch`` and ``event``
+        messages of the members (each with its ``device_id``), and ``joined`` or ``left``
+        when a device joins or leaves. Ends and raises as :meth:`events`."""
+        path = f"/groups/{group_id}/events"
+        async with contextlib.aclosing(self._messages(path, token, MAX_GROUP_BYTES)) as messages:
+            async for message in messages:
+                yield message
+
+    async def _messages(
+        self, path: str, token: str, max_size: int = MAX_MESSAGE_BYTES
+    ) -> AsyncGenerator[Message, None]:
+        """The messages of the WebSocket at ``path``, opened with ``token``."""
+        url = f"ws{self.url.removeprefix('http')}{path}?token={token}"
         try:
-            socket = await websockets.connect(url, max_size=2**20)
+            socket = await websockets.connect(url, max_size=max_size)
         except websockets.InvalidStatus as refused:  # the token was refused before accepting
             raise ServiceError(refused.response.status_code, "refused") from None
         async with socket:
