@@ -623,6 +623,14 @@ def test_openapi_documents_every_refusal(serve: Callable[..., Service]) -> None:
         ),
         "POST /devices/{device_id}/viewers": dict.fromkeys([401, 403, 422, 429], error),
         "GET /devices/{device_id}": dict.fromkeys([401, 403, 422, 429], error),
+        "PUT /devices/{device_id}/groups/{group_id}": dict.fromkeys(
+            [401, 403, 404, 409, 422, 429], error
+        ),
+        "DELETE /devices/{device_id}/groups/{group_id}": dict.fromkeys(
+            [401, 403, 404, 422, 429], error
+        ),
+        "POST /groups": {429: error},
+        "GET /groups/{group_id}": dict.fromkeys([401, 403, 422, 429], error),
     }
     batches = document["paths"]["/devices/{device_id}/batches"]["post"]["responses"]
     assert batches["429"]["headers"]["Retry-After"]["required"]

@@ -424,6 +424,7 @@ class Server:
         self.log = log
         command = [sys.executable, "-m", "sleepstream.cli", "serve", "--host", "127.0.0.1"]
         command += ["--port", str(self.port), "--redis", redis_url]
+        command += ["--rate", "0"]  # the batches of a night at once; limits have their own test
         with log.open("w") as out:
             self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
 
