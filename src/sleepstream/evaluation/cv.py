@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from sleepstream.evaluation.loso import run_loso, run_loso_many
 from sleepstream.evaluation.predictions import Seeded
+from sleepstream.evaluation.scenarios import SCENARIOS, StartScenario
 from sleepstream.records import Recording
 
 log = logging.getLogger(__name__)
@@ -80,13 +81,17 @@ def run_baselines(
     recordings: Sequence[Recording],
     *,
     folds: Sequence[str] | None = None,
+    scenarios: Sequence[StartScenario] = SCENARIOS,
     progress: bool = True,
 ) -> list[Seeded]:
-    """LOSO of every baseline (deterministic: no seed)."""
+    """LOSO of every sleep/wake baseline (deterministic: no seed); the stage baselines are
+    :func:`sleepstream.evaluation.stages.run_stage_baselines`."""
     from sleepstream.baselines import all_baselines
 
     out: list[Seeded] = []
     for baseline in all_baselines():
-        by_scenario = run_loso(baseline, recordings, folds=folds, progress=progress)
+        by_scenario = run_loso(
+            baseline, recordings, folds=folds, scenarios=scenarios, progress=progress
+        )
         out += [(result, None) for result in by_scenario.values()]
     return out

@@ -80,7 +80,8 @@ def choose_thresholds(scores: Sequence[Scores]) -> dict[str, float]:
 
 
 FoldScores = dict[str, NDArray[np.float64]]
-"""p(sleep) of the held-out night's PSG epochs, per scenario name."""
+"""The held-out night's predictions for its PSG epochs (p(sleep), or one row of class
+probabilities per epoch), per scenario name."""
 
 
 def run_fold(
@@ -161,7 +162,7 @@ def _tasks(
             yield template, recordings, ids.index(subject), scenarios
 
 
-def run_loso_many(
+def run_folds(
     templates: Sequence[Predictor],
     recordings: Sequence[Recording],
     *,
@@ -169,8 +170,15 @@ def run_loso_many(
     scenarios: Sequence[StartScenario] = SCENARIOS,
     n_jobs: int = 1,
     progress: bool = True,
-) -> list[dict[str, LosoResult]]:
-    """:func:`run_loso` of several predictors (e.g. one per seed), their folds in one pool."""
+) -> list[dict[str, FoldScores]]:
+    """Fit and predict every held-out night of every template: per template, the
+    :func:`run_fold` output of each held-out subject (``folds``, default all), in fold order.
+
+    Only the fitting and predicting: what the scores mean is up to the caller. ``predict`` may
+    return p(sleep) per epoch (:func:`assemble`) or one row of class probabilities per epoch
+    (:func:`sleepstream.evaluation.stages.assemble_stages`). ``n_jobs > 1`` runs folds in
+    processes; the progress bar goes to stderr.
+    """
     ids = [r.subject_id for r in recordings]
     wanted = list(ids) if folds is None else list(folds)
     unknown = sorted(set(wanted) - set(ids))
@@ -198,12 +206,30 @@ def run_loso_many(
             for args in tasks:
                 fold_scores.append(_run_fold_star(args))
                 bar.advance(task)
+    return [
+        dict(zip(wanted, fold_scores[k * len(wanted) : (k + 1) * len(wanted)], strict=True))
+        for k in range(len(templates))
+    ]
+
+
+def run_loso_many(
+    templates: Sequence[Predictor],
+    recordings: Sequence[Recording],
+    *,
+    folds: Sequence[str] | None = None,
+    scenarios: Sequence[StartScenario] = SCENARIOS,
+    n_jobs: int = 1,
+    progress: bool = True,
+) -> list[dict[str, LosoResult]]:
+    """:func:`run_loso` of several predictors (e.g. one per seed), their folds in one pool."""
+    runs = run_folds(
+        templates, recordings, folds=folds, scenarios=scenarios, n_jobs=n_jobs, progress=progress
+    )
     by_id = {r.subject_id: r for r in recordings}
-    out = []
-    for k, template in enumerate(templates):
-        mine = fold_scores[k * len(wanted) : (k + 1) * len(wanted)]
-        out.append(assemble(template, by_id, dict(zip(wanted, mine, strict=True)), scenarios))
-    return out
+    return [
+        assemble(template, by_id, scores, scenarios)
+        for template, scores in zip(templates, runs, strict=True)
+    ]
 
 
 def _share_cores(threads: int) -> None:
