@@ -10,6 +10,18 @@
 - :class:`LogisticPaperNonCausal`: logistic regression on the published paper's features
   (count, heart rate, clock), which look up to 5 minutes into the future. It exists only to check
   this evaluation against the paper's numbers; it cannot run live.
+
+Sleep-stage baselines (class probabilities per epoch for one label map, run through
+:mod:`sleepstream.evaluation.stages`; :func:`stage_baselines`), every classifier trained with
+balanced class weights (each class weighs as much as the others in the loss, as the paper did):
+
+- :class:`MajorityStage`: the training nights' class frequencies for every epoch, so its
+  decision is always the most frequent class (NREM, or light sleep).
+- :class:`LogisticCausalStages`: multinomial logistic regression on the causal features of
+  :class:`LogisticCausal`.
+- :class:`LogisticPaperStages`, :class:`ForestPaperStages`: logistic regression and random
+  forest on the paper's non-causal features (count, heart rate, cosine clock), trained on the
+  valid epochs; the training class frequencies outside them. Reproduction only.
 """
 
 from __future__ import annotations
@@ -19,6 +31,7 @@ from typing import ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
+from sklearn.ensemble import RandomForestClassifier
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import cohen_kappa_score
@@ -26,7 +39,13 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from sleepstream.features import SIMPLE_FEATURES, night_features, resolve_features, select
-from sleepstream.records import EPOCH_SECONDS, PAPER_FEATURE_NAMES, SLEEP_WAKE, Recording
+from sleepstream.records import (
+    EPOCH_SECONDS,
+    PAPER_FEATURE_NAMES,
+    SLEEP_WAKE,
+    LabelMap,
+    Recording,
+)
 
 
 def epoch_counts(recording: Recording) -> NDArray[np.float64]:
@@ -117,12 +136,20 @@ class ColeKripke:
         return 1.0 / (1.0 + self.scale * self.activity_index(recording))
 
 
-def _logistic() -> Pipeline:
+def _logistic(class_weight: str | None = None) -> Pipeline:
     return make_pipeline(
         SimpleImputer(strategy="mean", keep_empty_features=True),
         StandardScaler(),
-        LogisticRegression(max_iter=2000),
+        LogisticRegression(max_iter=2000, class_weight=class_weight),
     )
+
+
+def paper_table(recording: Recording, names: Sequence[str]) -> NDArray[np.float64]:
+    """Columns ``names`` of the paper's per-epoch features (NaN outside its valid epochs)."""
+    if recording.paper_features is None:
+        raise ValueError(f"Subject {recording.subject_id}: no walch_features/ in the data folder")
+    columns = [PAPER_FEATURE_NAMES.index(n) for n in names]
+    return recording.paper_features[:, columns]
 
 
 class LogisticCausal:
@@ -166,12 +193,7 @@ class LogisticPaperNonCausal:
         self.prior = 1.0
 
     def _table(self, recording: Recording) -> NDArray[np.float64]:
-        if recording.paper_features is None:
-            raise ValueError(
-                f"Subject {recording.subject_id}: no walch_features/ in the data folder"
-            )
-        columns = [PAPER_FEATURE_NAMES.index(n) for n in self.FEATURES]
-        return recording.paper_features[:, columns]
+        return paper_table(recording, self.FEATURES)
 
     def fit(self, recordings: Sequence[Recording]) -> None:
         X = np.concatenate([self._table(r) for r in recordings])
@@ -197,4 +219,161 @@ def all_baselines() -> list[AlwaysSleep | ColeKripke | LogisticCausal | Logistic
         ColeKripke(causal=False),
         LogisticCausal(),
         LogisticPaperNonCausal(),
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# Sleep stages
+# --------------------------------------------------------------------------------------------
+
+
+class _StageClassifier:
+    """A scikit-learn classifier on one per-epoch table, giving class probabilities.
+
+    Rows of the table with a missing value get the training class frequencies, unless
+    ``imputes`` (the pipeline fills them itself). A class absent from training gets
+    probability 0 on the rows the classifier scores.
+    """
+
+    name: str
+    causal: bool
+    description: str
+    imputes = False
+
+    def __init__(self, label_map: LabelMap, model: Pipeline):
+        self.label_map = label_map
+        self.model = model
+        n = len(label_map.classes)
+        self.prior = np.full(n, 1.0 / n)
+
+    def table(self, recording: Recording) -> NDArray[np.float64]:
+        raise NotImplementedError
+
+    def _rows(self, X: NDArray[np.float64]) -> NDArray[np.bool_]:
+        if self.imputes:
+            return np.ones(len(X), dtype=bool)
+        return np.asarray(np.isfinite(X).all(axis=1), dtype=bool)
+
+    def fit(self, recordings: Sequence[Recording]) -> None:
+        X = np.concatenate([self.table(r) for r in recordings])
+        y = np.concatenate([r.labels(self.label_map) for r in recordings]).astype(np.int64)
+        counts = np.bincount(y[y >= 0], minlength=len(self.label_map.classes))
+        self.prior = counts / counts.sum()
+        usable = (y >= 0) & self._rows(X)
+        self.model.fit(X[usable], y[usable])
+
+    def predict(self, recording: Recording) -> NDArray[np.float64]:
+        X = self.table(recording)
+        out = np.tile(self.prior, (recording.n_epochs, 1))
+        rows = self._rows(X)
+        if rows.any():
+            scored = np.zeros((int(rows.sum()), out.shape[1]))
+            scored[:, self.model.classes_] = self.model.predict_proba(X[rows])
+            out[rows] = scored
+        return out
+
+
+class MajorityStage:
+    """The training nights' class frequencies for every epoch: always the most frequent class."""
+
+    name = "majority"
+    causal = True
+    description = "The most frequent class of the training nights, for every epoch"
+
+    def __init__(self, label_map: LabelMap):
+        self.label_map = label_map
+        n = len(label_map.classes)
+        self.prior = np.full(n, 1.0 / n)
+
+    def fit(self, recordings: Sequence[Recording]) -> None:
+        y = np.concatenate([r.labels(self.label_map) for r in recordings]).astype(np.int64)
+        counts = np.bincount(y[y >= 0], minlength=len(self.label_map.classes))
+        self.prior = counts / counts.sum()
+
+    def predict(self, recording: Recording) -> NDArray[np.float64]:
+        return np.tile(self.prior, (recording.n_epochs, 1))
+
+
+class LogisticCausalStages(_StageClassifier):
+    """Multinomial logistic regression on causal features, balanced class weights."""
+
+    name = "logreg_causal"
+    causal = True
+    imputes = True
+
+    def __init__(self, label_map: LabelMap, features: Sequence[str] = SIMPLE_FEATURES):
+        super().__init__(label_map, _logistic("balanced"))
+        self.features = resolve_features(features)
+        self.description = (
+            "Logistic regression, balanced classes, on causal features: " + ", ".join(self.features)
+        )
+
+    def table(self, recording: Recording) -> NDArray[np.float64]:
+        return select(night_features(recording), self.features)
+
+    def feature_nights(self, recordings: Sequence[Recording]) -> list[Recording]:
+        """The nights its folds train on: the LOSO driver computes their features in one
+        batched scan before the folds start."""
+        return list(recordings)
+
+
+class LogisticPaperStages(_StageClassifier):
+    """Multinomial logistic regression on the paper's features, balanced; non-causal."""
+
+    name = "logreg_paper_noncausal"
+    causal = False
+    description = (
+        "Logistic regression, balanced classes, on the published non-causal features "
+        "(count, heart rate, cosine clock)"
+    )
+    FEATURES = LogisticPaperNonCausal.FEATURES
+
+    def __init__(self, label_map: LabelMap):
+        super().__init__(label_map, _logistic("balanced"))
+
+    def table(self, recording: Recording) -> NDArray[np.float64]:
+        return paper_table(recording, self.FEATURES)
+
+
+class ForestPaperStages(_StageClassifier):
+    """Random forest on the paper's features, balanced class weights; non-causal.
+
+    The paper's forest settings (100 trees, all features per split, leaves of at least 32
+    epochs, depth 10, the smallest of the depths it searched), seeded.
+    """
+
+    name = "rf_paper_noncausal"
+    causal = False
+    description = (
+        "Random forest (100 trees, depth 10, leaves >= 32), balanced classes, on the published "
+        "non-causal features (count, heart rate, cosine clock)"
+    )
+    FEATURES = LogisticPaperNonCausal.FEATURES
+
+    def __init__(self, label_map: LabelMap, seed: int = 0):
+        forest = RandomForestClassifier(
+            n_estimators=100,
+            max_depth=10,
+            min_samples_split=10,
+            min_samples_leaf=32,
+            max_features=1.0,
+            class_weight="balanced",
+            random_state=seed,
+            n_jobs=1,
+        )
+        super().__init__(label_map, make_pipeline(forest))
+
+    def table(self, recording: Recording) -> NDArray[np.float64]:
+        return paper_table(recording, self.FEATURES)
+
+
+def stage_baselines(
+    label_map: LabelMap,
+) -> list[MajorityStage | LogisticCausalStages | LogisticPaperStages | ForestPaperStages]:
+    """The stage baselines of the report for one label map, in its order."""
+    return [
+        MajorityStage(label_map),
+        LogisticCausalStages(label_map),
+        LogisticPaperStages(label_map),
+        ForestPaperStages(label_map),
     ]
