@@ -1,4 +1,5 @@
-"""Figures of LOSO results: ROC curves, per-night traces, Bland-Altman plots.
+"""Figures of LOSO results: ROC curves, per-night traces, Bland-Altman plots; for sleep stages,
+confusion matrices, hypnograms and Bland-Altman plots of stage minutes and REM latency.
 
 Each function draws one PNG file with the non-interactive Agg backend, closes the figure and
 returns the path written.
@@ -20,7 +21,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from sklearn.metrics import roc_curve
+from numpy.typing import NDArray
+from sklearn.metrics import confusion_matrix, roc_curve
 
 from sleepstream.evaluation.metrics import (
     OPERATING,
@@ -31,6 +33,8 @@ from sleepstream.evaluation.metrics import (
 )
 from sleepstream.evaluation.nightly import night_values
 from sleepstream.evaluation.predictions import LosoResult, NightPrediction
+from sleepstream.evaluation.stage_metrics import night_keys, night_stage_values
+from sleepstream.evaluation.stages import HEADLINE_RULE, RULES, StageNight, StageResult
 from sleepstream.paths import atomic_file
 
 logger = logging.getLogger(__name__)
@@ -154,18 +158,29 @@ def plot_bland_altman(results: Sequence[LosoResult], path: Path) -> Path:
         for ax, (key, label) in zip(row, metrics, strict=True):
             psg = np.array([v[f"psg_{key}"] for v in nights])
             pred = np.array([v[f"pred_{key}"] for v in nights])
-            difference = pred - psg
-            ax.scatter((psg + pred) / 2, difference, s=12, color="C0")
-            bias = float(difference.mean())
-            sd = float(difference.std(ddof=1)) if difference.size > 1 else math.nan
-            ax.axhline(bias, color="C3", lw=1)
-            if math.isfinite(sd):
-                for limit in (bias - 1.96 * sd, bias + 1.96 * sd):
-                    ax.axhline(limit, color="C3", lw=0.8, linestyle="--")
-            ax.axhline(0, color="grey", lw=0.6, linestyle=":")
-            ax.set(xlabel=f"mean of PSG and predicted {label}", ylabel="predicted - PSG")
+            _bland_altman_panel(ax, psg, pred, label)
             ax.set_title(f"{result.name}: {label}", fontsize="small")
     return _save(fig, path)
+
+
+def _bland_altman_panel(
+    ax: Axes, psg: NDArray[np.float64], pred: NDArray[np.float64], label: str
+) -> None:
+    """One Bland-Altman panel: a dot per night, the bias (solid) and 95 % limits (dashed);
+    nights with a NaN on either side are left out."""
+    both = np.isfinite(psg) & np.isfinite(pred)
+    psg, pred = psg[both], pred[both]
+    difference = pred - psg
+    ax.scatter((psg + pred) / 2, difference, s=12, color="C0")
+    bias = float(difference.mean()) if difference.size else math.nan
+    sd = float(difference.std(ddof=1)) if difference.size > 1 else math.nan
+    if math.isfinite(bias):
+        ax.axhline(bias, color="C3", lw=1)
+    if math.isfinite(sd):
+        for limit in (bias - 1.96 * sd, bias + 1.96 * sd):
+            ax.axhline(limit, color="C3", lw=0.8, linestyle="--")
+    ax.axhline(0, color="grey", lw=0.6, linestyle=":")
+    ax.set(xlabel=f"mean of PSG and predicted {label}", ylabel="predicted - PSG")
 
 
 def plot_scenarios(metrics: Mapping[str, Any], path: Path) -> Path:
@@ -206,4 +221,127 @@ def plot_scenarios(metrics: Mapping[str, Any], path: Path) -> Path:
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=min(len(names), 6), fontsize=8)
     fig.suptitle("Start scenarios: seed mean, subject-bootstrap 95 % interval")
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------------------------
+# Sleep stages
+# --------------------------------------------------------------------------------------------
+
+
+def plot_confusions(
+    results: Sequence[StageResult], path: Path, rules: Sequence[str] = RULES
+) -> Path:
+    """Row-normalised confusion matrices (each PSG class's epochs split by predicted class),
+    pooled over all scored epochs: one column per predictor, one row per decision rule."""
+    if not results:
+        raise ValueError("No results to plot")
+    classes = results[0].classes
+    n = len(classes)
+    width, height = 2.9 * len(results) + 1.2, 2.9 * len(rules) + 0.5
+    fig, axes = plt.subplots(len(rules), len(results), figsize=(width, height), squeeze=False)
+    # Fixed margins: constrained layout measures every label of every panel, many times over.
+    fig.subplots_adjust(left=0.9 / width, right=1 - 1.1 / width, bottom=0.6 / height,
+                        top=1 - 0.75 / height, wspace=0.45, hspace=0.6)  # fmt: skip
+    image = None
+    for row, rule in zip(axes, rules, strict=True):
+        for ax, result in zip(row, results, strict=True):
+            labels = np.concatenate([night.labels[night.scored] for night in result.nights])
+            called = np.concatenate([n.decisions(rule)[n.scored] for n in result.nights])
+            with np.errstate(invalid="ignore", divide="ignore"):
+                matrix = confusion_matrix(labels, called, labels=range(n), normalize="true")
+            image = ax.imshow(matrix, vmin=0, vmax=1, cmap="Blues")
+            for (i, j), value in np.ndenumerate(matrix):
+                color = "white" if value > 0.6 else "black"
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8, color=color)
+            ax.set_xticks(range(n), classes, fontsize="x-small", rotation=30)
+            ax.set_yticks(range(n), classes, fontsize="x-small")
+            ax.set_title(f"{result.name}\n{rule}", fontsize="small")
+            ax.set(xlabel="predicted", ylabel="PSG")
+    if image is not None:
+        bar = fig.add_axes((1 - 0.8 / width, 0.25, 0.15 / width, 0.5))
+        fig.colorbar(image, cax=bar, label="fraction of the PSG class")
+    first = results[0]
+    fig.suptitle(f"{first.task}, {first.scenario}: confusion, rows normalised (LOSO, pooled)")
+    return _save(fig, path)
+
+
+def _hypnogram_levels(classes: Sequence[str]) -> NDArray[np.float64]:
+    """Height of each class in a hypnogram: wake on top, then REM, then the others in order
+    (NREM; or light, then deep at the bottom)."""
+    order = [c for c in ("wake", "rem") if c in classes]
+    order += [c for c in classes if c not in order]
+    top = len(classes) - 1
+    return np.array([top - order.index(c) for c in classes], dtype=np.float64)
+
+
+def _plot_hypnogram(ax: Axes, night: StageNight, classes: Sequence[str], rule: str) -> None:
+    hours = (night.epoch_times - night.epoch_times[0]) / 3600.0
+    levels = _hypnogram_levels(classes)
+    unscored = ~night.scored
+    psg = np.where(unscored, np.nan, levels[np.maximum(night.labels, 0)])
+    called = levels[night.decisions(rule)]
+    ax.fill_between(
+        hours, 0, 1, where=unscored, step="post", color="0.85", lw=0,
+        transform=ax.get_xaxis_transform(),
+    )  # fmt: skip
+    ax.step(hours, called + 0.12, where="post", color="C3", lw=0.7)
+    ax.step(hours, psg, where="post", color="black", lw=0.8)
+    ax.set_ylim(-0.4, len(classes) - 0.6)
+    order = np.argsort(levels)
+    ax.set_yticks(levels[order], [classes[k] for k in order])
+    ax.set_title(night.subject_id, fontsize="small", pad=2)
+    ax.tick_params(labelsize="x-small")
+
+
+def plot_hypnograms(
+    result: StageResult, path: Path, rule: str = HEADLINE_RULE, n_cols: int = 4
+) -> Path:
+    """Every night of one stage predictor: PSG hypnogram (black) and the predicted one (red,
+    drawn slightly higher), unscored epochs grey; x is hours from the first epoch."""
+    if not result.nights:
+        raise ValueError(f"Predictor {result.name!r} has no nights to plot")
+    n = len(result.nights)
+    n_cols = max(1, min(n_cols, n))
+    n_rows = math.ceil(n / n_cols)
+    height = 1.5 * n_rows + 0.8
+    fig, axes = plt.subplots(
+        n_rows, n_cols, figsize=(3.6 * n_cols, height), squeeze=False, sharey=True
+    )
+    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.04, top=1 - 0.5 / height,
+                        wspace=0.08, hspace=0.6)  # fmt: skip
+    for ax, night in zip(axes.flat, result.nights, strict=False):
+        _plot_hypnogram(ax, night, result.classes, rule)
+    for ax in list(axes.flat)[n:]:
+        ax.set_axis_off()
+    fig.suptitle(
+        f"{result.name} ({result.task}, {result.scenario}, {rule} rule): PSG (black) vs "
+        "predicted (red); x: hours"
+    )
+    return _save(fig, path)
+
+
+def plot_stage_agreement(
+    results: Sequence[StageResult], path: Path, rule: str = HEADLINE_RULE
+) -> Path:
+    """Bland-Altman plots against PSG, per predictor (rows), of each class's minutes per night
+    and of REM latency (columns)."""
+    if not results:
+        raise ValueError("No results to plot")
+    keys = night_keys(results[0].classes)
+    width, height = 3.2 * len(keys), 2.8 * len(results) + 0.4
+    fig, axes = plt.subplots(len(results), len(keys), figsize=(width, height), squeeze=False)
+    fig.subplots_adjust(left=0.75 / width, right=1 - 0.3 / width, bottom=0.5 / height,
+                        top=1 - 0.8 / height, wspace=0.4, hspace=0.55)  # fmt: skip
+    for row, result in zip(axes, results, strict=True):
+        rows = [night_stage_values(n, result.classes, rule) for n in result.nights]
+        for ax, key in zip(row, keys, strict=True):
+            psg = np.array([r[f"psg_{key}"] for r in rows], dtype=np.float64)
+            pred = np.array([r[f"pred_{key}"] for r in rows], dtype=np.float64)
+            label = key.removesuffix("_min").replace("_", " ") + " (min)"
+            _bland_altman_panel(ax, psg, pred, label)
+            ax.set_title(f"{result.name}: {label}", fontsize="small")
+            ax.xaxis.label.set_fontsize("x-small")
+    first = results[0]
+    fig.suptitle(f"{first.task}, {first.scenario}, {rule} rule: predicted - PSG per night")
     return _save(fig, path)

@@ -53,7 +53,8 @@ replacement). Baselines are deterministic (one run, SD 0).
 """
 
 
-def _fmt(value: Any, digits: int = 3) -> str:
+def fmt(value: Any, digits: int = 3) -> str:
+    """``value`` with ``digits`` decimals; :data:`MISSING` for ``None``, NaN or infinity."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return MISSING
     return f"{value:.{digits}f}"
@@ -62,15 +63,16 @@ def _fmt(value: Any, digits: int = 3) -> str:
 def _mean_sd(stats: Mapping[str, Any] | None, digits: int = 2) -> str:
     if not stats or stats.get("mean") is None:
         return MISSING
-    return f"{_fmt(stats['mean'], digits)} ± {_fmt(stats.get('sd'), digits)}"
+    return f"{fmt(stats['mean'], digits)} ± {fmt(stats.get('sd'), digits)}"
 
 
 def _deployable(figures: Mapping[str, Any], key: str) -> str:
-    wake = _fmt(figures.get(f"{key}_deployable"))
-    return f"{wake} ({_fmt(figures.get(f'{key}_deployable_sleep_correct'))})"
+    wake = fmt(figures.get(f"{key}_deployable"))
+    return f"{wake} ({fmt(figures.get(f'{key}_deployable_sleep_correct'))})"
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A markdown table of ``header`` and ``rows`` (cells already text)."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
@@ -110,20 +112,20 @@ def epoch_table(summaries: Mapping[str, Summary], subset: str = "scored") -> str
             row.append(_deployable(figures, key))
             if with_subjects:
                 row.append(_mean_sd(subjects.get(f"{key}_deployable")))
-        row.append(_fmt(figures.get(f"{WASA_KEYS[0]}_oracle")))
+        row.append(fmt(figures.get(f"{WASA_KEYS[0]}_oracle")))
         row += [
-            _fmt(figures.get(k))
+            fmt(figures.get(k))
             for k in ("auroc", "kappa", "balanced_accuracy", "accuracy", "wake_f1", "brier", "ece")
         ]
         rows.append(row)
-    return _table(header, rows)
+    return table(header, rows)
 
 
 def _bias_loa(stats: Mapping[str, Any], digits: int = 1) -> str:
     if stats.get("bias") is None:
         return MISSING
-    low, high = _fmt(stats.get("loa_low"), digits), _fmt(stats.get("loa_high"), digits)
-    return f"{_fmt(stats['bias'], digits)} [{low}, {high}]"
+    low, high = fmt(stats.get("loa_low"), digits), fmt(stats.get("loa_high"), digits)
+    return f"{fmt(stats['bias'], digits)} [{low}, {high}]"
 
 
 def night_table(summaries: Mapping[str, Summary]) -> str:
@@ -136,7 +138,7 @@ def night_table(summaries: Mapping[str, Summary]) -> str:
         row += [_bias_loa(level[k]) for k in ("tst_min", "se_pct", "waso_min", "sol_min")]
         row.append(str(level["tst_min"]["n"]))
         rows.append(row)
-    return _table(header, rows)
+    return table(header, rows)
 
 
 def realtime_table(summaries: Mapping[str, Summary]) -> str:
@@ -155,7 +157,7 @@ def realtime_table(summaries: Mapping[str, Summary]) -> str:
         rt = summary["real_time"]
 
         def delay(stats: Mapping[str, Any]) -> str:
-            return f"{_mean_sd(stats, 1)} [{_fmt(stats.get('median'), 1)}] (n={stats['n']})"
+            return f"{_mean_sd(stats, 1)} [{fmt(stats.get('median'), 1)}] (n={stats['n']})"
 
         rows.append(
             [
@@ -163,12 +165,12 @@ def realtime_table(summaries: Mapping[str, Summary]) -> str:
                 _causal(summary),
                 delay(rt["onset_delay_min"]),
                 str(rt["missed_onsets"]),
-                _fmt(rt["false_onset_events"].get("mean"), 2),
-                _fmt(rt["false_wake_events"].get("mean"), 2),
+                fmt(rt["false_onset_events"].get("mean"), 2),
+                fmt(rt["false_wake_events"].get("mean"), 2),
                 delay(rt["wakeup_delay_min"]),
             ]
         )
-    return _table(header, rows)
+    return table(header, rows)
 
 
 def subject_table(summary: Summary) -> str:
@@ -184,15 +186,15 @@ def subject_table(summary: Summary) -> str:
     for subject in summary["subjects"]:
         row = [subject["subject_id"], str(subject["n_epochs"])]
         for key in WASA_KEYS:
-            row += [_deployable(subject, key), _fmt(subject.get(f"{key}_oracle"))]
-        row += [_fmt(subject.get("auroc")), _fmt(subject.get("kappa"))]
+            row += [_deployable(subject, key), fmt(subject.get(f"{key}_oracle"))]
+        row += [fmt(subject.get("auroc")), fmt(subject.get("kappa"))]
         tst = [
-            f"{_fmt(n['psg_tst_min'], 0)} / {_fmt(n['pred_tst_min'], 0)}"
+            f"{fmt(n['psg_tst_min'], 0)} / {fmt(n['pred_tst_min'], 0)}"
             for n in nights.get(subject["subject_id"], [])
         ]
         row.append("; ".join(tst))
         rows.append(row)
-    return _table(header, rows)
+    return table(header, rows)
 
 
 def _summaries(results: Sequence[LosoResult]) -> dict[str, dict[str, Any]]:
@@ -237,11 +239,11 @@ def group(results: Sequence[Seeded]) -> Grouped:
 
 
 def _with_interval(spread: Mapping[str, Any], interval: Mapping[str, Any] | None) -> str:
-    text = _fmt(spread.get("mean"))
+    text = fmt(spread.get("mean"))
     if spread.get("n", 0) > 1:
-        text += f" ± {_fmt(spread.get('sd'))}"
+        text += f" ± {fmt(spread.get('sd'))}"
     if interval:
-        text += f" [{_fmt(interval.get('low'))}, {_fmt(interval.get('high'))}]"
+        text += f" [{fmt(interval.get('low'))}, {fmt(interval.get('high'))}]"
     return text
 
 
@@ -267,9 +269,9 @@ def scenario_table(entries: Mapping[str, Summary]) -> str:
             for key in ("wasa93_deployable", "wasa95_deployable", "auroc", "kappa")
         ]
         row.append(_with_interval(spread["wasa93_oracle"], None))
-        row.append(_fmt(spread["wasa93_deployable_sleep_correct"]["mean"]))
+        row.append(fmt(spread["wasa93_deployable_sleep_correct"]["mean"]))
         rows.append(row)
-    return _table(header, rows)
+    return table(header, rows)
 
 
 def threshold_table(entries: Mapping[str, Summary]) -> str:
@@ -278,8 +280,8 @@ def threshold_table(entries: Mapping[str, Summary]) -> str:
     rows = []
     for name, entry in entries.items():
         t = entry["wasa93_threshold_spread"]
-        rows.append([name, str(t["n"]), _fmt(t["min"]), _fmt(t["max"]), _fmt(t["sd"])])
-    return _table(header, rows)
+        rows.append([name, str(t["n"]), fmt(t["min"]), fmt(t["max"]), fmt(t["sd"])])
+    return table(header, rows)
 
 
 def _entry(runs: Sequence[Seeded], n_resamples: int) -> dict[str, Any]:
@@ -338,8 +340,8 @@ def _results_markdown(metrics: Mapping[str, Any], headline: str, figures: Sequen
             ("Night level: bias [95 % limits of agreement], predicted - PSG", night_table(first)),
             ("Real time", realtime_table(first)),
         ]
-        for title, table in sections:
-            parts += [f"### {title}\n", table]
+        for title, text in sections:
+            parts += [f"### {title}\n", text]
         parts.append(
             "Night-level figures compare total sleep time, sleep efficiency, wake after sleep "
             "onset and sleep onset latency of each night's operating-threshold decisions with "
