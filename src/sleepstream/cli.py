@@ -89,15 +89,38 @@ def _report(a: argparse.Namespace) -> int:
 
 def _baselines(a: argparse.Namespace) -> int:
     out, docs = _outputs(a)
+    stages = [task for task in dict.fromkeys(a.task) if task != "sleep_wake"]
+    if docs and stages and "sleep_wake" in a.task:
+        raise ValueError("--docs takes one report: run sleep_wake and the stage tasks apart")
     from sleepstream.data.folder import load_all
     from sleepstream.evaluation.cv import run_baselines
     from sleepstream.evaluation.predictions import save_predictions
+    from sleepstream.evaluation.scenarios import SCENARIOS, scenario
+    from sleepstream.evaluation.stage_report import report_stage_predictions
+    from sleepstream.evaluation.stages import (
+        label_maps,
+        run_stage_baselines,
+        save_stage_predictions,
+    )
 
-    start = time.perf_counter()
+    label_maps(stages)  # names checked before any work
+    scenarios = [scenario(name) for name in a.scenarios] if a.scenarios else SCENARIOS
+    folds = a.folds.split(",") if a.folds else None
+    start, progress = time.perf_counter(), not a.quiet
     recordings = load_all(a.data)
-    save_predictions(run_baselines(recordings, progress=not a.quiet), out)
+    if "sleep_wake" in a.task:
+        results = run_baselines(recordings, folds=folds, scenarios=scenarios, progress=progress)
+        save_predictions(results, out)
+        _write_report(out, docs)
+    if stages:
+        staged = run_stage_baselines(
+            recordings, stages, folds=folds, scenarios=scenarios, progress=progress
+        )
+        save_stage_predictions(staged, out)
+        report_stage_predictions(out, docs)
+        print(f"Stage report in {out}")
     log.info("%d nights in %.0f s", len(recordings), time.perf_counter() - start)
-    return _write_report(out, docs)
+    return 0
 
 
 def _cv(a: argparse.Namespace) -> int:
@@ -232,6 +255,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="reports/baselines", help="report folder")
     p.add_argument("--data", help=DATA_HELP)
     p.add_argument("--docs", help=DOCS_HELP)
+    p.add_argument(
+        "--task",
+        nargs="+",
+        default=["sleep_wake"],
+        help="sleep_wake (default; results.md) and/or the stages wake_nrem_rem, "
+        "wake_light_deep_rem (stages.md)",
+    )
+    p.add_argument("--folds", help="comma-separated held-out subjects (default: all)")
+    p.add_argument("--scenarios", nargs="+", help="start scenarios (default: all)")
     p.set_defaults(run=_baselines)
 
     p = commands.add_parser("cv", help="leave-one-subject-out of a model config")
