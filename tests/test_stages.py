@@ -211,6 +211,20 @@ def test_report_of_seeds_round_trips_through_saved_predictions(tmp_path: Path) -
         assert (tmp_path / f"stages_wake_nrem_rem_{png}.png").stat().st_size > 10_000
 
 
+def test_report_command_rebuilds_the_stage_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    save_stage_predictions([(_result("model", 0), None)], tmp_path)
+    assert main(["report", "--out", str(tmp_path)]) == 0
+    assert capsys.readouterr().out == f"Stage report in {tmp_path}\n"
+    assert "model" in (tmp_path / "stages.md").read_text()
+    assert not (tmp_path / "results.md").exists()
+    (tmp_path / "predictions").mkdir()  # a sleep/wake report beside it: --docs is ambiguous
+    docs = tmp_path / "docs" / "stages.md"
+    assert main(["report", "--out", str(tmp_path), "--docs", str(docs)]) == 1
+    assert "--docs takes one report" in caplog.text
+
+
 def test_bootstrap_of_identical_nights_has_no_spread() -> None:
     night = _result("x", 3).nights[0]
     copies = [

@@ -83,8 +83,25 @@ def _write_report(out: Path, docs: Path | None) -> int:
     return 0
 
 
+def _write_stage_report(out: Path, docs: Path | None) -> int:
+    from sleepstream.evaluation.stage_report import report_stage_predictions
+
+    report_stage_predictions(out, docs)
+    print(f"Stage report in {out}")
+    return 0
+
+
 def _report(a: argparse.Namespace) -> int:
-    return _write_report(*_outputs(a))
+    out, docs = _outputs(a)
+    from sleepstream.evaluation.stages import PREDICTIONS_FOLDER
+
+    if not (out / PREDICTIONS_FOLDER).is_dir():
+        return _write_report(out, docs)
+    if (out / "predictions").is_dir():
+        if docs:
+            raise ValueError(f"--docs takes one report; {out} holds sleep/wake and stage ones")
+        _write_report(out, None)
+    return _write_stage_report(out, docs)
 
 
 def _baselines(a: argparse.Namespace) -> int:
@@ -96,7 +113,6 @@ def _baselines(a: argparse.Namespace) -> int:
     from sleepstream.evaluation.cv import run_baselines
     from sleepstream.evaluation.predictions import save_predictions
     from sleepstream.evaluation.scenarios import SCENARIOS, scenario
-    from sleepstream.evaluation.stage_report import report_stage_predictions
     from sleepstream.evaluation.stages import (
         label_maps,
         run_stage_baselines,
@@ -117,8 +133,7 @@ def _baselines(a: argparse.Namespace) -> int:
             recordings, stages, folds=folds, scenarios=scenarios, progress=progress
         )
         save_stage_predictions(staged, out)
-        report_stage_predictions(out, docs)
-        print(f"Stage report in {out}")
+        _write_stage_report(out, docs)
     log.info("%d nights in %.0f s", len(recordings), time.perf_counter() - start)
     return 0
 
@@ -286,7 +301,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_cv)
 
     p = commands.add_parser("report", help="rebuild a cv report from its saved predictions")
-    p.add_argument("--out", required=True, help="report folder of `cv` (with predictions/)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="report folder of `cv` or `baselines` (predictions/, stage_predictions/ or both)",
+    )
     p.add_argument("--docs", help=DOCS_HELP)
     p.set_defaults(run=_report)
 

@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from sleepstream.evaluation.metrics import to_jsonable
 from sleepstream.evaluation.plots import (
     plot_confusions,
@@ -103,12 +105,18 @@ def _entry(runs: Sequence[StageSeeded], n_resamples: int) -> dict[str, Any]:
             "seed_mean_valid": seed_spread(valid) if valid[0] else {},
             "bootstrap": stage_bootstrap(results, rule, n_resamples),
         }
+    weights = np.array([night.weights for result in results for night in result.nights])
     entry: dict[str, Any] = {
         "causal": results[0].causal,
         "description": results[0].description,
         "rule_source": results[0].rule_source,
         "seeds": [seed for _, seed in runs],
         "rules": rules,
+        "tuned_weights": {
+            "min": weights.min(axis=0).tolist(),
+            "median": np.median(weights, axis=0).tolist(),
+            "max": weights.max(axis=0).tolist(),
+        },
         "runs": summaries,
     }
     if "oracle_best_accuracy" in summaries[0]:
@@ -185,6 +193,21 @@ def valid_table(entries: Mapping[str, Mapping[str, Any]]) -> str:
             oracle = entry.get("oracle_best_accuracy", {})
             row += [_mean(oracle, "pooled"), _mean(oracle, "subjects")]
         rows.append(row)
+    return table(header, rows)
+
+
+def weight_table(entries: Mapping[str, Mapping[str, Any]], classes: Sequence[str]) -> str:
+    """How far the tuned rule's class weights move across folds (and seeds): min / median /
+    max per class (the first class keeps weight 1)."""
+    header = ["Predictor", *[f"Weight {c}" for c in classes[1:]]]
+    rows = []
+    for name, entry in entries.items():
+        spread = entry["tuned_weights"]
+        cells = [
+            " / ".join(fmt(spread[k][i], 2) for k in ("min", "median", "max"))
+            for i in range(1, len(classes))
+        ]
+        rows.append([name, *cells])
     return table(header, rows)
 
 
@@ -313,6 +336,10 @@ def _task_markdown(task: str, by_task: Mapping[str, Any], figures: Sequence[Path
     parts += [
         "#### The published paper's valid epochs (pooled)\n",
         valid_table(entries),
+    ]
+    parts += [
+        "#### Tuned-rule class weights across folds: min / median / max\n",
+        weight_table(entries, classes),
     ]
     if "rem" in classes:
         parts.append(
