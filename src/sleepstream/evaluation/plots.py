@@ -304,11 +304,11 @@ def plot_hypnograms(
     n = len(result.nights)
     n_cols = max(1, min(n_cols, n))
     n_rows = math.ceil(n / n_cols)
-    height = 1.5 * n_rows + 0.8
+    height = 1.5 * n_rows + 1.0
     fig, axes = plt.subplots(
         n_rows, n_cols, figsize=(3.6 * n_cols, height), squeeze=False, sharey=True
     )
-    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.04, top=1 - 0.5 / height,
+    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.04, top=1 - 0.75 / height,
                         wspace=0.08, hspace=0.6)  # fmt: skip
     for ax, night in zip(axes.flat, result.nights, strict=False):
         _plot_hypnogram(ax, night, result.classes, rule)
