@@ -14,7 +14,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 
-from anyio import to_thread
+from anyio import CapacityLimiter, to_thread
 
 from sleepstream.serve.devices import BatchOutcome, Devices
 from sleepstream.serve.schema import Batch
@@ -45,6 +45,7 @@ class Intake:
         self.max_group = max_group
         self._waiting: list[tuple[str, Batch, asyncio.Future[BatchOutcome]]] = []
         self._task: asyncio.Task[None] | None = None
+        self._thread = CapacityLimiter(1)  # its own: never queued behind the requests' threads
 
     async def submit(self, device_id: str, batch: Batch) -> BatchOutcome:
         """Apply and store ``batch``: its outcome once stored, or the exception that refused
@@ -63,7 +64,9 @@ class Intake:
             del self._waiting[: self.max_group]
             try:
                 outcomes = await to_thread.run_sync(
-                    self.devices.add_batches, [(device_id, batch) for device_id, batch, _ in group]
+                    self.devices.add_batches,
+                    [(device_id, batch) for device_id, batch, _ in group],
+                    limiter=self._thread,
                 )
             except Exception as error:
                 log.exception("a group of %d batches failed; none is acknowledged", len(group))

@@ -1,8 +1,10 @@
 """The default store: one SQLite file (stdlib :mod:`sqlite3`), WAL mode, no setup.
 
 Every write is a transaction committed with ``synchronous=FULL``, so what a method has
-returned survives a crash of the process (and of the machine). One connection is shared by the
-server's threads under a lock; SQLite runs one writer at a time anyway. The schema carries its
+returned survives a crash of the process (and of the machine). The server's threads share two
+connections, each under its lock: one writes (SQLite runs one writer at a time anyway), one
+reads, so that looking up a token or a device's state never waits for a commit's disk sync
+(in WAL mode a reader sees the last commit while the next one is written). The schema carries its
 version (``PRAGMA user_version``). A file of an earlier version is upgraded in place, in one
 transaction that only adds tables (version 1, from before groups, gains the tables of
 groups, group tokens and memberships); a file of a later version, or of another program, is
@@ -135,6 +137,12 @@ class SQLiteStore:
         except RuntimeError:
             self._db.close()
             raise
+        if self.path == ":memory:":  # one database per connection: read where it was written
+            self._reader, self._read_lock = self._db, self._lock
+        else:
+            self._reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._reader.execute("PRAGMA busy_timeout = 10000")
+            self._read_lock = threading.Lock()
 
     def _setup(self) -> None:
         db = self._db
@@ -176,8 +184,8 @@ class SQLiteStore:
         return _Transaction(self._db, self._lock)
 
     def _query(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        with self._lock:
-            return self._db.execute(sql, args).fetchall()
+        with self._read_lock:
+            return self._reader.execute(sql, args).fetchall()
 
     # -- devices and tokens -------------------------------------------------------------------
     def add_device(self, device: Device, grant: Grant) -> None:
@@ -349,7 +357,9 @@ class SQLiteStore:
         ]
 
     def close(self) -> None:
-        """Close the connection (everything acknowledged is already on disk)."""
+        """Close the connections (everything acknowledged is already on disk)."""
+        with self._read_lock:
+            self._reader.close()
         with self._lock:
             self._db.close()
 
