@@ -309,21 +309,29 @@ def create_app(
             more=found.more,
         )
 
+    async def admit(websocket: WebSocket, found: Grant | None, allowed: bool, refusal: str) -> bool:
+        """Accept a subscriber's WebSocket if its token is ``allowed`` and within its rate;
+        otherwise close it (1008 with ``refusal``, or 1013 with when to retry)."""
+        if found is None or not allowed:
+            await websocket.close(POLICY_VIOLATION, refusal)
+            return False
+        wait = await run_in_threadpool(per_token.take, found.key)
+        if wait > 0:
+            reason = f"too many requests per token; retry after {retry_after(wait)} s"
+            await websocket.close(TRY_AGAIN_LATER, reason)
+            return False
+        await websocket.accept()
+        return True
+
     @app.websocket("/devices/{device_id}/events")
     async def events(websocket: WebSocket, device_id: str, token: str = "") -> None:
         """Every new epoch result of the device (``{"type": "epoch", ...}``) and each event
         (``{"type": "event", "event": "fell_asleep" | "woke_up" | "unknown", ...}``),
         after a first ``{"type": "state", ...}`` message with the device's current state."""
         found = await run_in_threadpool(devices.grant, token)
-        if found is None or found.device_id != device_id:
-            await websocket.close(POLICY_VIOLATION, "a valid token for this device is needed")
+        allowed = found is not None and found.device_id == device_id
+        if not await admit(websocket, found, allowed, "a valid token for this device is needed"):
             return
-        wait = await run_in_threadpool(per_token.take, found.key)
-        if wait > 0:
-            reason = f"too many requests per token; retry after {retry_after(wait)} s"
-            await websocket.close(TRY_AGAIN_LATER, reason)
-            return
-        await websocket.accept()
         subscription = subscribers.subscribe(device_id)
         closed = asyncio.ensure_future(_until_closed(websocket))
         try:
@@ -406,15 +414,9 @@ def create_app(
         joins or leaves, after a first ``{"type": "state", ...}`` message with the members'
         current states."""
         found = await run_in_threadpool(devices.grant, token)
-        if found is None or found.role is not Role.GROUP or found.group_id != group_id:
-            await websocket.close(POLICY_VIOLATION, "this group's token is needed")
+        allowed = found is not None and found.role is Role.GROUP and found.group_id == group_id
+        if not await admit(websocket, found, allowed, "this group's token is needed"):
             return
-        wait = await run_in_threadpool(per_token.take, found.key)
-        if wait > 0:
-            reason = f"too many requests per token; retry after {retry_after(wait)} s"
-            await websocket.close(TRY_AGAIN_LATER, reason)
-            return
-        await websocket.accept()
         subscription = subscribers.subscribe_group(group_id)
         closed = asyncio.ensure_future(_until_closed(websocket))
         try:
