@@ -28,6 +28,7 @@ import numpy as np
 
 import sleepstream
 from sleepstream.features import resolve_features
+from sleepstream.models.card import DATA_CITATION
 from sleepstream.models.net import SleepNet, count_parameters
 from sleepstream.records import EPOCH_SECONDS, SLEEP_WAKE
 
@@ -37,13 +38,6 @@ METADATA_KEY = "sleepstream"
 FORMAT_VERSION = 2
 """Version of this metadata layout; bumped when a field changes meaning."""
 
-DATA_CITATION = (
-    "Walch O., Huang Y., Forger D., Goldstein C. Sleep stage prediction with raw acceleration "
-    "and photoplethysmography heart rate data derived from a consumer wearable device. "
-    "SLEEP 42(12), 2019, doi:10.1093/sleep/zsz180. Data: Walch O. Motion and heart rate from a "
-    "wrist-worn wearable and labeled sleep from polysomnography (version 1.0.0), PhysioNet, "
-    "2019, doi:10.13026/hmhs-py35."
-)
 DATA_LICENSE = "ODC-By 1.0 (Open Data Commons Attribution License v1.0)"
 
 MODEL_LICENSE = "MIT (code); trained on data licensed ODC-By 1.0 (attribution required)"
