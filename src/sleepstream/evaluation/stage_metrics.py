@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -36,7 +36,7 @@ from sklearn.metrics import (
     recall_score,
 )
 
-from sleepstream.evaluation.metrics import to_jsonable
+from sleepstream.evaluation.metrics import _mean_sd, to_jsonable
 from sleepstream.evaluation.nightly import agreement
 from sleepstream.evaluation.stages import RULES, StageNight, StageResult, confusion_counts
 from sleepstream.records import EPOCH_SECONDS
@@ -275,19 +275,6 @@ def _pool(
         labels.append(night.labels[mask])
         predicted.append(night.decisions(rule)[mask])
     return np.concatenate(labels), np.concatenate(predicted)
-
-
-def _mean_sd(rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> dict[str, dict]:
-    out: dict[str, dict] = {}
-    for key in keys:
-        values = np.array([row.get(key, math.nan) for row in rows], dtype=np.float64)
-        values = values[np.isfinite(values)]
-        out[key] = {
-            "mean": float(values.mean()) if values.size else math.nan,
-            "sd": float(values.std(ddof=1)) if values.size > 1 else math.nan,
-            "n": int(values.size),
-        }
-    return out
 
 
 def _rule_summary(result: StageResult, rule: str) -> dict[str, Any]:
