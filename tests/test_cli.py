@@ -46,7 +46,7 @@ def test_missing_data_folder_is_a_clear_error(
 
 
 COMMANDS = ["fit", "validate", "test", "predict", "data", "baselines", "cv", "report", "ship"]
-COMMANDS += ["replay", "export", "serve", "simulate"]
+COMMANDS += ["export", "replay", "serve", "simulate"]
 
 
 def test_help_lists_every_command_with_a_description(
@@ -405,16 +405,68 @@ def test_the_converters_info_logs_are_off_unless_verbose(monkeypatch: pytest.Mon
 
     for name in CONVERTER_LOGGERS:
         monkeypatch.setattr(logging.getLogger(name), "level", logging.NOTSET)
-    monkeypatch.setattr(os, "environ", dict(os.environ))
-    os.environ.pop("TQDM_DISABLE", None)
     quiet = Console(file=io.StringIO())
     setup_logging(quiet)
     for name in ("coremltools", "onnxscript.optimizer._constant_folding", "torch.onnx._internal"):
         logger = logging.getLogger(name)
         assert not logger.isEnabledFor(logging.INFO) and logger.isEnabledFor(logging.WARNING)
-    assert os.environ["TQDM_DISABLE"] == "1"
     setup_logging(quiet, verbose=True)  # the converters log at the root logger's level again
     assert all(logging.getLogger(name).level == logging.NOTSET for name in CONVERTER_LOGGERS)
+
+
+@pytest.mark.parametrize("before", [None, "0"])
+def test_converter_progress_bars_are_off_only_inside_the_block(
+    monkeypatch: pytest.MonkeyPatch, before: str | None
+) -> None:
+    """``TQDM_DISABLE`` is set while the converters run, then the environment is as it was
+    (a user's process and the processes it starts later do not inherit it)."""
+    from sleepstream.logs import converter_progress
+
+    monkeypatch.setattr(os, "environ", dict(os.environ))
+    os.environ.pop("TQDM_DISABLE", None)
+    if before is not None:
+        os.environ["TQDM_DISABLE"] = before
+    with converter_progress():
+        assert os.environ["TQDM_DISABLE"] == "1"
+    assert os.environ.get("TQDM_DISABLE") == before
+    with pytest.raises(KeyError), converter_progress():
+        raise KeyError("a failed export")
+    assert os.environ.get("TQDM_DISABLE") == before
+    with converter_progress(verbose=True):
+        assert os.environ.get("TQDM_DISABLE") == before
+
+
+def test_commands_leave_tqdm_disable_unset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    assert main(["report", "--out", str(tmp_path)]) == 1
+    assert "TQDM_DISABLE" not in os.environ
+
+
+@pytest.mark.parametrize("flag", ["-v", "--verbose", "-q"])
+def test_global_flags_come_before_a_lightning_command(
+    flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([flag, "fit", "--help"])
+    assert exit_info.value.code == 0
+    assert "--trainer.max_epochs" in capsys.readouterr().out
+
+
+def test_every_command_module_adds_a_parser_that_runs_something() -> None:
+    """Each module of ``cli.COMMANDS`` adds subcommands; each (but LightningCLI's) has ``run``."""
+    import argparse
+
+    from sleepstream import cli
+    from sleepstream.commands import lightning
+
+    parser = cli.build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in subparsers.choices.items():
+        if name in lightning.COMMANDS:
+            continue
+        nested = [a for a in sub._actions if isinstance(a, argparse._SubParsersAction)]
+        leaves = list(nested[0].choices.values()) if nested else [sub]
+        assert all(callable(leaf.get_default("run")) for leaf in leaves), name
 
 
 def test_lightning_commands_keep_stdout_for_their_metrics(

@@ -9,9 +9,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from sleepstream.evaluation.loso import run_loso, run_loso_many
-from sleepstream.evaluation.predictions import Seeded
+from sleepstream.evaluation.predictions import Seeded, save_predictions
 from sleepstream.evaluation.scenarios import SCENARIOS, StartScenario
 from sleepstream.records import Recording
 
@@ -95,3 +96,40 @@ def run_baselines(
         )
         out += [(result, None) for result in by_scenario.values()]
     return out
+
+
+def baselines_report(
+    recordings: Sequence[Recording],
+    tasks: Sequence[str],
+    out: Path,
+    docs: Path | None = None,
+    *,
+    folds: Sequence[str] | None = None,
+    scenarios: Sequence[StartScenario] = SCENARIOS,
+    progress: bool = True,
+) -> list[str]:
+    """LOSO of the baselines of each task, saved and reported under ``out``.
+
+    ``sleep_wake`` among ``tasks`` runs :func:`run_baselines` (``results.md``); the stage
+    tasks run :func:`~sleepstream.evaluation.stages.run_stage_baselines` (``stages.md``).
+    ``docs`` takes one report. Returns the names of the reports written.
+    """
+    from sleepstream.evaluation.report import report_predictions
+    from sleepstream.evaluation.stage_report import report_stage_predictions
+    from sleepstream.evaluation.stages import run_stage_baselines, save_stage_predictions
+
+    stages = [task for task in dict.fromkeys(tasks) if task != "sleep_wake"]
+    written = []
+    if "sleep_wake" in tasks:
+        results = run_baselines(recordings, folds=folds, scenarios=scenarios, progress=progress)
+        save_predictions(results, out)
+        report_predictions(out, docs)
+        written.append("Report")
+    if stages:
+        staged = run_stage_baselines(
+            recordings, stages, folds=folds, scenarios=scenarios, progress=progress
+        )
+        save_stage_predictions(staged, out)
+        report_stage_predictions(out, docs)
+        written.append("Stage report")
+    return written

@@ -455,3 +455,27 @@ def report_predictions(
     if docs is not None:
         update_docs(out / "results.md", docs)
     return metrics
+
+
+def report_folder(out: Path, docs: Path | None = None) -> list[str]:
+    """Rebuild every report whose predictions are saved under ``out``, from those files alone.
+
+    ``predictions/`` gives ``results.md`` (:func:`report_predictions`), ``stage_predictions/``
+    gives ``stages.md`` (:func:`~sleepstream.evaluation.stage_report.report_stage_predictions`);
+    a folder with neither is an error that says which command writes them. ``docs`` takes one
+    report: ``ValueError`` when ``out`` holds both. Returns the names of the reports written.
+    """
+    from sleepstream.evaluation.stage_report import report_stage_predictions
+    from sleepstream.evaluation.stages import PREDICTIONS_FOLDER
+
+    if not (out / PREDICTIONS_FOLDER).is_dir():
+        report_predictions(out, docs)
+        return ["Report"]
+    written = []
+    if (out / "predictions").is_dir():
+        if docs:
+            raise ValueError(f"--docs takes one report; {out} holds sleep/wake and stage ones")
+        report_predictions(out, None)
+        written.append("Report")
+    report_stage_predictions(out, docs)
+    return [*written, "Stage report"]
