@@ -170,6 +170,22 @@ def _naming(error: OSError, path: Path) -> OSError:
 
 
 @contextmanager
+def _renamed_when_done(temporary: Path, target: Path) -> Iterator[None]:
+    """Rename ``temporary`` over ``target`` when the block ends; if it raises (or the rename
+    fails), remove ``temporary`` and leave ``target`` as it was. An ``OSError`` names
+    ``target`` when it names no file."""
+    try:
+        yield
+        os.replace(temporary, target)
+    except OSError as error:
+        _remove_quietly(temporary)
+        raise _naming(error, target) from error
+    except BaseException:
+        _remove_quietly(temporary)
+        raise
+
+
+@contextmanager
 def atomic_file(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     """Open ``path`` for binary writing so that it appears only once complete.
 
@@ -189,18 +205,10 @@ def atomic_file(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary, descriptor = _temporary_file(target, "")
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, target)
-    except OSError as error:
-        _remove_quietly(temporary)
-        raise _naming(error, target) from error
-    except BaseException:
-        _remove_quietly(temporary)
-        raise
+    with _renamed_when_done(temporary, target), os.fdopen(descriptor, "wb") as handle:
+        yield handle
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 @contextmanager
@@ -214,15 +222,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary, descriptor = _temporary_file(target, target.suffix)
     os.close(descriptor)
-    try:
+    with _renamed_when_done(temporary, target):
         yield temporary
-        os.replace(temporary, target)
-    except OSError as error:
-        _remove_quietly(temporary)
-        raise _naming(error, target) from error
-    except BaseException:
-        _remove_quietly(temporary)
-        raise
 
 
 @contextmanager
