@@ -762,6 +762,28 @@ def test_a_subscriber_that_falls_behind_is_cut_off() -> None:
     assert left == 0
 
 
+def test_a_subscriber_that_stops_reading_is_cut_off_after_max_lag() -> None:
+    """A subscriber that takes no message for ``max_lag`` seconds while some wait is cut off at
+    the next publish, however few are queued; one that keeps taking is never cut off."""
+
+    async def scenario() -> tuple[list[object], list[object]]:
+        now = [0.0]
+        subscribers = Subscribers(max_queue=1000, max_lag=60.0, clock=lambda: now[0])
+        stalled, reading = subscribers.subscribe("a"), subscribers.subscribe("a")
+        taken = []
+        for n in range(10):
+            subscribers.publish("a", [{"n": n}])
+            taken.append(await reading.take(subscribers.clock))
+            now[0] += 30.0  # one epoch a minute, 20 minutes late at the end
+        queued = [stalled.queue.get_nowait() for _ in range(stalled.queue.qsize())]
+        return taken, queued
+
+    taken, queued = asyncio.run(scenario())
+    assert taken == [{"n": n} for n in range(10)]
+    # 0 at t=0 s, 1 at 30 s, 2 at 60 s; at 90 s the oldest has waited 90 s > 60 s: cut off
+    assert queued == [{"n": 0}, {"n": 1}, {"n": 2}, None]
+
+
 @pytest.mark.parametrize("token", ["", "nonsense", "other device"])
 def test_a_subscriber_without_a_valid_token_is_refused(service: Service, token: str) -> None:
     device_id, _ = service.register()

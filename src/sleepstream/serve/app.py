@@ -345,7 +345,7 @@ def create_app(
                     "current": None if last is None else last.model_dump(mode="json"),
                 }
             )
-            await _forward(websocket, subscription, closed)
+            await _forward(websocket, subscription, subscribers, closed)
         finally:
             closed.cancel()
             subscribers.unsubscribe(subscription)
@@ -427,7 +427,7 @@ def create_app(
             states = await run_in_threadpool(store.member_states, group_id)
             view = GroupView(group_id=group_id, members=[_member_view(m) for m in states])
             await websocket.send_json({"type": "state", **view.model_dump(mode="json")})
-            await _forward(websocket, subscription, closed)
+            await _forward(websocket, subscription, subscribers, closed)
         finally:
             closed.cancel()
             subscribers.unsubscribe(subscription)
@@ -437,20 +437,34 @@ def create_app(
 
 
 async def _forward(
-    websocket: WebSocket, subscription: Subscription, closed: asyncio.Task[None]
+    websocket: WebSocket,
+    subscription: Subscription,
+    subscribers: Subscribers,
+    closed: asyncio.Task[None],
 ) -> None:
     """Send the subscription's messages as they come, until the client closes the WebSocket
-    (``closed`` is done), or close it with 1013 when the subscriber fell too far behind."""
-    while True:
-        message = asyncio.ensure_future(subscription.queue.get())
-        await asyncio.wait({message, closed}, return_when=asyncio.FIRST_COMPLETED)
-        if closed.done():
-            message.cancel()
-            return
-        if message.result() is None:
-            await websocket.close(TRY_AGAIN_LATER, "fell too far behind")
-            return
-        await websocket.send_json(message.result())
+    (``closed`` is done), or close it with 1013 when the subscriber fell too far behind.
+
+    A send (or that close) the client does not read within ``max_lag`` seconds ends the
+    connection without more ado: what waits for a client that stopped reading stays bounded.
+    """
+    try:
+        while True:
+            message = asyncio.ensure_future(subscription.take(subscribers.clock))
+            await asyncio.wait({message, closed}, return_when=asyncio.FIRST_COMPLETED)
+            if closed.done():
+                message.cancel()
+                return
+            if message.result() is None:
+                await asyncio.wait_for(
+                    websocket.close(TRY_AGAIN_LATER, "fell too far behind"), subscribers.max_lag
+                )
+                return
+            await asyncio.wait_for(websocket.send_json(message.result()), subscribers.max_lag)
+    except TimeoutError:
+        log.warning(
+            "a subscriber read nothing for %.0f s: its connection ends", subscribers.max_lag
+        )
 
 
 def _member_view(member: MemberState) -> MemberView:

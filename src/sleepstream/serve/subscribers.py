@@ -2,9 +2,12 @@
 inside one server process.
 
 Each subscription is a queue the WebSocket handler drains. A subscriber that falls
-``max_queue`` messages behind (a group's subscriber: ``max_group_queue``) is cut off (its
-queue ends with ``None``) rather than letting the server's memory grow; it reconnects and
-reads what it missed with ``GET``. With several
+``max_queue`` messages behind (a group's subscriber: ``max_group_queue``), or that has taken
+no message for ``max_lag`` seconds while some were waiting, is cut off (its queue ends with
+``None``) rather than letting the server's memory grow; it reconnects and reads what it
+missed with ``GET``. The count bounds a burst (a watch uploading hours of results at once),
+the lag bounds a subscriber that stopped reading: with a thousand such subscribers, each
+holding up to ``max_queue`` messages, memory grew by over a gigabyte in an hour. With several
 server processes, a :class:`Broker` (:class:`~sleepstream.serve.redis_events.RedisEvents`)
 feeds :meth:`Subscribers.publish` and :meth:`Subscribers.change_member` on each of them with
 the results, and the joins and leaves of groups, that any of them stored.
@@ -13,6 +16,7 @@ the results, and the joins and leaves of groups, that any of them stored.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -25,6 +29,9 @@ MAX_QUEUE = 1000
 MAX_GROUP_QUEUE = 10_000
 """A group's subscriber may fall this far behind: its members' batches, applied together
 (up to 1,000 at once), arrive at once."""
+MAX_LAG_SECONDS = 60.0
+"""A subscriber that takes no message for this long while messages wait for it is cut off
+(and a send that its client does not read within this time ends its connection)."""
 Message = dict[str, Any]
 
 
@@ -37,6 +44,15 @@ class Subscription:
     group_id: str = ""
     queue: asyncio.Queue[Message | None] = field(default_factory=asyncio.Queue)
     cut_off: bool = False
+    waiting_since: float | None = None
+    """When the subscriber last took a message with more waiting, or when a message reached
+    its empty queue (the clock of :class:`Subscribers`); ``None`` when nothing waits."""
+
+    async def take(self, clock: Callable[[], float] = time.monotonic) -> Message | None:
+        """The next message (``None``: cut off), once one comes."""
+        message = await self.queue.get()
+        self.waiting_since = clock() if self.queue.qsize() else None
+        return message
 
 
 @dataclass(eq=False)
@@ -61,9 +77,17 @@ class Subscribers:
     subscriber, the messages themselves shared) and by the members of subscribed groups.
     """
 
-    def __init__(self, max_queue: int = MAX_QUEUE, max_group_queue: int = MAX_GROUP_QUEUE):
+    def __init__(
+        self,
+        max_queue: int = MAX_QUEUE,
+        max_group_queue: int = MAX_GROUP_QUEUE,
+        max_lag: float = MAX_LAG_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.max_queue = max_queue
         self.max_group_queue = max_group_queue
+        self.max_lag = max_lag
+        self.clock = clock
         self._by_device: dict[str, set[Subscription]] = {}
         self._groups: dict[str, _Group] = {}
         self._groups_of: dict[str, set[str]] = {}
@@ -164,9 +188,16 @@ class Subscribers:
             self._queue(self._groups[group_id].subscriptions, messages)
 
     def _queue(self, subscriptions: Iterable[Subscription], messages: Sequence[Message]) -> None:
+        now = self.clock()
         for subscription in list(subscriptions):
             if subscription.cut_off:
                 continue
+            since = subscription.waiting_since
+            if since is not None and subscription.queue.qsize() and now - since > self.max_lag:
+                _cut_off(subscription)
+                continue
+            if since is None or not subscription.queue.qsize():
+                subscription.waiting_since = now
             limit = self.max_group_queue if subscription.group_id else self.max_queue
             for message in messages:
                 if subscription.queue.qsize() >= limit:
