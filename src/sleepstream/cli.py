@@ -27,7 +27,9 @@ COMMANDS = (
     "sleepstream.commands.evaluate",  # baselines, cv, report
     "sleepstream.commands.models",  # ship, export
     "sleepstream.commands.replay",
+    "sleepstream.score.command",  # score
     "sleepstream.commands.serve",  # serve, simulate
+    "sleepstream.evaluation.sparse",  # sparse-study
 )
 """Modules whose ``add_parser(commands)`` adds subcommands, in the order of ``--help``.
 
