@@ -29,7 +29,6 @@ COMMANDS = (
     "sleepstream.commands.replay",
     "sleepstream.score.command",  # score
     "sleepstream.commands.serve",  # serve, simulate
-    "sleepstream.evaluation.sparse",  # sparse-study
 )
 """Modules whose ``add_parser(commands)`` adds subcommands, in the order of ``--help``.
 
