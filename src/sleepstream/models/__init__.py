@@ -1,4 +1,4 @@
-"""Sleep/wake networks, their Lightning training module and the subject-split data module.
+"""Sleep/wake and sleep-stage networks, their Lightning modules and the subject-split data module.
 
 Everything is imported on first use, so code that only reads a saved model (the live detector's
 NumPy backend, :mod:`sleepstream.models.card`) pays for neither torch nor Lightning.
@@ -7,7 +7,15 @@ NumPy backend, :mod:`sleepstream.models.card`) pays for neither torch nor Lightn
 from importlib import import_module
 from typing import Any
 
-__all__ = ["SleepDataModule", "SleepGRU", "SleepMLP", "SleepNet", "SleepWakeModule"]
+__all__ = [
+    "SleepDataModule",
+    "SleepGRU",
+    "SleepMLP",
+    "SleepNet",
+    "SleepWakeModule",
+    "StageGRU",
+    "StageModule",
+]
 
 _HOMES = {
     "SleepDataModule": "sleepstream.models.datamodule",
@@ -15,6 +23,8 @@ _HOMES = {
     "SleepGRU": "sleepstream.models.net",
     "SleepMLP": "sleepstream.models.net",
     "SleepNet": "sleepstream.models.net",
+    "StageGRU": "sleepstream.models.net",
+    "StageModule": "sleepstream.models.stage_module",
 }
 
 

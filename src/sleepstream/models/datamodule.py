@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from sleepstream.data.folder import data_folder, load_all
 from sleepstream.features import night_features, nights_features
-from sleepstream.records import SLEEP_WAKE, Recording
+from sleepstream.records import LABEL_MAPS, SLEEP_WAKE, LabelMap, Recording
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +34,11 @@ TRAINING_STARTS_S = (0.0, 2 * 3600.0, 24 * 3600.0)
 at the PSG start (no history), 2 h before, and a whole day before (clipped to the first sample)."""
 
 
-def night_arrays(recording: Recording) -> Night:
-    """All causal features ``(epochs, features)`` and sleep/wake labels (-1 unscored)."""
+def night_arrays(recording: Recording, label_map: LabelMap = SLEEP_WAKE) -> Night:
+    """All causal features ``(epochs, features)`` and class labels of ``label_map`` (-1 unscored;
+    sleep/wake by default)."""
     features = night_features(recording).astype(np.float32)
-    return features, recording.labels(SLEEP_WAKE).astype(np.int64)
+    return features, recording.labels(label_map).astype(np.int64)
 
 
 def without_counts_after(recording: Recording, cut: float) -> Recording:
@@ -129,6 +130,9 @@ class SleepDataModule(L.LightningDataModule):
     seed
         Seeds the choice of validation subjects (together with the subjects available) and of
         the cut times.
+    task
+        The labels: a name of :data:`~sleepstream.records.LABEL_MAPS` (``sleep_wake``; the stage
+        networks train on ``wake_light_deep_rem``, from which wake / NREM / REM follows).
     """
 
     def __init__(
@@ -141,8 +145,12 @@ class SleepDataModule(L.LightningDataModule):
         batch_size: int = 16,
         missing_counts_copies: int = 0,
         seed: int = 0,
+        task: str = "sleep_wake",
     ):
         super().__init__()
+        if task not in LABEL_MAPS:
+            raise ValueError(f"Unknown task {task!r}; known: {list(LABEL_MAPS)}")
+        self.label_map = LABEL_MAPS[task]
         self.data_dir = data_dir
         self.held_out = held_out
         self.val_subjects = val_subjects
@@ -212,20 +220,27 @@ class SleepDataModule(L.LightningDataModule):
             for r in self._augmented_train()
         ]
 
+    def train_labels(self) -> NDArray[np.int64]:
+        """The class labels of every training night's epochs (-1 unscored), once per night."""
+        return np.concatenate([r.labels(self.label_map) for r in self.train]).astype(np.int64)
+
     def train_features(self) -> NDArray[np.float64]:
         """Feature rows of every training sequence (for the input normalisation)."""
         return np.concatenate(nights_features([r for v in self.train_sequences() for r in v]))
 
     def train_dataloader(self) -> DataLoader[Batch]:
         dataset = CropDataset(
-            [[night_arrays(r) for r in variants] for variants in self.train_sequences()],
+            [
+                [night_arrays(r, self.label_map) for r in variants]
+                for variants in self.train_sequences()
+            ],
             self.crop_epochs,
             self.crops_per_night,
         )
         return DataLoader(dataset, self.batch_size, shuffle=True, collate_fn=pad_collate)
 
     def _nights(self, recordings: Sequence[Recording]) -> DataLoader[Batch]:
-        dataset = NightDataset([night_arrays(r) for r in recordings])
+        dataset = NightDataset([night_arrays(r, self.label_map) for r in recordings])
         return DataLoader(dataset, batch_size=8, collate_fn=pad_collate)
 
     def val_dataloader(self) -> DataLoader[Batch] | list[DataLoader[Batch]]:

@@ -1,4 +1,4 @@
-"""Plain ``nn.Module`` sleep/wake networks with a streaming ``step``.
+"""Plain ``nn.Module`` sleep/wake and sleep-stage networks with a streaming ``step``.
 
 Every network takes raw feature vectors (in the order of its ``feature_names``) and carries its
 own input normalisation as buffers: ``(x - mean) / std``, with NaN (a feature that could not be
@@ -9,7 +9,8 @@ Shapes: ``forward(x: (batch, time, features), state) -> (logits: (batch, time), 
 ``step(x: (batch, features), state) -> (logits: (batch,), state)``; repeated ``step`` equals
 ``forward``. The state is a tensor, ``(batch, state_size)``; memoryless networks have
 ``state_size == 1`` and pass it through unchanged so every network exports with the same
-signature.
+signature. The stage network (:class:`StageGRU`) has one logit per class of each stage task
+instead: ``(batch, time, 7)`` and ``(batch, 7)``.
 """
 
 from __future__ import annotations
@@ -162,7 +163,85 @@ class SleepMLP(SleepNet):
         return self.mlp(self.normalise(x)).squeeze(-1), state
 
 
-NETS: dict[str, type[SleepNet]] = {"SleepGRU": SleepGRU, "SleepMLP": SleepMLP}
+STAGE_OUTPUTS: dict[str, int] = {"wake_nrem_rem": 3, "wake_light_deep_rem": 4}
+"""The stage tasks a :class:`StageGRU` predicts (names of :data:`~sleepstream.records.LABEL_MAPS`)
+and their number of classes, in the order of its logit columns."""
+
+
+class StageGRU(SleepNet):
+    """Causal recurrent stage network: the :class:`SleepGRU` body with one softmax head per task.
+
+    Reads the same causal features as the sleep/wake network and steps the same way; its logits
+    are ``(batch, time, 7)``: wake / NREM / REM (columns 0-2), then wake / light / deep / REM
+    (columns 3-6), :data:`STAGE_OUTPUTS` order. :func:`stage_probabilities` turns them into one
+    probability row per task. Both heads share the GRU, so one network answers both tasks and the
+    exported step carries both.
+
+    Parameters
+    ----------
+    feature_names, hidden_size, num_layers, dropout
+        As for :class:`SleepGRU`.
+
+    Examples
+    --------
+    >>> net = StageGRU(hidden_size=8)
+    >>> logits, state = net.step(torch.zeros(2, net.n_features), net.initial_state(2))
+    >>> logits.shape, state.shape
+    (torch.Size([2, 7]), torch.Size([2, 8]))
+    >>> {task: tuple(p.shape) for task, p in stage_probabilities(logits).items()}
+    {'wake_nrem_rem': (2, 3), 'wake_light_deep_rem': (2, 4)}
+    """
+
+    tasks = STAGE_OUTPUTS
+
+    def __init__(
+        self,
+        feature_names: str | Sequence[str] = "sequence",
+        hidden_size: int = 32,
+        num_layers: int = 1,
+        dropout: float = 0.1,
+    ):
+        super().__init__(feature_names)
+        self.init_args = {
+            "feature_names": self.feature_names,
+            "hidden_size": hidden_size,
+            "num_layers": num_layers,
+            "dropout": dropout,
+        }
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.state_size = hidden_size * num_layers
+        self.embed = nn.Sequential(nn.Linear(self.n_features, hidden_size), nn.GELU())
+        self.dropout = nn.Dropout(dropout)
+        self.gru = nn.GRU(hidden_size, hidden_size, num_layers=num_layers, batch_first=True)
+        self.head = nn.Linear(hidden_size, sum(STAGE_OUTPUTS.values()))
+
+    def forward(self, x: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        batch = x.shape[0]
+        if state is None:
+            state = self.initial_state(batch).to(x.device)
+        h = state.reshape(-1, self.num_layers, self.hidden_size).transpose(0, 1).contiguous()
+        out, h = self.gru(self.dropout(self.embed(self.normalise(x))), h)
+        return self.head(out), h.transpose(0, 1).reshape(-1, self.state_size)
+
+
+def stage_logits(logits: Tensor) -> dict[str, Tensor]:
+    """The logit columns of each task of a :class:`StageGRU` output (last axis split)."""
+    parts = torch.split(logits, list(STAGE_OUTPUTS.values()), dim=-1)
+    return dict(zip(STAGE_OUTPUTS, parts, strict=True))
+
+
+def stage_probabilities(logits: Tensor) -> dict[str, Tensor]:
+    """Class probabilities per task (softmax over each task's columns) of :class:`StageGRU`
+    logits."""
+    return {task: torch.softmax(part, dim=-1) for task, part in stage_logits(logits).items()}
+
+
+NETS: dict[str, type[SleepNet]] = {
+    "SleepGRU": SleepGRU,
+    "SleepMLP": SleepMLP,
+    "StageGRU": StageGRU,
+}
 
 
 def build_net(architecture: str, init_args: dict[str, Any]) -> SleepNet:
@@ -178,11 +257,22 @@ def count_parameters(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters() if p.requires_grad)
 
 
-def predict_night(net: SleepNet, recording: Recording) -> NDArray[np.float64]:
-    """p(sleep) per epoch of a night: the causal features replayed through ``net`` in one pass."""
+def _night_logits(net: SleepNet, recording: Recording) -> Tensor:
     columns = [FEATURE_NAMES.index(n) for n in net.feature_names]
     x = torch.as_tensor(night_features(recording)[:, columns], dtype=torch.float32)
     net.eval()
     with torch.no_grad():
         logits, _ = net(x.unsqueeze(0))
-    return torch.sigmoid(logits[0]).double().numpy()
+    return logits[0]
+
+
+def predict_night(net: SleepNet, recording: Recording) -> NDArray[np.float64]:
+    """p(sleep) per epoch of a night: the causal features replayed through ``net`` in one pass."""
+    return torch.sigmoid(_night_logits(net, recording)).double().numpy()
+
+
+def predict_night_stages(net: StageGRU, recording: Recording) -> dict[str, NDArray[np.float64]]:
+    """Class probabilities ``(epochs, classes)`` per task of a night, replayed through the stage
+    network ``net`` in one pass (causal, as the live step)."""
+    probabilities = stage_probabilities(_night_logits(net, recording))
+    return {task: p.double().numpy() for task, p in probabilities.items()}

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 from lightning.pytorch.cli import LightningCLI
 from numpy.typing import NDArray
 
@@ -76,6 +77,7 @@ def build_cli(args: Sequence[str], run: bool = True) -> LightningCLI:
             return SleepCLI(
                 SleepWakeModule,
                 SleepDataModule,
+                subclass_mode_model=_names_model_class(args),
                 args=list(args),
                 run=run,
                 seed_everything_default=0,
@@ -84,6 +86,29 @@ def build_cli(args: Sequence[str], run: bool = True) -> LightningCLI:
             )
     finally:
         sys.argv, sys.stdout = argv, stdout
+
+
+def _names_model_class(args: Sequence[str]) -> bool:
+    """Whether the config files among ``args`` (``-c``/``--config``) name the Lightning module's
+    class (``model: {class_path: ...}``, e.g. the stage module), so LightningCLI must accept
+    any :class:`SleepWakeModule` subclass; configs of the sleep/wake module leave it out."""
+    paths = [
+        value
+        for flag, value in zip(args, [*args[1:], ""], strict=True)
+        if flag in ("-c", "--config")
+    ]
+    paths += [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
+    if any(a.startswith("--model.class_path") for a in args):
+        return True
+    for path in paths:
+        try:
+            config = yaml.safe_load(Path(path).read_text())
+        except (OSError, yaml.YAMLError):
+            continue  # LightningCLI reports it, with the file's name
+        model = config.get("model") if isinstance(config, dict) else None
+        if isinstance(model, dict) and "class_path" in model:
+            return True
+    return False
 
 
 def train(

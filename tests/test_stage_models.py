@@ -1,0 +1,128 @@
+"""The live stage network: streaming equals the scan, causality, class weights, training
+through LightningCLI, and the stage LOSO adapter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sleepstream.evaluation.stage_nets import BOTH, StageNetPredictor, split_tasks
+from sleepstream.evaluation.stages import StagePredictor
+from sleepstream.models.net import STAGE_OUTPUTS, StageGRU, build_net, stage_probabilities
+from sleepstream.models.stage_module import StageModule, class_weights
+from sleepstream.models.training import _names_model_class, build_cli
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = ROOT / "configs" / "stages.yaml"
+
+
+def _net(seed: int = 0) -> StageGRU:
+    torch.manual_seed(seed)
+    net = StageGRU(hidden_size=8)
+    # Non-trivial normalisation, so the test covers it.
+    net.normalise.mean.uniform_(-1, 1)
+    net.normalise.std.uniform_(0.5, 2)
+    return net.eval()
+
+
+def test_step_equals_forward_and_probabilities_sum_to_one() -> None:
+    net = _net()
+    x = torch.randn(3, 50, net.n_features)
+    x[0, 10:20, 2] = float("nan")  # a missing feature is the training mean
+    with torch.no_grad():
+        scan, _ = net(x)
+        state = net.initial_state(3)
+        steps = []
+        for t in range(50):
+            logits, state = net.step(x[:, t], state)
+            steps.append(logits)
+    assert torch.allclose(torch.stack(steps, 1), scan, atol=1e-5)
+    assert scan.shape == (3, 50, sum(STAGE_OUTPUTS.values()))
+    for task, p in stage_probabilities(scan).items():
+        assert p.shape[-1] == STAGE_OUTPUTS[task]
+        assert torch.allclose(p.sum(-1), torch.ones(3, 50))
+
+
+def test_stage_net_is_causal() -> None:
+    """Cut the input at any epoch: the outputs before the cut do not change."""
+    net = _net(1)
+    x = torch.randn(1, 40, net.n_features)
+    with torch.no_grad():
+        full, _ = net(x)
+        for cut in (1, 7, 25):
+            changed = x.clone()
+            changed[:, cut:] = torch.randn_like(changed[:, cut:]) * 5
+            part, _ = net(changed)
+            assert torch.allclose(part[:, :cut], full[:, :cut], atol=1e-6)
+            assert not torch.allclose(part[:, cut:], full[:, cut:])
+
+
+def test_stage_net_rebuilds_from_init_args() -> None:
+    net = _net(2)
+    copy = build_net("StageGRU", net.init_args)
+    copy.load_state_dict(net.state_dict())
+    x = torch.randn(2, 5, net.n_features)
+    with torch.no_grad():
+        assert torch.equal(copy.eval()(x)[0], net(x)[0])
+
+
+def test_balanced_class_weights_equalise_the_classes() -> None:
+    labels = np.array([0] * 10 + [1] * 70 + [2] * 20 + [-1] * 5)
+    weights = class_weights(labels, 3, "balanced").numpy()
+    counts = np.bincount(labels[labels >= 0])
+    assert np.allclose(weights * counts, counts.sum() / 3)
+    assert np.allclose(class_weights(labels, 3, "sqrt").numpy(), np.sqrt(weights))
+    assert class_weights(np.array([0, 0, 1]), 3, "balanced")[2] == 1.0  # absent class
+    with pytest.raises(ValueError, match="class_weight must be one of"):
+        class_weights(labels, 3, "inverse")
+
+
+def test_loss_follows_both_tasks_and_ignores_unscored_epochs() -> None:
+    module = StageModule(_net(3))
+    logits = torch.randn(2, 6, 7, requires_grad=True)
+    y = torch.tensor([[0, 1, 2, 3, -1, -1], [3, 3, 1, -1, 0, 2]])
+    loss = module.loss(logits, y)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert logits.grad is not None
+    assert torch.all(logits.grad[0, 4:] == 0)  # unscored: no gradient
+    # Light and deep are both NREM in the three-class target.
+    three = module.targets(y)["wake_nrem_rem"]
+    assert three.tolist() == [[0, 1, 1, 2, -1, -1], [2, 2, 1, -1, 0, 1]]
+
+
+def test_stage_module_refuses_another_network() -> None:
+    from sleepstream.models.net import SleepGRU
+
+    with pytest.raises(TypeError, match="StageGRU"):
+        StageModule(SleepGRU(hidden_size=4))  # type: ignore[arg-type]
+
+
+def test_cli_reads_the_stage_config() -> None:
+    """``sleepstream fit -c configs/stages.yaml`` builds the stage module: LightningCLI is in
+    subclass mode for a config that names the module's class, not for the sleep/wake one."""
+    assert _names_model_class(["-c", str(CONFIG)])
+    assert not _names_model_class(["-c", str(ROOT / "configs" / "sleep_wake.yaml")])
+    cli = build_cli(["-c", str(CONFIG)], run=False)
+    assert isinstance(cli.model, StageModule)
+    assert isinstance(cli.model.net, StageGRU)
+    assert cli.datamodule.label_map.name == "wake_light_deep_rem"
+    assert cli.model.hparams["class_weight"] == "balanced"
+
+
+def test_predictor_is_a_stage_predictor_and_splits_tasks() -> None:
+    predictor = StageNetPredictor(CONFIG, "wake_light_deep_rem", seed=1)
+    assert isinstance(predictor, StagePredictor)
+    assert predictor.causal
+    assert predictor.label_map.classes == ("wake", "light", "deep", "rem")
+    with pytest.raises(ValueError, match="Unknown stage task"):
+        StageNetPredictor(CONFIG, "sleep_wake")
+    both = {"psg_start": np.random.default_rng(0).random((4, 7))}
+    parts = split_tasks(both, ["wake_nrem_rem", "wake_light_deep_rem"])
+    assert np.array_equal(
+        np.hstack([parts[t]["psg_start"] for t in STAGE_OUTPUTS]), both["psg_start"]
+    )
+    assert BOTH not in STAGE_OUTPUTS
