@@ -196,12 +196,19 @@ def time_unit_of(value: float) -> str | None:
     return None
 
 
+def _when(seconds: float) -> str:
+    """``seconds`` since 1970 as a UTC time, when the calendar reaches it."""
+    if 0 <= seconds < 253402300799.0:  # up to the year 9999
+        return utc_text(seconds)
+    return f"{seconds:.3g} s since 1970"
+
+
 def _numeric_unit(path: Path, column: str, value: float, given: TimeUnit | None) -> str:
     if given is not None:
         if not UNIX_RANGE[0] <= value / PER_SECOND[given] < UNIX_RANGE[1]:
             raise RawFileError(
                 f"{path}, column {column!r}, row 1: time {value:.17g} in {UNIT_NAMES[given]} is "
-                f"{utc_text(value / PER_SECOND[given])}, not between 2000 and 2100; a recording "
+                f"{_when(value / PER_SECOND[given])}, not between 2000 and 2100; a recording "
                 "split into days needs times since 1970"
             )
         return given
@@ -292,7 +299,7 @@ class _TimeReader:
             raise RawFileError(
                 f"{self.path}, column {self.column!r}, row {first_row + at + 1}: time "
                 f"{numbers[at]:.17g} is not in {UNIT_NAMES[self.unit]} like the file's first "
-                f"time ({utc_text(float(seconds[at]))} if it were)"
+                f"time ({_when(float(seconds[at]))} if it were)"
             )
         return seconds
 
@@ -374,6 +381,13 @@ def _blocks(path: Path, columns: list[str]) -> Iterator[pd.DataFrame]:
         raise RawFileError(f"{path}: cannot be read as a CSV table: {error}") from None
 
 
+def _text(value: object) -> str:
+    """A cell for a message: text quoted, numbers as written."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    return repr(value) if isinstance(value, str) else f"{value}"
+
+
 def _numbers(path: Path, frame: pd.DataFrame, column: str, first_row: int) -> NDArray[np.float64]:
     values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=np.float64)
     bad = ~np.isfinite(values)
@@ -381,7 +395,7 @@ def _numbers(path: Path, frame: pd.DataFrame, column: str, first_row: int) -> ND
         at = int(np.argmax(bad))
         raise RawFileError(
             f"{path}, column {column!r}, row {first_row + at + 1}: "
-            f"{frame[column].iloc[at]!r} is not a number"
+            f"{_text(frame[column].iloc[at])} is not a number"
         )
     return values
 
@@ -499,7 +513,7 @@ def _bpm(
         at = int(np.argmax(bad))
         raise RawFileError(
             f"{path}, column {columns.bpm!r}, row {row + at + 1}: heart rate "
-            f"{frame[columns.bpm].iloc[at]!r} is not a number of beats per minute in "
+            f"{_text(frame[columns.bpm].iloc[at])} is not a number of beats per minute in "
             f"{MIN_BPM:g}-{MAX_BPM:g}"
         )
     return values
