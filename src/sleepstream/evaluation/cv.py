@@ -10,10 +10,10 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Unpack
 
-from sleepstream.evaluation.loso import run_loso, run_loso_many
+from sleepstream.evaluation.loso import FoldOptions, run_loso, run_loso_many
 from sleepstream.evaluation.predictions import Seeded, save_predictions
-from sleepstream.evaluation.scenarios import SCENARIOS, StartScenario
 from sleepstream.records import Recording
 
 log = logging.getLogger(__name__)
@@ -25,27 +25,19 @@ def run_cv(
     seeds: Sequence[int],
     *,
     overrides: Sequence[str] = (),
-    folds: Sequence[str] | None = None,
     n_jobs: int = 1,
     baselines: bool = True,
-    progress: bool = True,
+    **options: Unpack[FoldOptions],
 ) -> list[Seeded]:
-    """:func:`run_models`, then (``baselines``) :func:`run_baselines` on the same folds."""
+    """:func:`run_models`, then (``baselines``) :func:`run_baselines` on the same folds and
+    scenarios (``options``: :class:`~sleepstream.evaluation.loso.FoldOptions`)."""
     if n_jobs > 1:
         import torch
 
         torch.set_num_threads(1)  # the folds run in their own processes; this one waits
-    results = run_models(
-        configs,
-        recordings,
-        seeds,
-        overrides=overrides,
-        folds=folds,
-        n_jobs=n_jobs,
-        progress=progress,
-    )
+    results = run_models(configs, recordings, seeds, overrides=overrides, n_jobs=n_jobs, **options)
     if baselines:
-        results += run_baselines(recordings, folds=folds, progress=progress)
+        results += run_baselines(recordings, **options)
     return results
 
 
@@ -55,9 +47,8 @@ def run_models(
     seeds: Sequence[int],
     *,
     overrides: Sequence[str] = (),
-    folds: Sequence[str] | None = None,
     n_jobs: int = 1,
-    progress: bool = True,
+    **options: Unpack[FoldOptions],
 ) -> list[Seeded]:
     """LOSO of each LightningCLI config once per seed, all folds of all seeds in one pool."""
     from sleepstream.models.training import NetPredictor
@@ -66,7 +57,7 @@ def run_models(
     for config in configs:
         start = time.perf_counter()
         templates = [NetPredictor(config, overrides, seed=seed) for seed in seeds]
-        runs = run_loso_many(templates, recordings, folds=folds, n_jobs=n_jobs, progress=progress)
+        runs = run_loso_many(templates, recordings, n_jobs=n_jobs, **options)
         for seed, by_scenario in zip(seeds, runs, strict=True):
             out += [(result, seed) for result in by_scenario.values()]
         log.info(
@@ -78,23 +69,14 @@ def run_models(
     return out
 
 
-def run_baselines(
-    recordings: Sequence[Recording],
-    *,
-    folds: Sequence[str] | None = None,
-    scenarios: Sequence[StartScenario] = SCENARIOS,
-    progress: bool = True,
-) -> list[Seeded]:
-    """LOSO of every sleep/wake baseline (deterministic: no seed); the stage baselines are
-    :func:`sleepstream.evaluation.stages.run_stage_baselines`."""
+def run_baselines(recordings: Sequence[Recording], **options: Unpack[FoldOptions]) -> list[Seeded]:
+    """LOSO of every sleep/wake baseline (deterministic: no seed), one fold after another; the
+    stage baselines are :func:`sleepstream.evaluation.stages.run_stage_baselines`."""
     from sleepstream.baselines import all_baselines
 
     out: list[Seeded] = []
     for baseline in all_baselines():
-        by_scenario = run_loso(
-            baseline, recordings, folds=folds, scenarios=scenarios, progress=progress
-        )
-        out += [(result, None) for result in by_scenario.values()]
+        out += [(result, None) for result in run_loso(baseline, recordings, **options).values()]
     return out
 
 
@@ -103,10 +85,7 @@ def baselines_report(
     tasks: Sequence[str],
     out: Path,
     docs: Path | None = None,
-    *,
-    folds: Sequence[str] | None = None,
-    scenarios: Sequence[StartScenario] = SCENARIOS,
-    progress: bool = True,
+    **options: Unpack[FoldOptions],
 ) -> list[str]:
     """LOSO of the baselines of each task, saved and reported under ``out``.
 
@@ -121,15 +100,11 @@ def baselines_report(
     stages = [task for task in dict.fromkeys(tasks) if task != "sleep_wake"]
     written = []
     if "sleep_wake" in tasks:
-        results = run_baselines(recordings, folds=folds, scenarios=scenarios, progress=progress)
-        save_predictions(results, out)
+        save_predictions(run_baselines(recordings, **options), out)
         report_predictions(out, docs)
         written.append("Report")
     if stages:
-        staged = run_stage_baselines(
-            recordings, stages, folds=folds, scenarios=scenarios, progress=progress
-        )
-        save_stage_predictions(staged, out)
+        save_stage_predictions(run_stage_baselines(recordings, stages, **options), out)
         report_stage_predictions(out, docs)
         written.append("Stage report")
     return written

@@ -22,7 +22,7 @@ import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypedDict, Unpack, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
@@ -41,6 +41,20 @@ from sleepstream.records import SLEEP_WAKE, Recording
 log = logging.getLogger(__name__)
 
 THRESHOLD_SOURCE = "pooled out-of-fold scores of the other held-out nights, same scenario"
+
+
+class FoldOptions(TypedDict, total=False):
+    """Which folds the LOSO drivers run, and how (keyword arguments of :func:`run_folds`,
+    :func:`run_loso`, :func:`run_loso_many` and the commands built on them).
+
+    ``folds``: the held-out subjects (default: all); ``scenarios``: the start scenarios
+    (default :data:`~sleepstream.evaluation.scenarios.SCENARIOS`); ``progress``: a progress bar
+    on stderr (default True).
+    """
+
+    folds: Sequence[str] | None
+    scenarios: Sequence[StartScenario]
+    progress: bool
 
 
 @runtime_checkable
@@ -216,15 +230,12 @@ def run_loso_many(
     templates: Sequence[Predictor],
     recordings: Sequence[Recording],
     *,
-    folds: Sequence[str] | None = None,
-    scenarios: Sequence[StartScenario] = SCENARIOS,
     n_jobs: int = 1,
-    progress: bool = True,
+    **options: Unpack[FoldOptions],
 ) -> list[dict[str, LosoResult]]:
     """:func:`run_loso` of several predictors (e.g. one per seed), their folds in one pool."""
-    runs = run_folds(
-        templates, recordings, folds=folds, scenarios=scenarios, n_jobs=n_jobs, progress=progress
-    )
+    runs = run_folds(templates, recordings, n_jobs=n_jobs, **options)
+    scenarios = options.get("scenarios", SCENARIOS)
     by_id = {r.subject_id: r for r in recordings}
     return [
         assemble(template, by_id, scores, scenarios)
@@ -265,16 +276,12 @@ def run_loso(
     template: Predictor,
     recordings: Sequence[Recording],
     *,
-    folds: Sequence[str] | None = None,
-    scenarios: Sequence[StartScenario] = SCENARIOS,
     n_jobs: int = 1,
-    progress: bool = True,
+    **options: Unpack[FoldOptions],
 ) -> dict[str, LosoResult]:
     """Leave-one-subject-out over ``recordings`` (or only the held-out subjects ``folds``).
 
-    ``template`` is copied, never fitted itself. ``n_jobs > 1`` runs folds in processes.
-    Returns one :class:`LosoResult` per scenario name.
+    ``template`` is copied, never fitted itself. ``n_jobs > 1`` runs folds in processes;
+    ``options``: :class:`FoldOptions`. Returns one :class:`LosoResult` per scenario name.
     """
-    return run_loso_many(
-        [template], recordings, folds=folds, scenarios=scenarios, n_jobs=n_jobs, progress=progress
-    )[0]
+    return run_loso_many([template], recordings, n_jobs=n_jobs, **options)[0]
