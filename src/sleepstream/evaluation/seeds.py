@@ -10,7 +10,7 @@ the seed mean is taken; the 2.5th and 97.5th percentiles of that mean form the i
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -82,17 +82,52 @@ def subject_bootstrap(
     ``runs`` are the same predictor's results over several seeds, on the same subjects.
     """
     per_run = [_nights(run) for run in runs]
+    subjects = same_subjects(per_run)
+
+    def figures(chosen: NDArray[np.int64]) -> list[dict[str, float]]:
+        return [headline_figures([n for i in chosen for n in run[subjects[i]]]) for run in per_run]
+
+    return bootstrap_interval(len(subjects), figures, HEADLINE_FIGURES, n_resamples, seed)
+
+
+def same_subjects(per_run: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The sorted subjects of the first run; ``ValueError`` unless every run holds the same.
+
+    >>> same_subjects([{"b": 1, "a": 2}, {"a": 3, "b": 4}])
+    ['a', 'b']
+    """
     subjects = sorted(per_run[0])
     if any(sorted(run) != subjects for run in per_run):
         raise ValueError("Every seed's run must hold the same subjects to be bootstrapped together")
+    return subjects
+
+
+def bootstrap_interval(
+    n_subjects: int,
+    figures_of: Callable[[NDArray[np.int64]], Sequence[Mapping[str, float]]],
+    keys: Sequence[str],
+    n_resamples: int = 500,
+    seed: int = 0,
+) -> dict[str, dict[str, float]]:
+    """95 % interval of the seed mean of each figure in ``keys``, resampling subjects.
+
+    Each resample draws ``n_subjects`` subject indices with replacement (``numpy``'s
+    ``default_rng(seed)``); ``figures_of(chosen)`` gives every seed's figures on the nights of
+    the chosen subjects, and their mean (NaN ignored) is one draw. Returns per key the 2.5th
+    (``low``) and 97.5th (``high``) percentiles of the draws and ``n_resamples``.
+
+    Examples
+    --------
+    >>> values = np.array([1.0, 2.0, 3.0])
+    >>> interval = bootstrap_interval(3, lambda chosen: [{"mean": values[chosen].mean()}], ["mean"])
+    >>> 1.0 <= interval["mean"]["low"] < interval["mean"]["high"] <= 3.0
+    True
+    """
     rng = np.random.default_rng(seed)
-    draws = {key: np.empty(n_resamples) for key in HEADLINE_FIGURES}
+    draws = {key: np.empty(n_resamples) for key in keys}
     for b in range(n_resamples):
-        chosen = rng.integers(0, len(subjects), len(subjects))
-        figures = [
-            headline_figures([n for i in chosen for n in run[subjects[i]]]) for run in per_run
-        ]
-        for key in HEADLINE_FIGURES:
+        figures = figures_of(rng.integers(0, n_subjects, n_subjects))
+        for key in keys:
             draws[key][b] = np.nanmean([f[key] for f in figures])
     return {
         key: {

@@ -38,6 +38,7 @@ from sklearn.metrics import (
 
 from sleepstream.evaluation.metrics import _mean_sd, to_jsonable
 from sleepstream.evaluation.nightly import agreement
+from sleepstream.evaluation.seeds import bootstrap_interval, same_subjects
 from sleepstream.evaluation.stages import RULES, StageNight, StageResult, confusion_counts
 from sleepstream.records import EPOCH_SECONDS
 
@@ -312,14 +313,10 @@ def summarize_stages(result: StageResult) -> dict[str, Any]:
     """
     if not result.nights:
         raise ValueError(f"Predictor {result.name!r} has no nights")
-    summary: dict[str, Any] = {
-        "name": result.name,
-        "causal": result.causal,
-        "task": result.task,
+    described = ("name", "causal", "task", "classes", "description", "scenario", "rule_source")
+    summary: dict[str, Any] = {key: getattr(result, key) for key in described}
+    summary |= {
         "classes": list(result.classes),
-        "description": result.description,
-        "scenario": result.scenario,
-        "rule_source": result.rule_source,
         "n_nights": len(result.nights),
         "n_subjects": len({n.subject_id for n in result.nights}),
         "rules": {rule: _rule_summary(result, rule) for rule in RULES},
@@ -363,22 +360,10 @@ def stage_bootstrap(
     mean is taken. ``runs`` are one predictor's results over seeds, on the same subjects.
     """
     per_run = [_night_confusions(run, rule) for run in runs]
-    subjects = sorted(per_run[0])
-    if any(sorted(run) != subjects for run in per_run):
-        raise ValueError("Every seed's run must hold the same subjects to be bootstrapped together")
+    subjects = same_subjects(per_run)
     stacked = [np.stack([sum(run[s]) for s in subjects]) for run in per_run]
-    rng = np.random.default_rng(seed)
-    draws = {key: np.empty(n_resamples) for key in HEADLINE_FIGURES}
-    for b in range(n_resamples):
-        chosen = rng.integers(0, len(subjects), len(subjects))
-        figures = [figures_from_confusion(matrices[chosen].sum(axis=0)) for matrices in stacked]
-        for key in HEADLINE_FIGURES:
-            draws[key][b] = np.nanmean([f[key] for f in figures])
-    return {
-        key: {
-            "low": float(np.nanpercentile(values, 2.5)),
-            "high": float(np.nanpercentile(values, 97.5)),
-            "n_resamples": n_resamples,
-        }
-        for key, values in draws.items()
-    }
+
+    def figures(chosen: NDArray[np.int64]) -> list[dict[str, float]]:
+        return [figures_from_confusion(matrices[chosen].sum(axis=0)) for matrices in stacked]
+
+    return bootstrap_interval(len(subjects), figures, HEADLINE_FIGURES, n_resamples, seed)
