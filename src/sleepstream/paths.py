@@ -111,25 +111,21 @@ def check_output_file(
 ) -> Path:
     """Check that ``path`` can be written as a file (replacing an existing file is fine).
 
-    Parameters
-    ----------
-    path
-        The file a command will write.
-    what
-        How the message names it, e.g. ``"--docs file"``.
-    suffixes
-        Accepted name endings (e.g. ``(".png", ".pdf")``), case-insensitive; empty: any.
+    The same checks as :func:`check_output_dir` (nothing is created; ``what`` names the path in
+    the message; ``path`` is returned as a :class:`~pathlib.Path`), for a file: an
+    :class:`OutputPathError` when ``path`` is a folder, ends in none of ``suffixes`` (e.g.
+    ``(".png", ".pdf")``, case-insensitive; empty: any ending), lies under a file, or its folder
+    does not accept new files (the file is written via a temporary file beside it).
 
-    Returns
-    -------
-    Path
-        ``path`` as a :class:`~pathlib.Path`.
-
-    Raises
-    ------
-    OutputPathError
-        When ``path`` is a folder, has a suffix not in ``suffixes``, lies under a file, or its
-        folder does not accept new files (the file is written via a temporary file beside it).
+    Examples
+    --------
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> check_output_file(folder / "night.PNG", "--out file", (".png",)).name
+    'night.PNG'
+    >>> check_output_file(folder / "night.txt", "--out file", (".png",))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    sleepstream.paths.OutputPathError: --out file ...night.txt: expected a name ending in .png, got '.txt'
     """
     file = Path(path).expanduser()
     if file.is_dir():

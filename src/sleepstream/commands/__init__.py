@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
+
+if TYPE_CHECKING:
+    from sleepstream.records import Recording
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 """What ``add_parser`` receives: ``parser.add_subparsers(...)`` of the ``sleepstream`` parser."""
@@ -32,3 +35,41 @@ def optional_path(value: str | None) -> Path | None:
 def folds_arg(value: str | None) -> list[str] | None:
     """``--folds 1,2,3`` as a list of subjects (None: all)."""
     return value.split(",") if value else None
+
+
+def add_night_source(p: argparse.ArgumentParser) -> None:
+    """The night a command reads: ``--subject`` of the data folder, or a user's files
+    (``--heart-rate`` with ``--motion``, ``--counts``, ``--labels``; their times read as
+    ``--time-unit`` and ``--timezone`` say). :func:`user_recording` reads the files."""
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--subject", help="a subject of the data folder")
+    source.add_argument(
+        "--heart-rate", help="a user's heart-rate file (time,bpm; time: see --time-unit)"
+    )
+    p.add_argument("--motion", help="with --heart-rate: raw acceleration (time x y z, g)")
+    p.add_argument("--counts", help="with --heart-rate: activity counts (time,count)")
+    p.add_argument("--labels", help="with --heart-rate: PSG labels (time stage)")
+    p.add_argument(
+        "--time-unit",
+        metavar="UNIT",
+        help="unit of numeric times in the files: s, ms or us (default: seconds, relative or "
+        "since 1970; files that look like ms or us are refused). ISO-8601 times with a UTC "
+        "offset (2026-03-29T01:59:30+01:00) are read as they are",
+    )
+    p.add_argument(
+        "--timezone",
+        metavar="ZONE",
+        help="IANA time zone (e.g. Europe/Berlin) for the clock times shown, and of ISO-8601 "
+        "times without an offset in the files (default: show UTC; such times refused)",
+    )
+
+
+def user_recording(a: argparse.Namespace) -> Recording:
+    """The night in the files of :func:`add_night_source` (``--heart-rate`` ...), read by
+    :func:`~sleepstream.data.parse.read_user_recording` (errors name the file and line)."""
+    from sleepstream.data.parse import read_user_recording
+
+    files = [optional_path(f) for f in (a.motion, a.counts, a.labels)]
+    return read_user_recording(
+        Path(a.heart_rate), *files, time_unit=a.time_unit, timezone=a.timezone
+    )

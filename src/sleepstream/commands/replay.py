@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sleepstream.commands import DATA_HELP, Subparsers, optional_path
+from sleepstream.commands import DATA_HELP, Subparsers, add_night_source, user_recording
 from sleepstream.paths import check_output_file
 
 FIGURE_SUFFIXES = (".png", ".pdf", ".svg")
@@ -14,27 +14,7 @@ FIGURE_SUFFIXES = (".png", ".pdf", ".svg")
 
 def add_parser(commands: Subparsers) -> argparse.ArgumentParser:
     p = commands.add_parser("replay", help="play a night through the live detector")
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--subject", help="a subject of the data folder")
-    source.add_argument(
-        "--heart-rate", help="a user's heart-rate file (time,bpm; time: see --time-unit)"
-    )
-    p.add_argument("--motion", help="with --heart-rate: raw acceleration (time x y z, g)")
-    p.add_argument("--counts", help="with --heart-rate: activity counts (time,count)")
-    p.add_argument("--labels", help="with --heart-rate: PSG labels (time stage)")
-    p.add_argument(
-        "--time-unit",
-        metavar="UNIT",
-        help="unit of numeric times in the files: s, ms or us (default: seconds, relative or "
-        "since 1970; files that look like ms or us are refused). ISO-8601 times with a UTC "
-        "offset (2026-03-29T01:59:30+01:00) are read as they are",
-    )
-    p.add_argument(
-        "--timezone",
-        metavar="ZONE",
-        help="IANA time zone (e.g. Europe/Berlin) for the clock times shown, and of ISO-8601 "
-        "times without an offset in the files (default: show UTC; such times refused)",
-    )
+    add_night_source(p)
     p.add_argument(
         "--history",
         type=float,
@@ -59,7 +39,6 @@ def replay(a: argparse.Namespace) -> int:
     name = a.subject or Path(a.heart_rate).stem
     out = check_output_file(a.out or f"replay_{name}.png", "--out file", FIGURE_SUFFIXES)
     from sleepstream.data.folder import data_folder, load_recording
-    from sleepstream.data.parse import read_user_recording
     from sleepstream.live.replay import replay_to_plot
     from sleepstream.logs import console
 
@@ -67,10 +46,7 @@ def replay(a: argparse.Namespace) -> int:
         night = load_recording(data_folder(a.data), a.subject, with_accel=True)
         recording = night.switched_on_before(a.history * 3600.0)
     else:
-        files = [optional_path(f) for f in (a.motion, a.counts, a.labels)]
-        recording = read_user_recording(
-            Path(a.heart_rate), *files, time_unit=a.time_unit, timezone=a.timezone
-        )
+        recording = user_recording(a)
     results = replay_to_plot(
         recording,
         out,

@@ -29,30 +29,15 @@ def run_cv(
     baselines: bool = True,
     **options: Unpack[FoldOptions],
 ) -> list[Seeded]:
-    """:func:`run_models`, then (``baselines``) :func:`run_baselines` on the same folds and
+    """LOSO of each LightningCLI config once per seed (all folds of all seeds in one pool of
+    ``n_jobs`` processes), then (``baselines``) :func:`run_baselines` on the same folds and
     scenarios (``options``: :class:`~sleepstream.evaluation.loso.FoldOptions`)."""
+    from sleepstream.models.training import NetPredictor
+
     if n_jobs > 1:
         import torch
 
         torch.set_num_threads(1)  # the folds run in their own processes; this one waits
-    results = run_models(configs, recordings, seeds, overrides=overrides, n_jobs=n_jobs, **options)
-    if baselines:
-        results += run_baselines(recordings, **options)
-    return results
-
-
-def run_models(
-    configs: Sequence[str],
-    recordings: Sequence[Recording],
-    seeds: Sequence[int],
-    *,
-    overrides: Sequence[str] = (),
-    n_jobs: int = 1,
-    **options: Unpack[FoldOptions],
-) -> list[Seeded]:
-    """LOSO of each LightningCLI config once per seed, all folds of all seeds in one pool."""
-    from sleepstream.models.training import NetPredictor
-
     out: list[Seeded] = []
     for config in configs:
         start = time.perf_counter()
@@ -66,6 +51,8 @@ def run_models(
             len(seeds),
             time.perf_counter() - start,
         )
+    if baselines:
+        out += run_baselines(recordings, **options)
     return out
 
 

@@ -412,8 +412,15 @@ def _figures(pooled: Pooled) -> dict[str, float]:
     return figures
 
 
-def _mean_sd(rows: Sequence[Mapping[str, float]], keys: Sequence[str]) -> dict[str, dict]:
-    """Mean, SD (ddof=1) and count of the finite values of each key over rows."""
+def mean_sd(rows: Sequence[Mapping[str, float]], keys: Sequence[str]) -> dict[str, dict]:
+    """Mean, SD (ddof=1; NaN for fewer than two values) and count of the finite values of each
+    key over ``rows`` (e.g. one row of figures per subject); a missing key counts as NaN.
+
+    Examples
+    --------
+    >>> mean_sd([{"kappa": 0.5}, {"kappa": 0.7}, {"kappa": float("nan")}], ["kappa"])
+    {'kappa': {'mean': 0.6, 'sd': 0.14142135623730948, 'n': 2}}
+    """
     out: dict[str, dict] = {}
     for key in keys:
         values = np.array([row.get(key, math.nan) for row in rows], dtype=np.float64)
@@ -487,7 +494,7 @@ def summarize(result: LosoResult) -> dict[str, Any]:
         "scored": {
             "n_epochs": int(scored.labels.size),
             "pooled": pooled_figures,
-            "subjects": _mean_sd(subject_rows, keys),
+            "subjects": mean_sd(subject_rows, keys),
         },
         "valid": {"n_epochs": int(valid.labels.size), "pooled": _figures(valid)},
         "night_level": nightly["night_level"],

@@ -25,8 +25,10 @@ SLEEP_CORRECT_TARGETS = (0.93, 0.95)
 
 
 @dataclass(frozen=True, eq=False)
-class NightPrediction:
-    """p(sleep) for every epoch of one held-out night, with thresholds fixed before seeing it.
+class HeldOutNight:
+    """The epochs of one held-out night and their PSG labels: what the prediction of a night
+    holds besides its scores (:class:`NightPrediction`, p(sleep); the stage predictions,
+    class probabilities).
 
     Attributes
     ----------
@@ -35,7 +37,28 @@ class NightPrediction:
     epoch_times
         Start (s) of each 30 s epoch.
     labels
-        1 sleep, 0 wake, -1 unscored (``SLEEP_WAKE`` applied to the PSG stages).
+        Class index per epoch under the task's label map; -1 unscored.
+    """
+
+    subject_id: str
+    epoch_times: NDArray[np.float64]
+    labels: NDArray[np.int8]
+
+    @property
+    def scored(self) -> NDArray[np.bool_]:
+        """The epochs with a PSG label."""
+        return self.labels >= 0
+
+
+@dataclass(frozen=True, eq=False)
+class NightPrediction(HeldOutNight):
+    """p(sleep) for every epoch of one held-out night, with thresholds fixed before seeing it.
+
+    ``labels`` (:class:`HeldOutNight`) are 1 sleep, 0 wake, -1 unscored (``SLEEP_WAKE``
+    applied to the PSG stages).
+
+    Attributes
+    ----------
     p_sleep
         Predicted probability of sleep per epoch, in [0, 1], never NaN.
     valid
@@ -46,9 +69,6 @@ class NightPrediction:
         An epoch is called sleep when ``p_sleep >= threshold``.
     """
 
-    subject_id: str
-    epoch_times: NDArray[np.float64]
-    labels: NDArray[np.int8]
     p_sleep: NDArray[np.float64]
     valid: NDArray[np.bool_]
     thresholds: dict[str, float] = field(default_factory=dict)
@@ -73,10 +93,6 @@ class NightPrediction:
         if valid is None:
             valid = labels >= 0
         return cls(recording.subject_id, recording.epoch_times, labels, p, valid, thresholds)
-
-    @property
-    def scored(self) -> NDArray[np.bool_]:
-        return self.labels >= 0
 
 
 @dataclass(frozen=True, eq=False)

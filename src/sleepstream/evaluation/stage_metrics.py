@@ -36,7 +36,7 @@ from sklearn.metrics import (
     recall_score,
 )
 
-from sleepstream.evaluation.metrics import _mean_sd, to_jsonable
+from sleepstream.evaluation.metrics import mean_sd, to_jsonable
 from sleepstream.evaluation.nightly import agreement
 from sleepstream.evaluation.seeds import bootstrap_interval, same_subjects
 from sleepstream.evaluation.stages import RULES, StageNight, StageResult, confusion_counts
@@ -290,7 +290,7 @@ def _rule_summary(result: StageResult, rule: str) -> dict[str, Any]:
         subjects.append({"subject_id": night.subject_id, **figures})
     keys = [k for k in pooled if k not in ("confusion", "n_epochs")]
     return {
-        "scored": {"pooled": pooled, "subjects": _mean_sd(subjects, keys)},
+        "scored": {"pooled": pooled, "subjects": mean_sd(subjects, keys)},
         "valid": {"pooled": valid},
         "night_level": night_level(result.nights, classes, rule),
         "subjects": subjects,
