@@ -178,23 +178,31 @@ def _read_table(
     return table, False
 
 
-def _read_numbers(path: Path, sep: str | None, n_cols: int) -> NDArray[np.float64]:
+def _read_csv(path: Path, sep: str | None, n_cols: int, text_times: bool) -> pd.DataFrame:
+    """The headerless table in ``path`` (columns split at ``sep``, or at white space): numbers,
+    or (``text_times``) text. A file pandas cannot read is scanned for the line to name
+    (:func:`_scan_for_error`); every failure is a :class:`DataFormatError`."""
+    options = {"dtype": str, "keep_default_na": False} if text_times else {"dtype": np.float64}
     try:
-        frame = pd.read_csv(
+        return pd.read_csv(
             path,
             sep=r"\s+" if sep is None else sep,
             header=None,
-            dtype=np.float64,
             skip_blank_lines=True,
             engine="c",
             encoding="utf-8",
+            **options,
         )
     except UnicodeDecodeError:
         raise _not_text_error(path) from None
     except (ValueError, pd.errors.ParserError):
-        _scan_for_error(path, sep, n_cols)
-        raise DataFormatError(f"{path}: cannot be parsed as a numeric table") from None
-    table = frame.to_numpy(dtype=np.float64)
+        _scan_for_error(path, sep, n_cols, text_times=text_times)
+        what = "a table of times and numbers" if text_times else "a numeric table"
+        raise DataFormatError(f"{path}: cannot be parsed as {what}") from None
+
+
+def _read_numbers(path: Path, sep: str | None, n_cols: int) -> NDArray[np.float64]:
+    table = _read_csv(path, sep, n_cols, text_times=False).to_numpy(dtype=np.float64)
     if table.shape[1] != n_cols or not np.isfinite(table).all():
         _scan_for_error(path, sep, n_cols)
         raise DataFormatError(f"{path}: expected {n_cols} finite values per line")
@@ -215,22 +223,7 @@ def _read_text_times(
     path: Path, sep: str | None, n_cols: int, time_format: TimeFormat
 ) -> NDArray[np.float64]:
     """A table whose first column holds ISO-8601 times, the times as Unix seconds."""
-    try:
-        frame = pd.read_csv(
-            path,
-            sep=r"\s+" if sep is None else sep,
-            header=None,
-            dtype=str,
-            keep_default_na=False,
-            skip_blank_lines=True,
-            engine="c",
-            encoding="utf-8",
-        )
-    except UnicodeDecodeError:
-        raise _not_text_error(path) from None
-    except (ValueError, pd.errors.ParserError):
-        _scan_for_error(path, sep, n_cols, text_times=True)
-        raise DataFormatError(f"{path}: cannot be parsed as a table of times and numbers") from None
+    frame = _read_csv(path, sep, n_cols, text_times=True)
     values = frame.iloc[:, 1:].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
     if frame.shape[1] != n_cols or not np.isfinite(values).all():
         _scan_for_error(path, sep, n_cols, text_times=True)
