@@ -323,22 +323,23 @@ def _localized(
     n = len(local)
     summer = local.tz_localize(zone, ambiguous=np.ones(n, dtype=bool), nonexistent="NaT")
     winter = local.tz_localize(zone, ambiguous=np.zeros(n, dtype=bool), nonexistent="NaT")
-    skipped = summer.isna()
-    if skipped.any():
-        at = int(np.argmax(skipped))
-        raise TimeValueError(
-            int(texts.index[at]),
-            f"local time {texts.iloc[at]!r} does not exist in {zone.key}: the clocks skipped "
-            "it (daylight saving); give times with a UTC offset",
-        )
-    twice = np.asarray(summer != winter)
-    if twice.any():
-        at = int(np.argmax(twice))
-        raise TimeValueError(
-            int(texts.index[at]),
-            f"local time {texts.iloc[at]!r} happened twice in {zone.key} (the clocks went "
-            "back); give times with a UTC offset to say which",
-        )
+    refused = (
+        (
+            summer.isna(),
+            f"does not exist in {zone.key}: the clocks skipped it (daylight saving); give times "
+            "with a UTC offset",
+        ),
+        (
+            summer != winter,
+            f"happened twice in {zone.key} (the clocks went back); give times with a UTC offset "
+            "to say which",
+        ),
+    )
+    for refuse, why in refused:
+        bad = np.asarray(refuse)
+        if bad.any():
+            at = int(np.argmax(bad))
+            raise TimeValueError(int(texts.index[at]), f"local time {texts.iloc[at]!r} {why}")
     return summer
 
 
