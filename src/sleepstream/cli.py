@@ -29,6 +29,7 @@ COMMANDS = (
     "sleepstream.commands.replay",
     "sleepstream.score.command",  # score
     "sleepstream.commands.serve",  # serve, simulate
+    "sleepstream.review",  # review
 )
 """Modules whose ``add_parser(commands)`` adds subcommands, in the order of ``--help``.
 
