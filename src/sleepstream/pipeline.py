@@ -23,7 +23,11 @@ state       (batch, state_size)         the previous epoch's ``new_state``
 ==========  ==========================  ===================================================
 
 Outputs: ``p_sleep (batch,)``, ``new_state (batch, state_size)`` and ``features (batch, 29)``
-(every causal feature, for debugging; the network reads its own subset).
+(every causal feature, for debugging; the network reads its own subset). A step built with a
+stage network (``stages``, a :class:`~sleepstream.models.net.StageGRU`) has two more:
+``p_stage3 (batch, 3)`` (wake, NREM, REM) and ``p_stage4 (batch, 4)`` (wake, light, deep,
+REM), each row summing to 1 (:data:`STAGE_OUTPUT_NAMES`); its state ends with the stage
+network's. The sleep/wake part is the same graph either way, so p(sleep) does not change.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from sleepstream.features import FEATURE_NAMES, HR_SLOTS
-from sleepstream.models.net import SleepNet
+from sleepstream.models.net import SleepNet, StageGRU, stage_probabilities
 from sleepstream.step import (
     ACCEL_SAMPLES,
     ACCEL_STATE_LAYOUT,
@@ -51,11 +55,14 @@ from sleepstream.step import (
 VARIANTS = ("raw", "counts")
 """``raw``: acceleration in (counts computed inside); ``counts``: ready-made counts in."""
 
+STAGE_OUTPUT_NAMES = {"wake_nrem_rem": "p_stage3", "wake_light_deep_rem": "p_stage4"}
+"""The step's output of each stage task (names of :data:`~sleepstream.records.LABEL_MAPS`)."""
+
 
 class PipelineStep(nn.Module):
     """One epoch of the whole pipeline; see the module docstring for inputs and outputs."""
 
-    def __init__(self, net: SleepNet, variant: str = "raw"):
+    def __init__(self, net: SleepNet, variant: str = "raw", stages: StageGRU | None = None):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
@@ -68,8 +75,20 @@ class PipelineStep(nn.Module):
             torch.tensor([FEATURE_NAMES.index(n) for n in net.feature_names], dtype=torch.long),
             persistent=False,
         )
+        self.stages = copy.deepcopy(stages).cpu().float().eval() if stages is not None else None
+        if self.stages is not None:
+            self.register_buffer(
+                "stage_columns",
+                torch.tensor(
+                    [FEATURE_NAMES.index(n) for n in self.stages.feature_names], dtype=torch.long
+                ),
+                persistent=False,
+            )
         self.accel_size = ACCEL_STATE_SIZE if variant == "raw" else 0
-        self.state_size = self.accel_size + FEATURE_STATE_SIZE + self.net.state_size
+        self.stage_state_size = self.stages.state_size if self.stages is not None else 0
+        self.state_size = (
+            self.accel_size + FEATURE_STATE_SIZE + self.net.state_size + self.stage_state_size
+        )
 
     input_names = property(
         lambda self: (
@@ -78,10 +97,16 @@ class PipelineStep(nn.Module):
             else ("counts", "hr", "hr_offset", "state")
         )
     )
-    output_names = ("p_sleep", "new_state", "features")
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        stages = tuple(STAGE_OUTPUT_NAMES.values()) if self.stages is not None else ()
+        return ("p_sleep", "new_state", "features", *stages)
 
     def initial_state(self, batch: int = 1) -> Tensor:
         parts = [initial_feature_state(batch), self.net.initial_state(batch).float()]
+        if self.stages is not None:
+            parts.append(self.stages.initial_state(batch).float())
         if self.variant == "raw":
             parts.insert(0, initial_accel_state(batch))
         return torch.cat(parts, dim=1)
@@ -101,11 +126,13 @@ class PipelineStep(nn.Module):
 
     def run(
         self, accel: Tensor | None, counts: Tensor, hr: Tensor, hr_offset: Tensor, state: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """The step; ``accel`` is used by the raw variant only."""
+    ) -> tuple[Tensor, ...]:
+        """The step; ``accel`` is used by the raw variant only. Returns the outputs of
+        :attr:`output_names`, in order."""
         at = self.accel_size
         feature_state = state[:, at : at + FEATURE_STATE_SIZE]
-        net_state = state[:, at + FEATURE_STATE_SIZE :]
+        net_at = at + FEATURE_STATE_SIZE
+        net_state = state[:, net_at : net_at + self.net.state_size]
         parts = []
         if self.counter is not None and accel is not None:
             from_accel, history = self.counter(accel, state[:, :at])
@@ -114,48 +141,68 @@ class PipelineStep(nn.Module):
         features, feature_state = self.features(counts, hr, hr_offset, feature_state)
         logit, net_state = self.net.step(features.index_select(1, self.columns), net_state)
         parts += [feature_state, net_state + 0.0]
-        return torch.sigmoid(logit), torch.cat(parts, dim=1), features
+        if self.stages is None:
+            return torch.sigmoid(logit), torch.cat(parts, dim=1), features
+        stage_state = state[:, net_at + self.net.state_size :]
+        stage_logits, stage_state = self.stages.step(
+            features.index_select(1, self.stage_columns), stage_state
+        )
+        parts.append(stage_state + 0.0)
+        p_stages = stage_probabilities(stage_logits)
+        return (
+            torch.sigmoid(logit),
+            torch.cat(parts, dim=1),
+            features,
+            *(p_stages[task] for task in STAGE_OUTPUT_NAMES),
+        )
 
 
 class RawPipeline(PipelineStep):
     """:class:`PipelineStep` taking raw acceleration (the export signature of ``raw``)."""
 
-    def __init__(self, net: SleepNet):
-        super().__init__(net, "raw")
+    def __init__(self, net: SleepNet, stages: StageGRU | None = None):
+        super().__init__(net, "raw", stages)
 
     def forward(
         self, accel: Tensor, counts: Tensor, hr: Tensor, hr_offset: Tensor, state: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor]:
+    ) -> tuple[Tensor, ...]:
         return self.run(accel, counts, hr, hr_offset, state)
 
 
 class CountsPipeline(PipelineStep):
     """:class:`PipelineStep` taking ready-made counts (the export signature of ``counts``)."""
 
-    def __init__(self, net: SleepNet):
-        super().__init__(net, "counts")
+    def __init__(self, net: SleepNet, stages: StageGRU | None = None):
+        super().__init__(net, "counts", stages)
 
     def forward(
         self, counts: Tensor, hr: Tensor, hr_offset: Tensor, state: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor]:
+    ) -> tuple[Tensor, ...]:
         return self.run(None, counts, hr, hr_offset, state)
 
 
-def pipeline_step(net: SleepNet, variant: str = "raw") -> PipelineStep:
-    """The exportable step of ``net`` in ``variant`` (``"raw"`` or ``"counts"``), eval mode."""
+def pipeline_step(
+    net: SleepNet, variant: str = "raw", stages: StageGRU | None = None
+) -> PipelineStep:
+    """The exportable step of ``net`` in ``variant`` (``"raw"`` or ``"counts"``), eval mode;
+    with the stage network ``stages``, its outputs too (:data:`STAGE_OUTPUT_NAMES`)."""
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-    return (RawPipeline(net) if variant == "raw" else CountsPipeline(net)).eval()
+    step = RawPipeline(net, stages) if variant == "raw" else CountsPipeline(net, stages)
+    return step.eval()
 
 
 def state_layout(step: PipelineStep) -> list[dict[str, object]]:
     """``{"name", "offset", "length"}`` of every part of the state vector, in order."""
     parts = list(ACCEL_STATE_LAYOUT) if step.variant == "raw" else []
     parts += [*FEATURE_STATE_LAYOUT, ("network", step.net.state_size)]
+    if step.stages is not None:
+        parts.append(("stage_network", step.stages.state_size))
     return layout(parts)
 
 
 __all__ = [
+    "STAGE_OUTPUT_NAMES",
     "VARIANTS",
     "CountsPipeline",
     "PipelineStep",

@@ -28,7 +28,7 @@ from numpy.typing import NDArray
 from sleepstream.export.metadata import ModelMetadata, metadata_for
 from sleepstream.export.onnx import check_onnx_parity, export_onnx, read_onnx_metadata
 from sleepstream.export.vectors import counts_night, generated_night, write_test_vectors
-from sleepstream.models.net import SleepNet
+from sleepstream.models.net import SleepNet, StageGRU
 from sleepstream.paths import write_atomic
 from sleepstream.pipeline import VARIANTS
 from sleepstream.records import Recording
@@ -79,8 +79,14 @@ def export_all(
     precision: str = "float32",
     metadata_extra: Mapping[str, Any] | None = None,
     coreml: bool = True,
+    stages: StageGRU | None = None,
+    stages_about: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write every export artefact of ``net`` into ``out_dir`` and check them against torch.
+
+    With the stage network ``stages``, every file carries its outputs ``p_stage3`` and
+    ``p_stage4`` (metadata ``stages``, with ``stages_about`` added), and the parity checks and
+    test vectors cover them; p(sleep) is the same as without it.
 
     ONNX files are checked epoch by epoch on whole nights (:func:`parity_inputs`), Core ML
     programs on their first :data:`COREML_CHECK_EPOCHS` epochs with coremltools' reference
@@ -96,12 +102,14 @@ def export_all(
     checks = []
     nights = parity_inputs(recording)
     for variant in VARIANTS:
-        meta = metadata_for(net, thresholds, variant, **dict(metadata_extra or {}))
+        meta = metadata_for(
+            net, thresholds, variant, stages, stages_about, **dict(metadata_extra or {})
+        )
         write_atomic(out / f"model_{variant}.json", meta.to_json() + "\n")
-        path = export_onnx(net, out / f"model_{variant}.onnx", meta)
+        path = export_onnx(net, out / f"model_{variant}.onnx", meta, stages)
         files[f"onnx_{variant}"] = str(path)
         inputs, source = nights[variant]
-        diff = check_onnx_parity(net, path, inputs)
+        diff = check_onnx_parity(net, path, inputs, stages)
         summary[f"onnx_{variant}"] = {
             "input": source,
             "epochs": len(inputs["hr"]),
@@ -109,7 +117,9 @@ def export_all(
         }
         checks.append((f"ONNX {variant}", diff, PARITY_TOLERANCE["float32"], source))
         if coreml:
-            report = _export_coreml(net, meta, out / f"SleepStream_{variant}", precision, inputs)
+            report = _export_coreml(
+                net, meta, out / f"SleepStream_{variant}", precision, inputs, stages
+            )
             summary[f"coreml_{variant}"] = report
             if "mil_max_abs_diff" in report:
                 checks.append(
@@ -129,13 +139,14 @@ def export_all(
                 out / "test_vectors.json",
                 [recording],
                 model_files={v: f"model_{v}.onnx" for v in VARIANTS},
+                stages=stages,
             )
         )
     for name, diff, tolerance, source in checks:
         log.info("%s parity on %s: max |dp| = %.3g", name, source, diff)
         if not diff <= tolerance:
             raise RuntimeError(
-                f"{name} export disagrees with torch: max |p_sleep difference| {diff:.3g} > "
+                f"{name} export disagrees with torch: max |probability difference| {diff:.3g} > "
                 f"{tolerance:g} on {source}; files left in {out}"
             )
     return summary
@@ -147,6 +158,7 @@ def _export_coreml(
     base: Path,
     precision: str,
     inputs: dict[str, NDArray[np.float64]],
+    stages: StageGRU | None = None,
 ) -> dict[str, Any]:
     """A Core ML program and its checks; skipped with a warning when coremltools is missing."""
     try:
@@ -155,8 +167,12 @@ def _export_coreml(
         log.warning("Core ML export skipped: coremltools cannot be imported (%s)", err)
         return {"skipped": f"coremltools cannot be imported: {err}"}
     written = export_coreml(
-        net, base, meta, precision="float32" if precision == "float32" else "float16"
+        net,
+        base,
+        meta,
+        precision="float32" if precision == "float32" else "float16",
+        stages=stages,
     )
     stretch = {k: v[:COREML_CHECK_EPOCHS] for k, v in inputs.items()}
-    report = check_coreml(written["mlpackage"], meta, net=net, inputs=stretch)
+    report = check_coreml(written["mlpackage"], meta, net=net, inputs=stretch, stages=stages)
     return {"precision": precision, "path": written["mlpackage"], **report}

@@ -21,6 +21,8 @@ p_sleep     (1,)             probability that the epoch is sleep
 new_state   (1, state_size)  state to pass as ``prev_state`` with the next epoch
 features    (1, 29)          the epoch's causal features in ``metadata.all_feature_names``
                              order (for debugging)
+p_stage3    (1, 3)           files with a stage network only: wake / NREM / REM probabilities
+p_stage4    (1, 4)           files with a stage network only: wake / light / deep / REM
 ==========  ===============  ==================================================================
 
 The state input is ``prev_state``, not ``state`` as in ONNX: ``state`` is a reserved word in
@@ -55,10 +57,15 @@ from coremltools.converters.mil.mil import Function
 from numpy.typing import NDArray
 
 from sleepstream.export.metadata import METADATA_KEY, ModelMetadata
-from sleepstream.export.onnx import inference_copy, scan_torch
-from sleepstream.models.net import SleepNet
+from sleepstream.export.onnx import (
+    PROBABILITY_OUTPUTS,
+    inference_copy,
+    scan_torch,
+    stage_inference_copy,
+)
+from sleepstream.models.net import SleepNet, StageGRU
 from sleepstream.paths import atomic_directory
-from sleepstream.pipeline import PipelineStep, pipeline_step
+from sleepstream.pipeline import STAGE_OUTPUT_NAMES, PipelineStep, pipeline_step
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +92,8 @@ OUTPUT_DESCRIPTIONS = {
     "new_state": "State to pass as prev_state with the next epoch.",
     "features": "The epoch's causal features in the order of the 'all_feature_names' metadata "
     "entry; NaN where a feature cannot be computed (for debugging).",
+    "p_stage3": "Probabilities of wake, NREM and REM for the epoch (sum 1).",
+    "p_stage4": "Probabilities of wake, light (N1, N2), deep (N3) and REM sleep (sum 1).",
 }
 
 
@@ -132,11 +141,14 @@ def _input_shapes(metadata: ModelMetadata) -> dict[str, list[int]]:
 
 
 def _output_shapes(metadata: ModelMetadata) -> dict[str, list[int]]:
-    return {
+    shapes = {
         "p_sleep": [1],
         "new_state": [1, metadata.state_size],
         "features": [1, len(metadata.all_feature_names)],
     }
+    for name, about in metadata.stages.get("outputs", {}).items():
+        shapes[name] = [1, len(about["classes"])]
+    return shapes
 
 
 def _convert(
@@ -149,7 +161,7 @@ def _convert(
             ct.TensorType(name=name, shape=tuple(shape), dtype=np.float32)
             for name, shape in _input_shapes(metadata).items()
         ],
-        outputs=[ct.TensorType(name=n, dtype=np.float32) for n in OUTPUT_NAMES],
+        outputs=[ct.TensorType(name=n, dtype=np.float32) for n in _output_shapes(metadata)],
         convert_to="mlprogram",
         compute_units=ct.ComputeUnit.ALL,
         minimum_deployment_target=ct.target.iOS16,
@@ -177,8 +189,8 @@ def _annotate(model: ct.models.MLModel, metadata: ModelMetadata, precision: str)
     model.user_defined_metadata["precision"] = precision
     for name in _input_shapes(metadata):
         model.input_description[name] = INPUT_DESCRIPTIONS[name]
-    for name, text in OUTPUT_DESCRIPTIONS.items():
-        model.output_description[name] = text
+    for name in _output_shapes(metadata):
+        model.output_description[name] = OUTPUT_DESCRIPTIONS[name]
 
 
 def export_coreml(
@@ -187,6 +199,7 @@ def export_coreml(
     metadata: ModelMetadata,
     *,
     precision: Precision = "float32",
+    stages: StageGRU | None = None,
 ) -> dict[str, str]:
     """Write the pipeline of ``net`` (``metadata.variant``) as ``path.mlpackage`` (ML Program,
     iOS 16 / watchOS 9 and later) with the metadata inside.
@@ -198,13 +211,14 @@ def export_coreml(
     features' window sums exceed the float16 range (65,504) under sustained activity or a high
     heart rate: the 5- and 15-minute sums of squared heart-rate deviations from 70 bpm, the
     30-minute count total. The features then become infinite, and p(sleep) and the network's
-    state NaN from then on. Raises ``ValueError`` when ``metadata`` does not describe the
-    pipeline of ``net``.
+    state NaN from then on. With the stage network ``stages``, the program has its outputs
+    ``p_stage3`` and ``p_stage4`` too. Raises ``ValueError`` when ``metadata`` does not
+    describe the pipeline of ``net`` (and ``stages``).
     """
     if precision not in ("float32", "float16"):
         raise ValueError(f"precision must be 'float32' or 'float16', got {precision!r}")
-    metadata.check_matches(net)
-    step = pipeline_step(inference_copy(net), metadata.variant)
+    metadata.check_matches(net, stages)
+    step = pipeline_step(inference_copy(net), metadata.variant, stage_inference_copy(stages))
     if step.state_size != metadata.state_size:
         raise ValueError(
             f"Metadata state_size {metadata.state_size} differs from the pipeline's "
@@ -254,13 +268,15 @@ def check_coreml(
     *,
     net: SleepNet | None = None,
     inputs: Arrays | None = None,
+    stages: StageGRU | None = None,
 ) -> dict[str, Any]:
     """Check an exported Core ML file as far as this machine allows; return what was checked.
 
     Always: the spec loads, the input and output names, order and shapes match ``metadata``
     (``inputs``, ``state_size``), the stored metadata equals ``metadata``. With ``net`` and
     ``inputs`` (one stream's per-epoch arrays, see :func:`mil_scan`; a short stretch): for an
-    ``.mlpackage``, p(sleep) of the saved program against the torch pipeline
+    ``.mlpackage``, p(sleep) (and the stage probabilities of a file with a stage network,
+    ``stages``) of the saved program against the torch pipeline
     (:func:`check_coreml_parity`, reported as ``mil_max_abs_diff``); on macOS, for either
     format, the Core ML runtime's own predictions against torch (``runtime_max_abs_diff``).
     Raises ``ValueError`` naming the first mismatch.
@@ -296,9 +312,9 @@ def check_coreml(
     if net is not None and inputs is not None:
         if path.suffix == ".mlpackage":
             report["mil_epochs"] = len(inputs["hr"])
-            report["mil_max_abs_diff"] = check_coreml_parity(net, path, inputs)
+            report["mil_max_abs_diff"] = check_coreml_parity(net, path, inputs, stages)
         if sys.platform == "darwin":
-            report["runtime_max_abs_diff"] = _runtime_parity(net, path, metadata, inputs)
+            report["runtime_max_abs_diff"] = _runtime_parity(net, path, metadata, inputs, stages)
     if "runtime_max_abs_diff" not in report:
         report["not_checked"] = (
             "Core ML runtime predictions (CPU, GPU, Neural Engine) need macOS; run "
@@ -346,8 +362,8 @@ def mil_scan(package: str | Path, inputs: Arrays) -> dict[str, NDArray[np.float3
     ``inputs`` holds the pipeline's inputs per epoch: ``counts (T, 2)``, ``hr`` and
     ``hr_offset (T, 30)``, and for the raw variant ``accel (T, 1500)``; NaN where missing. The
     stream starts from the metadata's initial state. Returns ``p_sleep (T,)``,
-    ``features (T, 29)`` and the state after each epoch ``(T, state_size)``, as
-    :func:`sleepstream.export.onnx.scan_torch`.
+    ``features (T, 29)``, the state after each epoch ``(T, state_size)`` and any stage outputs
+    (``p_stage3 (T, 3)``, ``p_stage4 (T, 4)``), as :func:`sleepstream.export.onnx.scan_torch`.
 
     The ``.mlpackage`` is read back (program and weight file) with coremltools' MIL loader and
     run op by op with the numpy reference implementation coremltools keeps for each operation
@@ -360,31 +376,52 @@ def mil_scan(package: str | Path, inputs: Arrays) -> dict[str, NDArray[np.float3
     metadata = read_coreml_metadata(package)
     program = _MilProgram(package)
     state = initial_state(metadata)
-    out: dict[str, list[NDArray[np.float32]]] = {"p_sleep": [], "features": [], "state": []}
+    shapes = _output_shapes(metadata)
+    stage_names = [n for n in shapes if n in STAGE_OUTPUT_NAMES.values()]
+    out: dict[str, list[NDArray[np.float32]]] = {
+        name: [] for name in ("p_sleep", "features", "state", *stage_names)
+    }
     for feed in _epoch_feeds(metadata, inputs):
         result = program.run({**feed, STATE_INPUT: state})
         state = np.asarray(result["new_state"], dtype=np.float32).reshape(1, -1)
         out["p_sleep"].append(np.asarray(result["p_sleep"], dtype=np.float32).reshape(-1))
         out["features"].append(np.asarray(result["features"], dtype=np.float32).reshape(-1))
         out["state"].append(state[0])
+        for name in stage_names:
+            out[name].append(np.asarray(result[name], dtype=np.float32).reshape(-1))
     n_features = len(metadata.all_feature_names)
-    return {
+    scanned = {
         "p_sleep": np.concatenate(out["p_sleep"]) if out["p_sleep"] else np.zeros(0, np.float32),
         "features": np.asarray(out["features"], dtype=np.float32).reshape(-1, n_features),
         "state": np.asarray(out["state"], dtype=np.float32).reshape(-1, metadata.state_size),
     }
+    for name in stage_names:
+        scanned[name] = np.asarray(out[name], dtype=np.float32).reshape(-1, shapes[name][1])
+    return scanned
 
 
-def check_coreml_parity(net: SleepNet, package: str | Path, inputs: Arrays) -> float:
-    """Max |p_coreml - p_torch| over one stream's epochs (``inputs`` as for :func:`mil_scan`).
+def check_coreml_parity(
+    net: SleepNet, package: str | Path, inputs: Arrays, stages: StageGRU | None = None
+) -> float:
+    """Max |p_coreml - p_torch| over one stream's epochs (``inputs`` as for :func:`mil_scan`),
+    over p(sleep) and, with ``stages``, every stage probability.
 
     The saved program is evaluated in Python (:func:`mil_scan`), the torch pipeline of ``net``
     in the package's variant with :func:`sleepstream.export.onnx.scan_torch`.
     """
     variant = read_coreml_metadata(package).variant
-    p_mil = mil_scan(package, inputs)["p_sleep"].astype(np.float64)
-    p_torch = scan_torch(net, variant, dict(inputs))["p_sleep"].astype(np.float64)
-    return _max_abs_diff(p_mil, p_torch)
+    mil = mil_scan(package, inputs)
+    torch_out = scan_torch(net, variant, dict(inputs), stages)
+    if set(mil) != set(torch_out):
+        raise ValueError(
+            f"{package}: outputs {sorted(mil)}, the torch pipeline's {sorted(torch_out)} "
+            "(a stage network given for a file without stage outputs, or the reverse)"
+        )
+    return max(
+        _max_abs_diff(mil[n].astype(np.float64), torch_out[n].astype(np.float64))
+        for n in PROBABILITY_OUTPUTS
+        if n in mil
+    )
 
 
 def _max_abs_diff(a: NDArray[np.float64], b: NDArray[np.float64]) -> float:
@@ -395,18 +432,32 @@ def _max_abs_diff(a: NDArray[np.float64], b: NDArray[np.float64]) -> float:
     return float(np.max(diff, initial=0.0))
 
 
-def _runtime_parity(net: SleepNet, path: Path, metadata: ModelMetadata, inputs: Arrays) -> float:
-    """Max |p_coreml - p_torch| with predictions by the Core ML framework (macOS only)."""
+def _runtime_parity(
+    net: SleepNet,
+    path: Path,
+    metadata: ModelMetadata,
+    inputs: Arrays,
+    stages: StageGRU | None = None,
+) -> float:
+    """Max |p_coreml - p_torch| with predictions by the Core ML framework (macOS only), over
+    p(sleep) and any stage probabilities."""
     model = ct.models.MLModel(str(path), compute_units=ct.ComputeUnit.ALL)
     state = initial_state(metadata)
     feeds = _epoch_feeds(metadata, inputs)
-    p_runtime = np.empty(len(feeds), dtype=np.float64)
-    for t, feed in enumerate(feeds):
+    reference = scan_torch(net, metadata.variant, dict(inputs), stages)
+    names = [n for n in PROBABILITY_OUTPUTS if n in reference]
+    got: dict[str, list[NDArray[np.float64]]] = {n: [] for n in names}
+    for feed in feeds:
         out = model.predict({**feed, STATE_INPUT: state})
-        p_runtime[t] = float(np.asarray(out["p_sleep"]).reshape(-1)[0])
+        for name in names:
+            got[name].append(np.asarray(out[name], dtype=np.float64).reshape(-1))
         state = np.asarray(out["new_state"], dtype=np.float32).reshape(1, -1)
-    p_torch = scan_torch(net, metadata.variant, dict(inputs))["p_sleep"].astype(np.float64)
-    return _max_abs_diff(p_runtime, p_torch)
+    return max(
+        _max_abs_diff(
+            np.asarray(got[n]).reshape(reference[n].shape), reference[n].astype(np.float64)
+        )
+        for n in names
+    )
 
 
 class _IntNarrowingFilter(logging.Filter):

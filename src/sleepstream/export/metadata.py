@@ -29,7 +29,7 @@ import numpy as np
 import sleepstream
 from sleepstream.features import resolve_features
 from sleepstream.models.card import DATA_CITATION
-from sleepstream.models.net import SleepNet, count_parameters
+from sleepstream.models.net import SleepNet, StageGRU, count_parameters
 from sleepstream.records import EPOCH_SECONDS, SLEEP_WAKE
 
 METADATA_KEY = "sleepstream"
@@ -55,6 +55,13 @@ OUTPUT_NOTE = (
     "p_sleep < threshold, then apply 'rules' (context veto, hysteresis). new_state: pass it "
     "with the next epoch and persist it across app suspensions. features: the epoch's causal "
     "features in the order of all_feature_names (for debugging)."
+)
+STAGE_NOTE = (
+    " p_stage3 / p_stage4 (files with a stage network, see 'stages'): the probabilities of "
+    "wake / NREM / REM and of wake / light / deep / REM for the epoch, each row summing to 1; "
+    "the most probable class (after the class weights in 'stages', if any) is the live "
+    "hypnogram. They come from a separate network on the same features and its own part of "
+    "the state, so p_sleep is the same with or without them."
 )
 RULES = {
     "threshold": "asleep_epoch = p_sleep >= thresholds[name] (default name: wasa93)",
@@ -90,6 +97,12 @@ class ModelMetadata:
         an epoch is called wake when ``p_sleep < threshold``.
     architecture
         Network class name, e.g. ``"SleepGRU"``; ``architecture_params`` gives its sizes.
+    stages
+        Empty for a sleep/wake file. A file with stage outputs describes them here:
+        ``outputs`` (output name -> ``task`` and ``classes``), the stage network's
+        ``architecture``, ``architecture_params``, ``feature_names``, ``mean``, ``std`` and
+        ``state_size`` (the last part of the state, ``stage_network`` in ``state_layout``).
+        Left out of the JSON when empty, so sleep/wake files read as before.
     """
 
     feature_names: tuple[str, ...]
@@ -116,6 +129,7 @@ class ModelMetadata:
     counts_delay_seconds: float = 0.0
     rules: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    stages: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         resolve_features(self.feature_names)  # raises naming unknown features
@@ -143,6 +157,8 @@ class ModelMetadata:
         for key in ("feature_names", "mean", "std", "classes", "all_feature_names"):
             out[key] = list(out[key])
         out["inputs"], out["state_layout"] = list(out["inputs"]), list(out["state_layout"])
+        if not out["stages"]:
+            del out["stages"]
         return out
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -208,8 +224,20 @@ class ModelMetadata:
             out[f"threshold_{name}"] = repr(float(value))
         return out
 
-    def check_matches(self, net: SleepNet) -> None:
-        """Raise ``ValueError`` when ``net``'s inputs or state size differ from this metadata."""
+    def check_matches(self, net: SleepNet, stages: StageGRU | None = None) -> None:
+        """Raise ``ValueError`` when ``net``'s inputs or state size, or the stage network's
+        presence and inputs, differ from this metadata."""
+        if bool(self.stages) != (stages is not None):
+            raise ValueError(
+                "Metadata and networks disagree about stage outputs: metadata "
+                f"{'has' if self.stages else 'has none'}, stage network "
+                f"{'given' if stages is not None else 'not given'}"
+            )
+        if stages is not None and list(self.stages["feature_names"]) != stages.feature_names:
+            raise ValueError(
+                f"Metadata stage feature_names {self.stages['feature_names']} differ from the "
+                f"stage network's {stages.feature_names}"
+            )
         if tuple(net.feature_names) != self.feature_names:
             raise ValueError(
                 f"Metadata feature_names {list(self.feature_names)} differ from the network's "
@@ -221,25 +249,58 @@ class ModelMetadata:
             )
 
 
-def metadata_for(
-    net: SleepNet, thresholds: Mapping[str, float], variant: str = "raw", **extra: Any
-) -> ModelMetadata:
-    """The metadata of a trained network's pipeline file (``variant`` ``"raw"`` or ``"counts"``):
-    its inputs, state layout, normalisation, thresholds and the rules an app applies.
-
-    ``extra`` (JSON-serialisable: training subjects, config name, ...) is kept under ``extra``.
-    """
+def _architecture_params(net: SleepNet) -> dict[str, Any]:
     params: dict[str, Any] = {"parameters": count_parameters(net)}
     for name in ("hidden_size", "num_layers"):
         value = getattr(net, name, None)
         if isinstance(value, int):
             params[name] = value
+    return params
+
+
+def stage_metadata(stages: StageGRU, **about: Any) -> dict[str, Any]:
+    """The ``stages`` entry of :class:`ModelMetadata` for the stage network ``stages``;
+    ``about`` (JSON-serialisable: class weights, LOSO figures, ...) is added as it is."""
+    from sleepstream.pipeline import STAGE_OUTPUT_NAMES
+    from sleepstream.records import LABEL_MAPS
+
+    json.dumps(about, allow_nan=False)
+    return {
+        "outputs": {
+            output: {"task": task, "classes": list(LABEL_MAPS[task].classes)}
+            for task, output in STAGE_OUTPUT_NAMES.items()
+        },
+        "architecture": type(stages).__name__,
+        "architecture_params": _architecture_params(stages),
+        "feature_names": list(stages.feature_names),
+        "mean": [float(v) for v in stages.normalise.mean.detach().cpu().tolist()],
+        "std": [float(v) for v in stages.normalise.std.detach().cpu().tolist()],
+        "state_size": int(stages.state_size),
+        **about,
+    }
+
+
+def metadata_for(
+    net: SleepNet,
+    thresholds: Mapping[str, float],
+    variant: str = "raw",
+    stages: StageGRU | None = None,
+    stages_about: Mapping[str, Any] | None = None,
+    **extra: Any,
+) -> ModelMetadata:
+    """The metadata of a trained network's pipeline file (``variant`` ``"raw"`` or ``"counts"``):
+    its inputs, state layout, normalisation, thresholds and the rules an app applies; with the
+    stage network ``stages``, its outputs (:func:`stage_metadata`, ``stages_about`` added).
+
+    ``extra`` (JSON-serialisable: training subjects, config name, ...) is kept under ``extra``.
+    """
+    params = _architecture_params(net)
     json.dumps(extra, allow_nan=False)  # fail here, not when a file is written
     from sleepstream.features import FEATURE_NAMES
     from sleepstream.pipeline import pipeline_step
     from sleepstream.step import COUNTS_DELAY_SECONDS, STATE_LAYOUT_VERSION
 
-    step = pipeline_step(net, variant)
+    step = pipeline_step(net, variant, stages)
     return ModelMetadata(
         feature_names=tuple(net.feature_names),
         mean=tuple(float(v) for v in net.normalise.mean.detach().cpu().tolist()),
@@ -256,6 +317,8 @@ def metadata_for(
         all_feature_names=FEATURE_NAMES,
         counts_delay_seconds=COUNTS_DELAY_SECONDS if variant == "raw" else 0.0,
         rules=dict(RULES),
+        output_note=OUTPUT_NOTE + (STAGE_NOTE if stages is not None else ""),
+        stages=stage_metadata(stages, **dict(stages_about or {})) if stages is not None else {},
     )
 
 

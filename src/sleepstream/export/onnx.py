@@ -2,7 +2,8 @@
 
 The exported graph is :func:`sleepstream.pipeline.pipeline_step`: one 30 s epoch of raw
 inputs (acceleration or counts, heart-rate samples) and the state in; p(sleep), the new state
-and the feature vector out (the table in :mod:`sleepstream.pipeline`). The batch dimension is
+and the feature vector out (the table in :mod:`sleepstream.pipeline`), and with a stage
+network the stage probabilities ``p_stage3 (batch, 3)`` and ``p_stage4 (batch, 4)``. The batch dimension is
 dynamic. Export uses the dynamo-based ``torch.onnx.export`` (opset :data:`OPSET`) with a
 batch-2 example and a named dynamic batch dimension: a batch-1 example would let the exporter
 specialise the batch to 1.
@@ -21,19 +22,29 @@ import torch
 from numpy.typing import NDArray
 
 from sleepstream.export.metadata import METADATA_KEY, ModelMetadata
-from sleepstream.models.net import SleepNet
+from sleepstream.models.net import SleepNet, StageGRU
 from sleepstream.paths import atomic_path
-from sleepstream.pipeline import pipeline_step
+from sleepstream.pipeline import STAGE_OUTPUT_NAMES, pipeline_step
 
 OPSET = 18
 """ONNX opset of the export: supported by onnxruntime >= 1.14 and onnxruntime-mobile builds."""
 
 OUTPUT_NAMES = ("p_sleep", "new_state", "features")
+"""The outputs of every exported step; a step with a stage network adds
+:data:`~sleepstream.pipeline.STAGE_OUTPUT_NAMES`."""
+
+PROBABILITY_OUTPUTS = ("p_sleep", *STAGE_OUTPUT_NAMES.values())
+"""The outputs the parity checks compare (those present in a file)."""
 
 
 def inference_copy(net: SleepNet) -> SleepNet:
     """A float32 CPU copy in eval mode, so exporting never changes the caller's network."""
     return copy.deepcopy(net).cpu().float().eval()
+
+
+def stage_inference_copy(stages: StageGRU | None) -> StageGRU | None:
+    """:func:`inference_copy` of a stage network (None stays None)."""
+    return None if stages is None else copy.deepcopy(stages).cpu().float().eval()
 
 
 def _exporter_warning_filters() -> None:
@@ -62,15 +73,21 @@ def _exporter_warning_filters() -> None:
     )
 
 
-def export_onnx(net: SleepNet, path: str | Path, metadata: ModelMetadata) -> Path:
-    """Write the pipeline of ``net`` (``metadata.variant``) as one ONNX file, metadata inside.
+def export_onnx(
+    net: SleepNet,
+    path: str | Path,
+    metadata: ModelMetadata,
+    stages: StageGRU | None = None,
+) -> Path:
+    """Write the pipeline of ``net`` (``metadata.variant``) as one ONNX file, metadata inside;
+    with the stage network ``stages``, its outputs ``p_stage3`` and ``p_stage4`` too.
 
-    Raises ``ValueError`` when ``metadata`` does not describe ``net`` (inputs).
+    Raises ``ValueError`` when ``metadata`` does not describe ``net`` and ``stages``.
     """
-    metadata.check_matches(net)
+    metadata.check_matches(net, stages)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    step = pipeline_step(inference_copy(net), metadata.variant)
+    step = pipeline_step(inference_copy(net), metadata.variant, stage_inference_copy(stages))
     with atomic_path(path) as partial:  # the exporter writes the file: only complete ones land
         with warnings.catch_warnings():
             _exporter_warning_filters()
@@ -82,7 +99,7 @@ def export_onnx(net: SleepNet, path: str | Path, metadata: ModelMetadata) -> Pat
                 external_data=False,
                 opset_version=OPSET,
                 input_names=list(step.input_names),
-                output_names=list(OUTPUT_NAMES),
+                output_names=list(step.output_names),
                 dynamic_shapes={name: {0: "batch"} for name in step.input_names},
                 verbose=False,
             )
@@ -117,44 +134,68 @@ def read_onnx_metadata(path: str | Path) -> ModelMetadata:
 
 
 def scan_torch(
-    net: SleepNet, variant: str, inputs: Mapping[str, NDArray[np.floating]]
+    net: SleepNet,
+    variant: str,
+    inputs: Mapping[str, NDArray[np.floating]],
+    stages: StageGRU | None = None,
 ) -> dict[str, NDArray[np.float32]]:
     """The pipeline in torch over ``(epochs, ...)`` inputs of one stream, one epoch per call:
-    ``p_sleep (T,)``, ``features (T, 29)`` and the state after each epoch ``(T, S)``."""
-    step = pipeline_step(inference_copy(net), variant)
+    ``p_sleep (T,)``, ``features (T, 29)`` and the state after each epoch ``(T, S)``; with
+    ``stages``, ``p_stage3 (T, 3)`` and ``p_stage4 (T, 4)`` too."""
+    step = pipeline_step(inference_copy(net), variant, stage_inference_copy(stages))
     state = step.initial_state(1)
-    out: dict[str, list[NDArray[np.float32]]] = {"p_sleep": [], "features": [], "state": []}
+    names = ("p_sleep", "state", "features", *step.output_names[3:])
+    out: dict[str, list[NDArray[np.float32]]] = {name: [] for name in names}
     with torch.no_grad():
         for t in range(len(inputs["hr"])):
             args = [
                 torch.as_tensor(np.asarray(inputs[n][t : t + 1]), dtype=torch.float32)
                 for n in step.input_names[:-1]
             ]
-            p, state, features = step(*args, state)
-            out["p_sleep"].append(p.numpy()[0])
-            out["features"].append(features.numpy()[0])
-            out["state"].append(state.numpy()[0])
+            outputs = step(*args, state)
+            state = outputs[1]
+            for name, value in zip(names, outputs, strict=True):
+                out[name].append(value.numpy()[0])
     return {k: np.asarray(v, dtype=np.float32) for k, v in out.items()}
 
 
 def check_onnx_parity(
-    net: SleepNet, onnx_path: str | Path, inputs: Mapping[str, NDArray[np.floating]]
+    net: SleepNet,
+    onnx_path: str | Path,
+    inputs: Mapping[str, NDArray[np.floating]],
+    stages: StageGRU | None = None,
 ) -> float:
-    """Max |p_onnx - p_torch| over a night run epoch by epoch in onnxruntime and in torch.
+    """Max |p_onnx - p_torch| over a night run epoch by epoch in onnxruntime and in torch, over
+    p(sleep) and, for a file with stage outputs, every stage probability.
 
     ``inputs`` holds the step's inputs per epoch (``counts (T, 2)``, ``hr``, ``hr_offset``
-    ``(T, 30)``, and ``accel (T, 1500)`` for the raw variant).
+    ``(T, 30)``, and ``accel (T, 1500)`` for the raw variant). Raises ``ValueError`` when the
+    file's stage outputs and ``stages`` do not go together.
     """
     from sleepstream.live.backends import OnnxPipeline
 
     model = OnnxPipeline(onnx_path)
-    reference = scan_torch(net, model.metadata["variant"], inputs)
+    if bool(model.stage_outputs) != (stages is not None):
+        raise ValueError(
+            f"{onnx_path}: stage outputs {list(model.stage_outputs)}, but a stage network was "
+            f"{'not ' if stages is None else ''}given to compare them with"
+        )
+    reference = scan_torch(net, model.metadata["variant"], inputs, stages)
     state = model.initial_state()
-    p_onnx = np.empty(len(inputs["hr"]), dtype=np.float64)
-    for t in range(len(p_onnx)):
+    wanted = [n for n in PROBABILITY_OUTPUTS if n in reference]
+    got: dict[str, list[NDArray[np.float32]]] = {n: [] for n in wanted}
+    for t in range(len(inputs["hr"])):
         feed = {
             n: np.asarray(inputs[n][t : t + 1], dtype=np.float32) for n in model.input_names[:-1]
         }
-        p, state, _ = model.run(feed, state)
-        p_onnx[t] = float(p[0])
-    return float(np.max(np.abs(p_onnx - reference["p_sleep"]), initial=0.0))
+        out = model.run_all(feed, state)
+        state = out["new_state"]
+        for name in wanted:
+            got[name].append(out[name][0])
+    return max(
+        (
+            float(np.max(np.abs(np.asarray(got[n], np.float64) - reference[n]), initial=0.0))
+            for n in wanted
+        ),
+        default=0.0,
+    )

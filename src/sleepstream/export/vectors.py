@@ -1,7 +1,9 @@
 """Test vectors an app runs unchanged against its copy of the model file.
 
 ``test_vectors.json`` holds whole nights of the model file's inputs, epoch by epoch, with what
-the file must answer: p(sleep), the features and a checksum of the new state. An app feeds
+the file must answer: p(sleep), the features and a checksum of the new state, and for a file
+with a stage network the stage probabilities ``p_stage3`` and ``p_stage4`` (same tolerance as
+p(sleep)). An app feeds
 each night's epochs in order, starting from the initial state of the metadata's
 ``state_layout``, and compares. Nights:
 
@@ -28,7 +30,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from sleepstream.features import HR_SLOTS, epoch_inputs
-from sleepstream.models.net import SleepNet
+from sleepstream.models.net import SleepNet, StageGRU
 from sleepstream.paths import atomic_file
 from sleepstream.records import EPOCH_SECONDS, Recording
 
@@ -133,12 +135,17 @@ def generated_night(seed: int = 0) -> dict[str, NDArray[np.float64]]:
 
 
 def expected(
-    net: SleepNet, variant: str, inputs: dict[str, NDArray[np.float64]]
+    net: SleepNet,
+    variant: str,
+    inputs: dict[str, NDArray[np.float64]],
+    stages: StageGRU | None = None,
 ) -> list[dict[str, Any]]:
     """Per epoch: the inputs (JSON-ready) and what the pipeline in torch answers."""
     from sleepstream.export.onnx import scan_torch
+    from sleepstream.pipeline import STAGE_OUTPUT_NAMES
 
-    answers = scan_torch(net, variant, inputs)
+    answers = scan_torch(net, variant, inputs, stages)
+    stage_names = [n for n in STAGE_OUTPUT_NAMES.values() if n in answers]
     names = (
         ("accel", "counts", "hr", "hr_offset")
         if variant == "raw"
@@ -153,6 +160,8 @@ def expected(
         row["p_sleep"] = _number(float(answers["p_sleep"][t]))
         row["features"] = _numbers(answers["features"][t])
         row["state"] = checksum(answers["state"][t])
+        for name in stage_names:
+            row[name] = _numbers(answers[name][t])
         epochs.append(row)
     return epochs
 
@@ -164,9 +173,11 @@ def write_test_vectors(
     *,
     model_files: dict[str, str],
     seed: int = 0,
+    stages: StageGRU | None = None,
 ) -> Path:
     """Write ``test_vectors.json``: the counts variant on ``recordings`` (each from 1 h before
-    its PSG start, and again with an hour-long gap), the raw variant on a generated night."""
+    its PSG start, and again with an hour-long gap), the raw variant on a generated night;
+    with the stage network ``stages``, the expected stage probabilities too."""
     nights: list[dict[str, Any]] = []
     for recording in recordings:
         fed = recording.switched_on_before(3600.0)
@@ -184,7 +195,7 @@ def write_test_vectors(
                     "variant": "counts",
                     "model_file": model_files["counts"],
                     "source": f"real night {recording.subject_id} (sleep-accel), {note}",
-                    "epochs": expected(net, "counts", counts_night(night)),
+                    "epochs": expected(net, "counts", counts_night(night), stages),
                 }
             )
     nights.append(
@@ -194,7 +205,7 @@ def write_test_vectors(
             "model_file": model_files["raw"],
             "source": "generated acceleration and heart rate: "
             + ", ".join(f"{what} ({n} epochs)" for what, n in GENERATED_SEGMENTS),
-            "epochs": expected(net, "raw", generated_night(seed)),
+            "epochs": expected(net, "raw", generated_night(seed), stages),
         }
     )
     document = {
@@ -205,7 +216,8 @@ def write_test_vectors(
             "For each night, start from the initial state of the model file's state_layout and "
             "feed the epochs in order (null = NaN; accel null = 1500 NaN); compare p_sleep, "
             "features and the checksum of new_state (sum and abs_sum of its non-NaN numbers, "
-            "count of NaN) with the expected ones."
+            "count of NaN) with the expected ones, and p_stage3 / p_stage4 where the epochs "
+            "carry them (within the p_sleep tolerance)."
         ),
         "nights": nights,
     }

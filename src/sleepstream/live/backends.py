@@ -2,7 +2,8 @@
 
 Both run the same step (:mod:`sleepstream.pipeline`, raw variant): one epoch's acceleration
 grid, counts and heart-rate samples and the state in; p(sleep), the new state and the features
-out, batched over streams. :class:`OnnxPipeline` needs only NumPy and onnxruntime, so
+out, batched over streams (``run``); ``run_all`` gives every output by name, the stage
+probabilities ``p_stage3`` / ``p_stage4`` too when the model has them (``stage_outputs``). :class:`OnnxPipeline` needs only NumPy and onnxruntime, so
 ``import sleepstream.live`` stays free of torch; :class:`TorchPipeline` runs a network that
 was never exported (a checkpoint, a network in memory).
 """
@@ -20,7 +21,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 if TYPE_CHECKING:
-    from sleepstream.models.net import SleepNet
+    from sleepstream.models.net import SleepNet, StageGRU
 
 DEFAULT_NAME = "sleep_wake"
 METADATA_KEY = "sleepstream"
@@ -85,6 +86,8 @@ class OnnxPipeline:
             raise ValueError(f"{self.path}: not a sleepstream model file (no metadata)")
         self.metadata: dict[str, Any] = json.loads(props[METADATA_KEY])
         self.input_names = tuple(i.name for i in self.session.get_inputs())
+        self.output_names = tuple(o.name for o in self.session.get_outputs())
+        self.stage_outputs = tuple(n for n in self.output_names if n.startswith("p_stage"))
         self.thresholds = {str(k): float(v) for k, v in self.metadata["thresholds"].items()}
         self._initial = initial_state_from_layout(self.metadata["state_layout"])
 
@@ -99,22 +102,34 @@ class OnnxPipeline:
     def run(
         self, inputs: Arrays, state: NDArray[np.float32]
     ) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]:
+        out = self.run_all(inputs, state)
+        return out["p_sleep"], out["new_state"], out["features"]
+
+    def run_all(self, inputs: Arrays, state: NDArray[np.float32]) -> Arrays:
+        """Every output of the step by name (``p_sleep``, ``new_state``, ``features``, and
+        :attr:`stage_outputs`)."""
         feed = {n: inputs[n] for n in self.input_names if n != "state"}
         feed["state"] = state
-        p, new_state, features = self.session.run(None, feed)
-        return p, new_state, features
+        return dict(zip(self.output_names, self.session.run(None, feed), strict=True))
 
 
 class TorchPipeline:
     """The pipeline of a network in torch (CPU, one thread): no export needed."""
 
-    def __init__(self, net: SleepNet, thresholds: dict[str, float] | None = None):
+    def __init__(
+        self,
+        net: SleepNet,
+        thresholds: dict[str, float] | None = None,
+        stages: StageGRU | None = None,
+    ):
         import torch
 
         from sleepstream.pipeline import pipeline_step
 
         torch.set_num_threads(1)  # one epoch is too little work to share between threads
-        self.step = pipeline_step(net, "raw")
+        self.step = pipeline_step(net, "raw", stages)
+        self.output_names = self.step.output_names
+        self.stage_outputs = tuple(n for n in self.output_names if n.startswith("p_stage"))
         weights = b"".join(
             v.detach().cpu().float().numpy().tobytes() for v in self.step.state_dict().values()
         )
@@ -126,6 +141,10 @@ class TorchPipeline:
             "thresholds": self.thresholds,
             "state_layout": state_layout_with_initial(self.step),
         }
+        if stages is not None:
+            from sleepstream.export.metadata import stage_metadata
+
+            self.metadata["stages"] = stage_metadata(stages)
         self.input_names = self.step.input_names
 
     @classmethod
@@ -142,12 +161,18 @@ class TorchPipeline:
     def run(
         self, inputs: Arrays, state: NDArray[np.float32]
     ) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]:
+
+        out = self.run_all(inputs, state)
+        return out["p_sleep"], out["new_state"], out["features"]
+
+    def run_all(self, inputs: Arrays, state: NDArray[np.float32]) -> Arrays:
+        """Every output of the step by name, as :meth:`OnnxPipeline.run_all`."""
         import torch
 
         args = [torch.from_numpy(np.asarray(inputs[n], dtype=np.float32)) for n in INPUT_NAMES[:-1]]
         with torch.no_grad():
-            p, new_state, features = self.step(*args, torch.from_numpy(state))
-        return p.numpy(), new_state.numpy(), features.numpy()
+            outputs = self.step(*args, torch.from_numpy(state))
+        return {n: o.numpy() for n, o in zip(self.output_names, outputs, strict=True)}
 
 
 __all__ = ["OnnxPipeline", "PipelineModel", "TorchPipeline", "initial_state_from_layout"]
