@@ -27,7 +27,8 @@ CONVERTER_LOGGERS = ("coremltools", "onnx", "onnx_ir", "onnxscript", "torch.onnx
 def setup_logging(console: Console = console, verbose: bool = False) -> None:
     """Log to ``console`` (meant to be on stderr): INFO and up, DEBUG with ``verbose``.
 
-    Without ``verbose`` the :data:`CONVERTER_LOGGERS` show warnings and errors only.
+    Without ``verbose`` the :data:`CONVERTER_LOGGERS` show warnings and errors only. Lightning's
+    messages go through its own handler (on stderr), once.
 
     Examples
     --------
@@ -43,6 +44,9 @@ def setup_logging(console: Console = console, verbose: bool = False) -> None:
     )
     for name in CONVERTER_LOGGERS:
         logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.WARNING)
+    # The lightning package gives its logger a handler of its own (on stderr) when imported;
+    # passed on to ours as well, each of its messages would show twice.
+    logging.getLogger("lightning").propagate = False
 
 
 @contextmanager
