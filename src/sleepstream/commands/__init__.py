@@ -28,12 +28,20 @@ DOCS_HELP = "also copy the markdown table here"
 
 
 def optional_path(value: str | None) -> Path | None:
-    """``Path(value)``, or None for a missing or empty argument."""
+    """``Path(value)``, or None for a missing or empty argument.
+
+    >>> optional_path("night.csv"), optional_path("")
+    (PosixPath('night.csv'), None)
+    """
     return Path(value) if value else None
 
 
 def folds_arg(value: str | None) -> list[str] | None:
-    """``--folds 1,2,3`` as a list of subjects (None: all)."""
+    """``--folds 1,2,3`` as a list of subjects (None: all).
+
+    >>> folds_arg("46343,1360686"), folds_arg(None)
+    (['46343', '1360686'], None)
+    """
     return value.split(",") if value else None
 
 
