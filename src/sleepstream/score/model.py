@@ -34,8 +34,9 @@ from sleepstream.records import COUNT_SECONDS, EPOCH_SECONDS, Recording, Stage
 
 log = logging.getLogger(__name__)
 
-COUNT_BLOCK_EPOCHS = 2880
-"""Epochs whose acceleration is put on the grid and counted at once (one day: ~17 MB)."""
+COUNT_BLOCK_EPOCHS = 720
+"""Epochs whose acceleration is put on the grid and counted at once (6 h: 1.08 M grid points;
+the grid's index arrays and the filter's intermediates stay near 100 MB)."""
 
 
 @dataclass(frozen=True)
