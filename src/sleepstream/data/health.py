@@ -515,7 +515,7 @@ class _ExportReader:
                 tables["heart_rate"].sources_frame(hr_ranking, hr_used),
                 tables["steps"].sources_frame(steps_ranking, steps_used),
                 tables["sleep"].sources_frame(
-                    _ranking(tables["sleep"], ("Watch", "iPhone")), set(sleep["source"])
+                    _ranking(tables["sleep"], ("Watch", "iPhone")), set(sleep["source"].unique())
                 ),
             ],
             ignore_index=True,
@@ -967,7 +967,7 @@ def _heart_rate_frame(records: _Records, ranking: Sequence[str]) -> tuple[pd.Dat
             "utc_offset_min": offset[keep][by_time],
         }
     )
-    return frame, set(frame["source"])
+    return frame, set(frame["source"].unique())
 
 
 def _steps_frame(records: _Records, ranking: Sequence[str]) -> tuple[pd.DataFrame, set[str]]:
@@ -989,7 +989,7 @@ def _steps_frame(records: _Records, ranking: Sequence[str]) -> tuple[pd.DataFram
             "utc_offset_min": offset[keep][by_start],
         }
     )
-    return frame, set(frame["source"])
+    return frame, set(frame["source"].unique())
 
 
 def _sleep_frame(records: _Records) -> pd.DataFrame:
