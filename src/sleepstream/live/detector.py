@@ -186,6 +186,11 @@ class EpochResult:
     p_from_device
         The epoch's p(sleep) was sent by a device that runs the model itself
         (:meth:`SleepDetector.add_p_sleep`); the samples behind it are not known here.
+    p_stages
+        The live stage probabilities of the epoch, per task (``"wake_nrem_rem"``: wake, NREM,
+        REM; ``"wake_light_deep_rem"``: wake, light, deep, REM), from a model file with stage
+        outputs (``p_stage3`` / ``p_stage4``); NaN without data. ``None`` when the model has no
+        stage outputs or did not run here. :meth:`stage` names the most probable class.
 
     Results compare equal when every attribute but ``features`` does, NaN equal to NaN.
     """
@@ -203,11 +208,30 @@ class EpochResult:
     timezone: str = "UTC"
     features: NDArray[np.float32] | None = field(default=None, repr=False)
     p_from_device: bool = False
+    p_stages: dict[str, tuple[float, ...]] | None = None
 
     @property
     def asleep(self) -> bool:
         """Whether the state is ``"asleep"``."""
         return self.state == "asleep"
+
+    def stage(self, task: str = "wake_light_deep_rem") -> str | None:
+        """The most probable class of ``task`` (``"wake"``, ``"light"``, ``"deep"``, ``"rem"``
+        or ``"nrem"``); ``None`` without stage probabilities or data.
+
+        Examples
+        --------
+        >>> r = EpochResult(0.0, 30.0, 0.9, 0.9, "asleep",
+        ...                 p_stages={"wake_nrem_rem": (0.1, 0.3, 0.6)})
+        >>> r.stage("wake_nrem_rem")
+        'rem'
+        """
+        if self.p_stages is None or task not in self.p_stages:
+            return None
+        p = np.asarray(self.p_stages[task], dtype=np.float64)
+        if not np.isfinite(p).all():
+            return None
+        return STAGE_CLASSES[task][int(np.argmax(p))]
 
     @property
     def has_data(self) -> bool:
@@ -242,9 +266,17 @@ class EpochResult:
     def _compared(self) -> tuple[object, ...]:
         values = (self.start, self.end, self.p_sleep, self.p_model, self.state, self.events)
         rest = (self.vetoed, self.late_samples, self.hr_samples, self.motion_seconds)
+        stages = (
+            None
+            if self.p_stages is None
+            else {
+                task: tuple(None if math.isnan(v) else v for v in p)
+                for task, p in self.p_stages.items()
+            }
+        )
         return tuple(
             None if isinstance(v, float) and math.isnan(v) else v
-            for v in (*values, *rest, self.timezone, self.p_from_device)
+            for v in (*values, *rest, self.timezone, self.p_from_device, stages)
         )
 
     def __eq__(self, other: object) -> bool:
@@ -341,6 +373,7 @@ class SleepDetector:
 
             model = OnnxPipeline.shipped()
         self.model = model
+        self._stage_tasks = stage_tasks(model)
         self.threshold = _resolve_threshold(model, threshold)
         self.fall_asleep_epochs = fall_asleep_epochs
         self.wake_up_epochs = wake_up_epochs
@@ -873,8 +906,13 @@ class SleepDetector:
         """The result of ``epoch``: through the model, unless it has no inputs (p(sleep))."""
         if epoch.inputs is None:
             return self._finish(epoch, math.nan if epoch.p_given is None else epoch.p_given)
-        p, self._state, features = self.model.run(epoch.inputs, self._state)
-        return self._finish(epoch, float(p[0]), features[0])
+        if not self._stage_tasks:
+            p, self._state, features = self.model.run(epoch.inputs, self._state)
+            return self._finish(epoch, float(p[0]), features[0])
+        out = self.model.run_all(epoch.inputs, self._state)  # type: ignore[attr-defined]
+        self._state = out["new_state"]
+        stages = {task: out[name][0] for name, task in self._stage_tasks.items()}
+        return self._finish(epoch, float(out["p_sleep"][0]), out["features"][0], stages)
 
     def _next_epoch(
         self, due: Callable[[float], bool] | None = None
@@ -956,10 +994,19 @@ class SleepDetector:
             self._context.append(heapq.heappop(self._context_queue).value)  # type: ignore[arg-type]
 
     def _finish(
-        self, epoch: _Epoch, p: float, features: NDArray[np.float32] | None = None
+        self,
+        epoch: _Epoch,
+        p: float,
+        features: NDArray[np.float32] | None = None,
+        stages: dict[str, NDArray[np.float32]] | None = None,
     ) -> EpochResult:
-        """The result of an epoch whose step gave ``p`` (or that came with it); the context
-        rule and the tracker."""
+        """The result of an epoch whose step gave ``p`` and ``stages`` (or that came with
+        ``p``); the context rule and the tracker."""
+        p_stages = (
+            None
+            if stages is None
+            else {task: tuple(float(v) for v in values) for task, values in stages.items()}
+        )
         start, end = epoch.start, epoch.start + EPOCH_SECONDS
         hr_samples, motion_seconds = epoch.hr_samples, epoch.motion_seconds
         given = epoch.p_given is not None
@@ -969,6 +1016,8 @@ class SleepDetector:
         events: tuple[str, ...] = ()
         if not given and hr_samples == 0 and motion_seconds == 0:
             p_sleep = p_model = math.nan
+            if p_stages is not None:
+                p_stages = {task: (math.nan,) * len(v) for task, v in p_stages.items()}
             status: State = "unknown"
             events, reason = ("unknown",) if self._known else (), None
             self._known = False
@@ -996,6 +1045,7 @@ class SleepDetector:
             self.timezone,
             features,
             given,
+            p_stages,
         )
 
     def _gap(self, start: float, end: float) -> EpochResult:
@@ -1200,6 +1250,25 @@ def _checked_state(
     return values
 
 
+STAGE_CLASSES = {
+    "wake_nrem_rem": ("wake", "nrem", "rem"),
+    "wake_light_deep_rem": ("wake", "light", "deep", "rem"),
+}
+"""Class names of the stage tasks, in the order of their probabilities
+(:data:`sleepstream.records.LABEL_MAPS`; repeated here so the detector needs no torch)."""
+
+
+def stage_tasks(model: PipelineModel) -> dict[str, str]:
+    """The stage outputs of ``model`` and their tasks (``{"p_stage3": "wake_nrem_rem", ...}``,
+    from the model's metadata ``stages``); empty for a sleep/wake model."""
+    outputs = getattr(model, "stage_outputs", ())
+    about = model.metadata.get("stages", {}).get("outputs", {})
+    missing = [name for name in outputs if name not in about]
+    if missing:
+        raise ValueError(f"model: stage outputs {missing} not described in its metadata")
+    return {name: str(about[name]["task"]) for name in outputs}
+
+
 def _resolve_threshold(model: PipelineModel, threshold: float | str) -> float:
     if isinstance(threshold, str):
         thresholds = model.thresholds
@@ -1255,11 +1324,17 @@ def close_together(detectors: Sequence[SleepDetector]) -> list[list[EpochResult]
         names = stepped[0][3]
         inputs = {k: np.concatenate([rows[k] for *_, rows in stepped]) for k in names}
         states = np.concatenate([detectors[i]._state for i, *_ in stepped])
-        p, new_states, features = model.run(inputs, states)
+        tasks = detectors[0]._stage_tasks
+        if tasks:
+            out = model.run_all(inputs, states)  # type: ignore[attr-defined]
+            p, new_states, features = out["p_sleep"], out["new_state"], out["features"]
+        else:
+            p, new_states, features = model.run(inputs, states)
         for row, (i, epoch, gap, _) in enumerate(stepped):
             detector = detectors[i]
             detector._state = new_states[row : row + 1].copy()
-            results[i] += [*gap, detector._finish(epoch, float(p[row]), features[row])]
+            stages = {task: out[name][row] for name, task in tasks.items()} if tasks else None
+            results[i] += [*gap, detector._finish(epoch, float(p[row]), features[row], stages)]
 
 
 def _p_queue(
