@@ -298,3 +298,23 @@ def test_a_health_export_is_scored_against_apples_sleep_analysis(tmp_path: Path)
     assert summary["source"] == "Apple Health export"
     assert summary["model"] == HR_ONLY_MODEL or summary["model"].startswith("sparse_hr")
     assert summary["clock"] == "UTC offsets of the records"
+
+
+def test_counts_of_whole_blocks_equal_the_step_stepped_epoch_by_epoch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sleepstream.features import accel_epochs
+    from sleepstream.score import model
+    from sleepstream.signal import synthetic
+    from sleepstream.step import scan
+
+    t = synthetic.sample_times(HOUR, 50.0, start=START + 7.3, jitter=0.1)
+    z = synthetic.night(t, 1).astype(np.float32)
+    n = int((t[-1] - START) // EPOCH_SECONDS) + 1
+    monkeypatch.setattr(model, "COUNT_BLOCK_EPOCHS", 50)  # blocks of 25 min: 2 block edges
+    batched = model.accel_counts_per_epoch(t, z, START, n)
+    grid = accel_epochs(t, z.astype(np.float64), START, n)
+    missing, no_hr = np.full((n, 2), np.nan), np.full((n, 30), np.nan)
+    stepped = scan(missing, no_hr, no_hr, grid)  # AccelCounts stepped per epoch inside
+    np.testing.assert_array_equal(scan(batched, no_hr, no_hr), stepped)
+    assert np.isfinite(batched[1:-1]).all()  # only the ends lack the filter's context
