@@ -10,7 +10,7 @@ What is read (everything else in the file is parsed and skipped):
 The file is read once, in 4 MiB chunks handed to expat (the parser under
 :mod:`xml.etree.ElementTree`), and only the attributes of the records kept are held, converted
 to arrays every :data:`BATCH` records: memory grows with the records kept, not with the file
-(a 1 GB export: about 200 MB, see ``docs/health-export.md``). Two defects of real exports are
+(a 1 GB export: about 310 MB resident, imports included; ``docs/health-export.md``). Two defects of real exports are
 repaired on the way in, without moving any byte (so errors still name true offsets and lines):
 
 - the internal DTD (``<!DOCTYPE HealthData [...]>``) is blanked out: iOS 16 writes it with
