@@ -274,12 +274,15 @@ def test_unreadable_records_are_skipped_and_counted(
         + ' <Workout workoutActivityType="HKWorkoutActivityTypeWalking"><MetadataEntry key="k" value="v"/></Workout>\n'
         + ' <ActivitySummary dateComponents="2024-01-01"/>\n'
         + _HR.format(unit="count/min", start="2024-01-01 00:05:00 +0100", value="62")
+        + ' <Record value="63" unit="count/min" startDate="2024-01-01 00:06:00 +0100"'
+        ' endDate="2024-01-01 00:06:00 +0100" sourceName="W" type="HKQuantityTypeIdentifierHeartRate"/>\n'
     )
     path = tmp_path / "export.xml"
     path.write_text(_HEAD + body + "</HealthData>\n", encoding="utf-8")
     with caplog.at_level(logging.WARNING, logger="sleepstream.data.health"):
         export = read_health_export(path)
-    assert export.heart_rate["bpm"].tolist() == [60.0, 60.0, 62.0]  # 1 count/s = 60 bpm
+    # 1 count/s = 60 bpm; attributes in another order are read too
+    assert export.heart_rate["bpm"].tolist() == [60.0, 60.0, 62.0, 63.0]
     assert export.sleep.empty
     messages = " ".join(r.getMessage() for r in caplog.records)
     assert "3 heart-rate records skipped" in messages and "line 4" in messages
