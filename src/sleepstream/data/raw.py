@@ -29,7 +29,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -436,6 +436,36 @@ def acceleration_units(
     )
 
 
+class _Buffer:
+    """A column filled block by block: preallocated when the row count is known (Parquet),
+    else grown by doubling, so no list of blocks and no second whole copy is held."""
+
+    def __init__(self, capacity: int | None, dtype: type[np.generic]):
+        self.data = np.empty(capacity or 1 << 16, dtype=dtype)
+        self.n = 0
+
+    def append(self, values: NDArray[np.generic]) -> None:
+        end = self.n + len(values)
+        if end > len(self.data):
+            grown = np.empty(max(end, 2 * len(self.data)), dtype=self.data.dtype)
+            grown[: self.n] = self.data[: self.n]
+            self.data = grown
+        self.data[self.n : end] = values
+        self.n = end
+
+    def values(self) -> NDArray[Any]:
+        return self.data[: self.n]
+
+
+def _row_count(path: Path) -> int | None:
+    """Rows of a Parquet file from its metadata; ``None`` for CSV (not known before reading)."""
+    if path.suffix.lower() in (".parquet", ".pq"):
+        import pyarrow.parquet as pq
+
+        return int(pq.ParquetFile(path).metadata.num_rows)
+    return None
+
+
 def read_raw_file(path: Path, options: RawOptions = RawOptions()) -> RawFile:
     """Read one raw recording (CSV or Parquet) block by block; see the module docstring.
 
@@ -459,9 +489,10 @@ def read_raw_file(path: Path, options: RawOptions = RawOptions()) -> RawFile:
     columns = detect_columns(path, _column_names(path))
     wanted = [columns.time, *(columns.axes or ()), *([columns.bpm] if columns.bpm else [])]
     clock = _TimeReader(path, columns.time, options)
-    times: list[NDArray[np.float64]] = []
-    z: list[NDArray[np.float32]] = []
-    bpm: list[NDArray[np.float64]] = []
+    rows = _row_count(path)
+    times = _Buffer(rows, np.float64)
+    z = _Buffer(rows if columns.axes else 0, np.float32)
+    bpm = _Buffer(rows if columns.bpm else 0, np.float64)
     units: AccelUnits | None = None
     row = 0
     for frame in _blocks(path, wanted):
@@ -480,13 +511,12 @@ def read_raw_file(path: Path, options: RawOptions = RawOptions()) -> RawFile:
     if not row:
         raise RawFileError(f"{path}: no rows below the header")
     raw = RawFile(path, columns, clock.description, units=units, offsets=clock.offsets)
-    all_times = np.concatenate(times)
-    del times
+    all_times = times.values()
     if columns.axes is not None:
-        raw.accel_times, (accel_z,) = _in_time_order(path, all_times, np.concatenate(z))
+        raw.accel_times, (accel_z,) = _in_time_order(path, all_times, z.values())
         raw.accel_z = np.asarray(accel_z, dtype=np.float32)
     if columns.bpm is not None:
-        values = np.concatenate(bpm)
+        values = bpm.values()
         keep = np.isfinite(values)
         raw.hr_times, (hr_bpm,) = _in_time_order(path, all_times[keep], values[keep])
         raw.hr_bpm = np.asarray(hr_bpm, dtype=np.float64)
