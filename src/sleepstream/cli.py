@@ -30,6 +30,7 @@ COMMANDS = (
     "sleepstream.score.command",  # score
     "sleepstream.commands.serve",  # serve, simulate
     "sleepstream.review",  # review
+    "sleepstream.evaluation.stage_nets",  # stages
 )
 """Modules whose ``add_parser(commands)`` adds subcommands, in the order of ``--help``.
 

@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -202,3 +203,79 @@ def run_stage_nets(
             time.perf_counter() - start,
         )
     return out_results
+
+
+def stage_nets_report(
+    config: str | Path,
+    recordings: Sequence[Recording],
+    seeds: Sequence[int],
+    out: Path,
+    docs: Path | None = None,
+    *,
+    name: str = "",
+    overrides: Sequence[str] = (),
+    folds: Sequence[str] | None = None,
+    scenarios: Sequence[StartScenario] = SCENARIOS,
+    progress: bool = True,
+) -> Path:
+    """:func:`run_stage_nets` saving into ``out``, then the stage report of everything saved
+    there (the baselines too, when ``sleepstream baselines --task ...`` wrote them to the same
+    folder); returns ``out``."""
+    from sleepstream.evaluation.stage_report import report_stage_predictions
+
+    run_stage_nets(
+        config,
+        recordings,
+        seeds,
+        overrides=overrides,
+        folds=folds,
+        scenarios=scenarios,
+        progress=progress,
+        out=out,
+        name=name,
+    )
+    report_stage_predictions(out, docs)
+    return out
+
+
+def add_parser(commands: Any) -> Any:
+    """``sleepstream stages``: leave-one-subject-out of a stage network config (the command's
+    arguments; the work is :func:`stage_nets_report`)."""
+    p = commands.add_parser("stages", help="leave-one-subject-out of a live stage network")
+    p.add_argument("-c", "--config", required=True, help="LightningCLI YAML of a StageModule")
+    p.add_argument("--out", default="reports/stages", help="stage report folder")
+    p.add_argument("--data", help="data folder (default: $SLEEPSTREAM_DATA)")
+    p.add_argument("--docs", help="also copy the markdown table here")
+    p.add_argument("--name", default="", help="name in the report (default: the config's)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="default 0 1 2")
+    p.add_argument("--folds", help="comma-separated held-out subjects (default: all)")
+    p.add_argument("--scenarios", nargs="+", help="start scenarios (default: all)")
+    p.add_argument("overrides", nargs="*", help="LightningCLI overrides after --")
+    p.set_defaults(run=_run_command)
+    return p
+
+
+def _run_command(a: Any) -> int:
+    from sleepstream.data.folder import load_all
+    from sleepstream.evaluation.report import check_docs_path
+    from sleepstream.evaluation.scenarios import scenario
+    from sleepstream.paths import check_output_dir
+
+    out = check_output_dir(a.out)
+    docs = check_docs_path(a.docs) if a.docs else None
+    scenarios = [scenario(s) for s in a.scenarios] if a.scenarios else SCENARIOS
+    folds = a.folds.split(",") if a.folds else None
+    stage_nets_report(
+        a.config,
+        load_all(a.data),
+        a.seeds,
+        out,
+        docs,
+        name=a.name,
+        overrides=a.overrides,
+        folds=folds,
+        scenarios=scenarios,
+        progress=not a.quiet,
+    )
+    print(f"Stage report in {out}")
+    return 0
