@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = argv[len(_leading_flags(argv)) :]
     if command and command[0] in lightning.COMMANDS:
         setup_logging(verbose="verbose" in flags)
-        return lightning.run(command)
+        return lightning.run(command, quiet="quiet" in flags)
     args = build_parser().parse_args(argv)
     setup_logging(verbose=args.verbose)
     try:

@@ -27,14 +27,16 @@ def add_parser(commands: Subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def run(argv: Sequence[str]) -> int:
+def run(argv: Sequence[str], quiet: bool = False) -> int:
     """Run ``argv`` (``fit -c CONFIG ...``) through LightningCLI; 0 when it returns.
 
-    Lightning's DDP launcher starts the other processes of ``--trainer.strategy ddp`` as
-    ``sleepstream`` with the same ``argv``; :func:`~sleepstream.models.training.build_cli`
-    sets ``sys.argv`` to it while the command runs.
+    ``quiet`` (``sleepstream -q fit ...``) turns Lightning's progress bar off. Lightning's DDP
+    launcher starts the other processes of ``--trainer.strategy ddp`` as ``sleepstream`` with
+    the same ``argv``; :func:`~sleepstream.models.training.build_cli` sets ``sys.argv`` to it
+    while the command runs.
     """
     from sleepstream.models.training import build_cli
 
-    build_cli(list(argv))
+    quiet_args = ["--trainer.enable_progress_bar", "false"] if quiet else []
+    build_cli([*argv, *quiet_args] if "--help" not in argv and "-h" not in argv else list(argv))
     return 0
