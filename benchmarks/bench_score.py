@@ -87,11 +87,16 @@ def generate(folder: Path, days: float) -> tuple[Path, Path]:
     return accel_path, hr_path
 
 
-def timed(name: str, step: Callable[[], T], rows: list[tuple[str, float, float]]) -> T:
-    """Run ``step``; keep its CPU and wall seconds under ``name``."""
+def peak_mib() -> float:
+    """Peak resident memory of this process so far (MiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def timed(name: str, step: Callable[[], T], rows: list[tuple[str, float, float, float]]) -> T:
+    """Run ``step``; keep its CPU and wall seconds and the peak memory after it under ``name``."""
     cpu, wall = time.process_time(), time.perf_counter()
     result = step()
-    rows.append((name, time.process_time() - cpu, time.perf_counter() - wall))
+    rows.append((name, time.process_time() - cpu, time.perf_counter() - wall, peak_mib()))
     return result
 
 
@@ -109,7 +114,8 @@ def score(folder: Path, out: Path) -> None:
     from sleepstream.score.model import ShippedScorer, accel_counts_per_epoch, choose_model
     from sleepstream.step import scan
 
-    rows: list[tuple[str, float, float]] = []
+    rows: list[tuple[str, float, float, float]] = []
+    print(f"# peak memory after imports: {peak_mib():.0f} MiB")
     files = sorted(folder.glob("*.parquet")) + sorted(folder.glob("*.csv"))
     recording = timed(
         "read files (Parquet + CSV)", lambda: from_raw_files(files, RawOptions()), rows
@@ -158,8 +164,8 @@ def score(folder: Path, out: Path) -> None:
     steps_cpu = sum(r[1] for r in rows)
     steps_wall = sum(r[2] for r in rows)
     print(f"# {n} epochs, {len(accel_times) / 1e6:.2f} M acceleration samples, model: {name}")
-    for label, cpu, wall in rows:
-        print(f"{label:40s} {cpu:7.2f} s CPU {wall:7.2f} s wall")
+    for label, cpu, wall, peak in rows:
+        print(f"{label:40s} {cpu:7.2f} s CPU {wall:7.2f} s wall   peak so far {peak:5.0f} MiB")
     print(
         f"{'score (the steps above, to the figures)':40s} {steps_cpu:7.2f} s CPU {steps_wall:7.2f} s wall"
     )
@@ -169,8 +175,7 @@ def score(folder: Path, out: Path) -> None:
         f"{'score_recording again, with all outputs':40s} {time.process_time() - cpu:7.2f} s CPU "
         f"{time.perf_counter() - wall:7.2f} s wall ({n_days} days: CSV, JSON, PNG, HTML)"
     )
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"peak resident memory of the scoring process: {peak:.0f} MiB")
+    print(f"peak resident memory of the scoring process: {peak_mib():.0f} MiB")
 
 
 def main() -> None:
