@@ -3,6 +3,8 @@ network's batch path, p(sleep) unchanged, snapshots, batched closing, and none w
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -109,3 +111,30 @@ def test_snapshot_and_batched_closing_keep_stage_probabilities(
             for task, p in (want.p_stages or {}).items():
                 assert got.p_stages is not None
                 np.testing.assert_allclose(got.p_stages[task], p, atol=1e-6)
+
+
+def test_replay_shows_the_live_hypnogram(
+    recordings: list[Recording],
+    models: tuple[TorchPipeline, TorchPipeline, StageGRU],
+    tmp_path: Path,
+) -> None:
+    """``replay`` with a stage model: a live-stage column in the terminal table and a live
+    hypnogram row (beside the PSG one) in the figure; neither without stage outputs."""
+    from sleepstream.live.replay import live_stages, live_table, plot_replay, replay_figure
+    from sleepstream.live.replay import replay as replay_night
+
+    alone, staged, _ = models
+    night = _night(recordings, "46343").truncated(240)
+    results = replay_night(night, SleepDetector(staged))
+    plain = replay_night(night, SleepDetector(alone))
+    levels = live_stages(results)
+    assert np.isfinite(levels).sum() > 200 and set(levels[np.isfinite(levels)]) <= {0, 1, 2, 3}
+    assert np.isnan(live_stages(plain)).all()
+    known = next(r for r in results if r.state != "unknown")
+    table = live_table(known, "46343", 2)
+    assert [c.header for c in table.columns][-2:] == ["live stage", "PSG"]
+    assert "live stage" not in [c.header for c in live_table(plain[-1], "46343", 2).columns]
+    figure = replay_figure(night, results, 0.6)
+    assert [ax.get_ylabel() for ax in figure.axes] == ["p(sleep)", "live stage", "PSG"]
+    assert [ax.get_ylabel() for ax in replay_figure(night, plain, 0.6).axes] == ["p(sleep)", "PSG"]
+    assert plot_replay(night, results, 0.6, tmp_path / "replay.png").stat().st_size > 10_000

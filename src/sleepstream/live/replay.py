@@ -207,22 +207,67 @@ def no_data_spans(results: Sequence[EpochResult]) -> list[tuple[float, float]]:
     return spans
 
 
+LIVE_STAGE_TASK = "wake_light_deep_rem"
+"""The stage task of the live hypnogram (replay's table and figure)."""
+
+LIVE_STAGE_LEVELS = {"deep": 0, "light": 1, "rem": 2, "wake": 3}
+"""Height of each class in the live hypnogram row (deep sleep at the bottom)."""
+
+
+def live_stages(
+    results: Sequence[EpochResult], weights: Sequence[float] | None = None
+) -> NDArray[np.float64]:
+    """The live hypnogram: per result, the index in ``("wake", "light", "deep", "rem")`` of the
+    most probable class after multiplying each probability by ``weights`` (the model's decision
+    weights; plain argmax without them); NaN without stage probabilities or data.
+
+    Examples
+    --------
+    >>> r = EpochResult(0.0, 30.0, 0.9, 0.9, "asleep",
+    ...                 p_stages={"wake_light_deep_rem": (0.1, 0.5, 0.3, 0.1)})
+    >>> live_stages([r]).tolist(), live_stages([r], [1.0, 1.0, 2.0, 1.0]).tolist()
+    ([1.0], [2.0])
+    """
+    out = np.full(len(results), np.nan)
+    w = None if weights is None else np.asarray(weights, dtype=np.float64)
+    for i, r in enumerate(results):
+        if r.p_stages is None or LIVE_STAGE_TASK not in r.p_stages:
+            continue
+        p = np.asarray(r.p_stages[LIVE_STAGE_TASK], dtype=np.float64)
+        if np.isfinite(p).all():
+            out[i] = float(np.argmax(p if w is None else p * w))
+    return out
+
+
+def stage_weights(model: PipelineModel) -> list[float] | None:
+    """The decision weights of :data:`LIVE_STAGE_TASK` a model file carries (metadata
+    ``stages.decision_weights``), or None."""
+    weights = model.metadata.get("stages", {}).get("decision_weights", {}).get(LIVE_STAGE_TASK)
+    return None if weights is None else [float(w) for w in weights]
+
+
 def replay_figure(
     recording: Recording,
     results: Sequence[EpochResult],
     threshold: float,
     timezone: str | ZoneInfo = "UTC",
+    weights: Sequence[float] | None = None,
 ) -> Figure:
-    """The figure of :func:`plot_replay`: p(sleep), the threshold and the events over the PSG
-    hypnogram (when scored), against local clock time in ``timezone`` for Unix times."""
+    """The figure of :func:`plot_replay`: p(sleep), the threshold and the events, the live
+    hypnogram (when the model gives stage probabilities; :func:`live_stages` with ``weights``)
+    and the PSG hypnogram (when scored), against local clock time in ``timezone`` for Unix
+    times."""
     from matplotlib.figure import Figure
 
     zone = timezone if isinstance(timezone, ZoneInfo) else time_zone(timezone)
     start, end = _span(recording, results)
     axis = TimeAxis.for_times(start, zone)
     has_labels = recording.n_epochs > 0 and bool(recording.scored.any())
-    fig = Figure(figsize=(12, 5 if has_labels else 3))
-    axes = fig.subplots(2 if has_labels else 1, 1, sharex=True, squeeze=False)
+    staged = live_stages(results, weights)
+    has_stages = bool(np.isfinite(staged).any())
+    rows = 1 + has_labels + has_stages
+    fig = Figure(figsize=(12, 3 + 2 * (rows - 1)))
+    axes = fig.subplots(rows, 1, sharex=True, squeeze=False)
     ax = axes[0, 0]
     t, p_model = _with_gaps(results, lambda r: r.p_model)
     _, p_sleep = _with_gaps(results, lambda r: r.p_sleep)
@@ -246,8 +291,10 @@ def replay_figure(
     if axis.zone is not None:
         title += f" from {datetime.fromtimestamp(start, tz=axis.zone):%Y-%m-%d %H:%M %Z}"
     ax.set_title(title)
+    if has_stages:
+        _live_hypnogram(axes[1, 0], results, staged, recording if has_labels else None, axis)
     if has_labels:
-        _hypnogram(axes[1, 0], recording, axis)
+        _hypnogram(axes[-1, 0], recording, axis)
     positions, labels = axis.ticks(start, end)
     if positions:
         axes[-1, 0].set_xticks(positions, labels)
@@ -273,44 +320,98 @@ def _hypnogram(hyp: Axes, recording: Recording, axis: TimeAxis) -> None:
     hyp.set_ylabel("PSG")
 
 
+def _live_hypnogram(
+    ax: Axes,
+    results: Sequence[EpochResult],
+    staged: NDArray[np.float64],
+    recording: Recording | None,
+    axis: TimeAxis,
+) -> None:
+    """The live stages as a step line, with the PSG's four classes behind it in grey."""
+    names = ("wake", "light", "deep", "rem")
+    levels = np.array([np.nan if np.isnan(k) else LIVE_STAGE_LEVELS[names[int(k)]] for k in staged])
+    ends = np.array([r.end for r in results])
+    if recording is not None:
+        from sleepstream.records import WAKE_LIGHT_DEEP_REM
+
+        psg = recording.labels(WAKE_LIGHT_DEEP_REM).astype(float)
+        psg_levels = np.array(
+            [np.nan if k < 0 else LIVE_STAGE_LEVELS[names[int(k)]] for k in psg], dtype=float
+        )
+        ax.step(
+            axis.x(recording.epoch_times + EPOCH_SECONDS),
+            psg_levels,
+            where="pre",
+            color="0.7",
+            lw=2.5,
+            label="PSG",
+        )
+    ax.step(axis.x(ends), levels, where="pre", color="C4", lw=1.0, label="live")
+    ax.set_yticks(list(LIVE_STAGE_LEVELS.values()), ["Deep", "Light", "REM", "Wake"])
+    ax.set_ylim(-0.5, 3.5)
+    ax.set_ylabel("live stage")
+    ax.legend(loc="lower right", fontsize=8, ncol=2)
+
+
 def plot_replay(
     recording: Recording,
     results: Sequence[EpochResult],
     threshold: float,
     path: Path,
     timezone: str | ZoneInfo = "UTC",
+    weights: Sequence[float] | None = None,
 ) -> Path:
     """PNG (or PDF, SVG) of :func:`replay_figure` at ``path``; returns ``path``.
 
     Epochs without data and missing epochs are gaps in the lines, shaded grey.
     """
-    fig = replay_figure(recording, results, threshold, timezone)
+    fig = replay_figure(recording, results, threshold, timezone, weights)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     return path
 
 
+SHIPPED_WITH_STAGES = "sleep_wake_stages"
+"""The shipped model file with the live stage outputs (the sleep/wake network and the stage
+network in one step); replay uses it when it is there."""
+
+
 def load_step_model(path: str | None) -> PipelineModel:
     """A model file (``.onnx``, raw variant), a training checkpoint, or (``None``) the shipped
-    model file."""
-    from sleepstream.live.backends import OnnxPipeline, TorchPipeline
+    model file with stage outputs (the sleep/wake one when the package has none)."""
+    from sleepstream.live.backends import OnnxPipeline, TorchPipeline, shipped_path
 
     if path and path.endswith(".onnx"):
         return OnnxPipeline(path)
     if path:
         return TorchPipeline.from_checkpoint(path)
+    if shipped_path(SHIPPED_WITH_STAGES).exists():
+        return OnnxPipeline.shipped(SHIPPED_WITH_STAGES)
     return OnnxPipeline.shipped()
 
 
 def live_table(
-    result: EpochResult, subject: str, stage: int, timezone: str | ZoneInfo = "UTC"
+    result: EpochResult,
+    subject: str,
+    stage: int,
+    timezone: str | ZoneInfo = "UTC",
+    weights: Sequence[float] | None = None,
 ) -> Table:
     """One epoch's result (and the PSG stage, -1 if none) as the terminal's live table; its
-    time is the end of the epoch (:func:`time_text`)."""
+    time is the end of the epoch (:func:`time_text`). A model with stage outputs adds the live
+    stage (:func:`live_stages` with ``weights``) and its probability."""
     zone = timezone if isinstance(timezone, ZoneInfo) else time_zone(timezone)
     table = Table(title=f"sleepstream live, subject {subject}")
-    for column in ("time", "p(sleep)", "state", "events", "PSG"):
+    with_stage = result.p_stages is not None
+    columns = ("time", "p(sleep)", "state", "events") + (("live stage",) if with_stage else ())
+    for column in (*columns, "PSG"):
         table.add_column(column)
+    live_stage: tuple[str, ...] = ()
+    if with_stage and result.p_stages is not None:
+        k = live_stages([result], weights)[0]
+        p = result.p_stages[LIVE_STAGE_TASK]
+        names = ("wake", "light", "deep", "REM")
+        live_stage = ("-" if np.isnan(k) else f"{names[int(k)]} ({p[int(k)]:.2f})",)
     if _no_data(result):
         p_text, state = "-", "[dim]unknown (no data)"
     else:
@@ -321,6 +422,7 @@ def live_table(
         p_text + (f" (vetoed: {result.vetoed})" if result.vetoed else ""),
         state,
         ", ".join(result.events),
+        *live_stage,
         {-1: "-", 0: "wake", 5: "REM"}.get(stage, f"N{min(stage, 3)}"),
     )
     return table
@@ -335,15 +437,17 @@ def replay_live(
     transient: bool = False,
     timezone: str | ZoneInfo = "UTC",
 ) -> list[EpochResult]:
-    """:func:`replay` with the live state shown in the terminal and events logged; Unix times
-    are shown as clock times in ``timezone``."""
+    """:func:`replay` with the live state (and live stage) shown in the terminal and events
+    logged; Unix times are shown as clock times in ``timezone``."""
     zone = timezone if isinstance(timezone, ZoneInfo) else time_zone(timezone)
     labels = dict(zip(recording.epoch_times.tolist(), recording.stages.tolist(), strict=True))
+    weights = stage_weights(detector.model)
     with Live(console=console, transient=transient, auto_refresh=False) as live:
 
         def show(result: EpochResult) -> None:
             stage = int(labels.get(result.start, -1))
-            live.update(live_table(result, recording.subject_id, stage, zone), refresh=True)
+            table = live_table(result, recording.subject_id, stage, zone, weights)
+            live.update(table, refresh=True)
             if result.events:
                 console.log(f"{time_text(result.end, zone).strip()}: {', '.join(result.events)}")
 
@@ -371,5 +475,12 @@ def replay_to_plot(
         recording, detector, console, speed=speed, transient=transient, timezone=zone
     )
     with atomic_path(out) as partial:
-        plot_replay(recording, results, detector.threshold, partial, timezone=zone)
+        plot_replay(
+            recording,
+            results,
+            detector.threshold,
+            partial,
+            timezone=zone,
+            weights=stage_weights(detector.model),
+        )
     return results
