@@ -158,3 +158,43 @@ def test_stage_net_beats_floors_on_real_folds(recordings: list[Recording]) -> No
         predicted = np.concatenate([decide(n.proba) for n in result.nights])
         kappa = kappa_from_confusion(confusion_counts(labels, predicted, len(result.classes)))
         assert kappa > KAPPA_FLOORS[result.task], (result.task, kappa)
+
+
+def test_shipped_stage_model_scores_a_night_and_rides_in_the_model_file(
+    recordings: list[Recording],
+) -> None:
+    """The shipped stage network loads from portable files and scores a real night; the shipped
+    model file with stage outputs answers the same p(sleep) as the sleep/wake one and the stage
+    probabilities of the torch pipeline."""
+    from sleepstream.evaluation.stages import confusion_counts, kappa_from_confusion
+    from sleepstream.export.onnx import scan_torch
+    from sleepstream.export.vectors import counts_night
+    from sleepstream.live.backends import OnnxPipeline
+    from sleepstream.models.shipped import WITH_STAGES_NAME, load_shipped, load_stages
+    from sleepstream.records import WAKE_LIGHT_DEEP_REM
+    from sleepstream.step import ACCEL_SAMPLES
+
+    shipped = load_stages()
+    night = next(r for r in recordings if r.subject_id == "4314139")
+    proba = shipped.predict(night)
+    four = proba["wake_light_deep_rem"]
+    assert four.shape == (night.n_epochs, 4) and np.allclose(four.sum(axis=1), 1.0)
+    assert proba["wake_nrem_rem"].shape == (night.n_epochs, 3)
+    decided = shipped.decide(four, "wake_light_deep_rem")
+    kappa = kappa_from_confusion(confusion_counts(night.labels(WAKE_LIGHT_DEEP_REM), decided, 4))
+    assert kappa > 0.2  # a night it trained on: a check that the weights load, not a figure
+
+    inputs = {k: v[:80] for k, v in counts_night(night.switched_on_before(1800.0)).items()}
+    inputs["accel"] = np.full((80, ACCEL_SAMPLES), np.nan)
+    staged, plain = OnnxPipeline.shipped(WITH_STAGES_NAME), OnnxPipeline.shipped()
+    assert staged.stage_outputs == ("p_stage3", "p_stage4")
+    assert staged.metadata["stages"]["decision_weights"] == shipped.card.loso["decision_weights"]
+    reference = scan_torch(load_shipped().net, "raw", inputs, shipped.net)
+    states = (staged.initial_state(), plain.initial_state())
+    for t in range(80):
+        feed = {k: v[t : t + 1].astype(np.float32) for k, v in inputs.items()}
+        out = staged.run_all(feed, states[0])
+        p_plain, plain_state, _ = plain.run(feed, states[1])
+        states = (out["new_state"], plain_state)
+        np.testing.assert_allclose(out["p_sleep"], p_plain, atol=1e-6)
+        np.testing.assert_allclose(out["p_stage4"][0], reference["p_stage4"][t], atol=1e-5)

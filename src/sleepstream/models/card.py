@@ -42,7 +42,7 @@ class ModelCard:
     n_parameters: int
     version: str = __version__
     epoch_seconds: float = 30.0
-    classes: tuple[str, str] = ("wake", "sleep")
+    classes: tuple[str, ...] = ("wake", "sleep")
     loso: dict[str, Any] = field(default_factory=dict)
     data_citation: str = DATA_CITATION
 

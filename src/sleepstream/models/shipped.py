@@ -4,6 +4,11 @@ Two files in ``sleepstream/shipped/``: ``<name>.npz`` (the network's ``state_dic
 arrays, read with ``allow_pickle=False``) and ``<name>.json`` (architecture, feature names, normalisation,
 thresholds chosen by leave-one-subject-out, the LOSO figures, version, data citation). A fresh
 install scores a night with :func:`load_shipped` and no training or download.
+
+The live stage network ships the same way (``stages.npz``, ``stages.json``: :func:`load_stages`,
+:func:`ship_stage_model`), and ``sleep_wake_stages.onnx`` is the shipped sleep/wake network and
+the stage network in one exported step: p(sleep) as in ``sleep_wake.onnx`` plus ``p_stage3`` and
+``p_stage4``, with the stages' decision weights in its metadata.
 """
 
 from __future__ import annotations
@@ -20,7 +25,13 @@ import torch
 from numpy.typing import NDArray
 
 from sleepstream.models.card import DEFAULT_NAME, ModelCard, read_model, shipped_folder
-from sleepstream.models.net import SleepNet, build_net, predict_night
+from sleepstream.models.net import (
+    SleepNet,
+    StageGRU,
+    build_net,
+    predict_night,
+    predict_night_stages,
+)
 from sleepstream.paths import atomic_file
 from sleepstream.records import Recording
 
@@ -87,13 +98,21 @@ def provenance(card: ModelCard) -> dict[str, Any]:
     }
 
 
-def write_model_file(net: SleepNet, card: ModelCard, path: Path, variant: str = "raw") -> Path:
-    """The pipeline of ``net`` as one ONNX file, with the card's thresholds and provenance."""
+def write_model_file(
+    net: SleepNet,
+    card: ModelCard,
+    path: Path,
+    variant: str = "raw",
+    stages: StageGRU | None = None,
+    stages_about: dict[str, Any] | None = None,
+) -> Path:
+    """The pipeline of ``net`` as one ONNX file, with the card's thresholds and provenance;
+    with the stage network ``stages``, its outputs and ``stages_about`` in the metadata."""
     from sleepstream.export.metadata import metadata_for
     from sleepstream.export.onnx import export_onnx
 
-    meta = metadata_for(net, card.thresholds, variant, **provenance(card))
-    return export_onnx(net, path, meta)
+    meta = metadata_for(net, card.thresholds, variant, stages, stages_about, **provenance(card))
+    return export_onnx(net, path, meta, stages)
 
 
 def load_model(folder: Path, name: str = DEFAULT_NAME) -> ShippedModel:
@@ -217,3 +236,137 @@ def ship_model(
         },
     )
     return save_model(net, card, out)
+
+
+STAGE_NAME = "stages"
+"""The shipped live stage network (``stages.npz``, ``stages.json``)."""
+
+WITH_STAGES_NAME = "sleep_wake_stages"
+"""The shipped model file with stage outputs (``sleep_wake_stages.onnx``)."""
+
+
+@dataclass
+class ShippedStages:
+    """The live stage network with its card; ``predict`` gives class probabilities per task."""
+
+    net: StageGRU
+    card: ModelCard
+
+    def predict(self, recording: Recording) -> dict[str, NDArray[np.float64]]:
+        """``{"wake_nrem_rem": (epochs, 3), "wake_light_deep_rem": (epochs, 4)}``, causal."""
+        return predict_night_stages(self.net, recording)
+
+    def decide(self, proba: NDArray[np.float64], task: str) -> NDArray[np.int8]:
+        """Class per epoch: the most probable after the card's decision weights of ``task``."""
+        from sleepstream.evaluation.stages import decide
+
+        return decide(proba, self.card.loso["decision_weights"][task])
+
+
+def load_stages(folder: Path | None = None) -> ShippedStages:
+    """The shipped live stage network (or the one saved in ``folder``)."""
+    card, weights = read_model(folder or shipped_folder(), STAGE_NAME)
+    net = build_net(card.architecture, card.init_args)
+    if not isinstance(net, StageGRU):
+        raise ValueError(f"{STAGE_NAME}.json: architecture {card.architecture} is not StageGRU")
+    net.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
+    return ShippedStages(net.eval(), card)
+
+
+def stage_decision_weights(
+    loso: Path, name: str, scenario: str
+) -> tuple[dict[str, list[float]], int]:
+    """Per stage task, the class weights of the tuned rule chosen on the pooled out-of-fold
+    probabilities of every seed of ``name`` in ``loso`` (a stage report folder), ``scenario``;
+    and the number of seeds. No night's weights come from a model that trained on it."""
+    from sleepstream.evaluation.stages import STAGE_TASKS, choose_class_weights, load_stage_result
+
+    weights, seeds = {}, 0
+    for task in STAGE_TASKS:
+        files = sorted((loso / "stage_predictions" / task / scenario).glob(f"{name}_seed*.npz"))
+        if not files:
+            raise FileNotFoundError(
+                f"No stage predictions of {name!r} in {loso} ({task}, {scenario}): run "
+                f"`sleepstream stages -c CONFIG --out {loso}` first"
+            )
+        results = [load_stage_result(f)[0] for f in files]
+        labels = np.concatenate([n.labels for r in results for n in r.nights])
+        proba = np.concatenate([n.proba for r in results for n in r.nights])
+        weights[task] = [float(w) for w in choose_class_weights(labels, proba)]
+        seeds = len(files)
+    return weights, seeds
+
+
+def ship_stage_model(
+    config: Path,
+    recordings: Sequence[Recording],
+    loso: Path,
+    out: Path,
+    *,
+    name: str = "stage_gru",
+    scenario: str = "early_1h",
+    figures: dict[str, Any] | None = None,
+    overrides: Sequence[str] = (),
+) -> tuple[Path, Path, Path]:
+    """Train the stage ``config`` on every night; save ``stages.npz``, ``stages.json`` and
+    ``sleep_wake_stages.onnx`` (the shipped sleep/wake network with this one) in ``out``.
+
+    The decision weights come from the stage LOSO run ``name`` in ``loso``
+    (:func:`stage_decision_weights`, ``scenario``); ``figures`` (its LOSO figures) go into the
+    card. Returns the three paths.
+    """
+    from sleepstream.models.net import count_parameters
+    from sleepstream.models.training import train
+
+    weights, seeds = stage_decision_weights(loso, name, scenario)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread is faster than two competing on a shared machine
+    try:
+        module, _ = train(
+            config,
+            recordings,
+            ["--data.val_subjects", "0", "--trainer.limit_val_batches", "0", *overrides],
+        )
+    finally:
+        torch.set_num_threads(before)
+    stages = module.inference_net.cpu().eval()
+    if not isinstance(stages, StageGRU):
+        raise TypeError(f"{config}: the network must be a StageGRU")
+    source = (
+        f"class weights maximising kappa on the pooled out-of-fold probabilities of the {seeds} "
+        f"leave-one-subject-out runs (seeds) of {name!r} in {loso}, start scenario "
+        f"{scenario!r}; this network trained on all nights"
+    )
+    card = ModelCard(
+        name=STAGE_NAME,
+        architecture=type(stages).__name__,
+        init_args=stages.init_args,
+        feature_names=stages.feature_names,
+        thresholds={},
+        threshold_source=source,
+        trained_on=[r.subject_id for r in recordings],
+        n_parameters=count_parameters(stages),
+        classes=("wake", "light", "deep", "rem"),
+        loso={
+            "name": name,
+            "scenario": scenario,
+            "seeds": seeds,
+            "decision_weights": weights,
+            "tasks": {
+                "wake_nrem_rem": ["wake", "nrem", "rem"],
+                "wake_light_deep_rem": ["wake", "light", "deep", "rem"],
+            },
+            "figures": figures or {},
+        },
+    )
+    npz, meta = out / f"{STAGE_NAME}.npz", out / f"{STAGE_NAME}.json"
+    arrays = {k: v.detach().cpu().float().numpy() for k, v in stages.state_dict().items()}
+    with atomic_file(npz) as weights_file, atomic_file(meta) as meta_file:
+        np.savez(weights_file, **arrays)
+        meta_file.write((card.to_json() + "\n").encode("utf-8"))
+    sleep = load_model(out) if (out / f"{DEFAULT_NAME}.json").exists() else load_shipped()
+    about = {"decision_weights": weights, "decision_weights_source": source, "loso": card.loso}
+    onnx = write_model_file(
+        sleep.net, sleep.card, out / f"{WITH_STAGES_NAME}.onnx", stages=stages, stages_about=about
+    )
+    return npz, meta, onnx
