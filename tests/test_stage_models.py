@@ -198,3 +198,36 @@ def test_shipped_stage_model_scores_a_night_and_rides_in_the_model_file(
         states = (out["new_state"], plain_state)
         np.testing.assert_allclose(out["p_sleep"], p_plain, atol=1e-6)
         np.testing.assert_allclose(out["p_stage4"][0], reference["p_stage4"][t], atol=1e-5)
+
+
+@pytest.mark.slow
+def test_stages_command_writes_the_stage_report(tmp_path: Path) -> None:
+    """``sleepstream stages`` on two folds, one seed, one epoch: predictions and report."""
+    from sleepstream.cli import main
+
+    out = tmp_path / "report"
+    code = main(
+        [
+            "-q",
+            "stages",
+            "-c",
+            str(CONFIG),
+            "--seeds",
+            "0",
+            "--folds",
+            "46343,1360686",
+            "--scenarios",
+            "early_1h",
+            "--name",
+            "tiny",
+            "--out",
+            str(out),
+            "--",
+            "--trainer.max_epochs",
+            "1",
+        ]
+    )
+    assert code == 0
+    for task in ("wake_nrem_rem", "wake_light_deep_rem"):
+        assert (out / "stage_predictions" / task / "early_1h" / "tiny_seed0.npz").exists()
+    assert "| tiny | yes | tuned | 1 |" in (out / "stages.md").read_text()
