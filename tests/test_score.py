@@ -318,3 +318,18 @@ def test_counts_of_whole_blocks_equal_the_step_stepped_epoch_by_epoch(
     stepped = scan(missing, no_hr, no_hr, grid)  # AccelCounts stepped per epoch inside
     np.testing.assert_array_equal(scan(batched, no_hr, no_hr), stepped)
     assert np.isfinite(batched[1:-1]).all()  # only the ends lack the filter's context
+
+
+def test_last_days_scores_only_the_end_of_a_long_recording(tmp_path: Path) -> None:
+    good = _small_heart_rate_file(tmp_path / "six_hours.csv")
+    (outcome,) = score_paths([good], tmp_path / "out", last_days=0.125, progress=False)
+    assert outcome.status == "scored", outcome.error
+    epochs = pd.read_csv(outcome.folder / "epochs.csv")
+    # Samples from 3 h before the last one (22:59:50): the first is 19:59:50, in the epoch at
+    # 19:59:30.
+    assert len(epochs) == 3 * 120 + 1
+    assert epochs["utc"].iloc[0] == "2026-03-28T19:59:30Z"
+    notes = json.loads((outcome.folder / "nights.json").read_text())["notes"]
+    assert any("last 0.125 days" in n for n in notes)
+    with pytest.raises(ValueError, match="--last-days must be a positive"):
+        score_paths([good], tmp_path / "out", last_days=0, progress=False)

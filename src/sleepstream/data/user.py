@@ -22,6 +22,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -123,6 +124,50 @@ class UserRecording:
         if not firsts:
             raise ValueError(f"{self.name}: no heart rate, motion or steps to score")
         return min(firsts), max(lasts)
+
+    def last_days(self, days: float) -> UserRecording:
+        """The recording cut to its last ``days`` days (samples from ``last - days`` on).
+
+        >>> t = np.arange(0.0, 10 * 86400.0, 3600.0)
+        >>> r = UserRecording("r", "test", (), t, 60 + 0 * t).last_days(2)
+        >>> r.span[1] - r.span[0] == 2 * 86400.0, len(r.notes)
+        (True, 1)
+        """
+        from dataclasses import replace
+
+        first = self.span[1] - days * 86400.0
+
+        def cut(times: NDArray[np.float64], *values: NDArray[Any]) -> list[NDArray[Any]]:
+            keep = times >= first
+            return [times[keep], *(v[keep] for v in values)]
+
+        hr_times, hr_bpm = cut(self.hr_times, self.hr_bpm)
+        count_times, counts = cut(self.count_times, self.counts)
+        step_starts, step_ends, steps = cut(self.step_starts, self.step_ends, self.steps)
+        psg_epochs, psg_sleep = cut(self.psg_epochs, self.psg_sleep)
+        accel_times, accel_z = self.accel_times, self.accel_z
+        if accel_times is not None and accel_z is not None:
+            at = int(np.searchsorted(accel_times, first))
+            accel_times, accel_z = accel_times[at:], accel_z[at:]
+        apple = self.apple_sleep
+        if apple is not None:
+            apple = apple[apple["end"] > first].reset_index(drop=True)
+        return replace(
+            self,
+            hr_times=hr_times,
+            hr_bpm=hr_bpm,
+            count_times=count_times,
+            counts=counts,
+            step_starts=step_starts,
+            step_ends=step_ends,
+            steps=steps,
+            psg_epochs=psg_epochs,
+            psg_sleep=psg_sleep,
+            accel_times=accel_times,
+            accel_z=accel_z,
+            apple_sleep=apple,
+            notes=(*self.notes, f"only the last {days:g} days scored (--last-days)"),
+        )
 
     def utc_offset_seconds(self, times: NDArray[np.float64]) -> NDArray[np.float64]:
         """The local clock's offset from UTC (s) at each time: from :attr:`timezone` (DST

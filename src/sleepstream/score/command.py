@@ -83,7 +83,13 @@ def input_files(source: Source) -> list[Path]:
     return list(source.paths)
 
 
-def fingerprint(source: Source, options: RawOptions, version: str) -> dict[str, Any]:
+LONG_SPAN_DAYS = 31.0
+"""Recordings longer than this are scored whole but with a warning (``--last-days N``)."""
+
+
+def fingerprint(
+    source: Source, options: RawOptions, version: str, last_days: float | None = None
+) -> dict[str, Any]:
     """What must be unchanged for finished outputs of ``source`` to stand."""
     files = []
     for path in input_files(source):
@@ -91,7 +97,7 @@ def fingerprint(source: Source, options: RawOptions, version: str) -> dict[str, 
         files.append(
             {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
         )
-    return {"inputs": files, "options": asdict(options), "models": version}
+    return {"inputs": files, "options": asdict(options), "last_days": last_days, "models": version}
 
 
 def is_done(folder: Path, print_: dict[str, Any]) -> bool:
@@ -138,18 +144,30 @@ def score_recording(recording: UserRecording, folder: Path) -> tuple[str, int]:
     return model, len(nights)
 
 
-def score_source(source: Source, folder: Path, options: RawOptions, force: bool) -> Outcome:
+def score_source(
+    source: Source, folder: Path, options: RawOptions, force: bool, last_days: float | None = None
+) -> Outcome:
     """Read and score one recording unless finished; any error is caught and returned."""
     from sleepstream.data.user import load_source
     from sleepstream.paths import write_atomic
 
     started = time.perf_counter()
     try:
-        print_ = fingerprint(source, options, models_version())
+        print_ = fingerprint(source, options, models_version(), last_days)
         if not force and is_done(folder, print_):
             return Outcome(source.name, "skipped", folder)
         (folder / DONE_MARKER).unlink(missing_ok=True)
         recording = load_source(source, options)
+        if last_days is not None:
+            recording = recording.last_days(last_days)
+        first, last = recording.span
+        if (last - first) / 86400.0 > LONG_SPAN_DAYS:
+            log.warning(
+                "%s: %.0f days to score (%d epochs): give --last-days N to score fewer",
+                source.name,
+                (last - first) / 86400.0,
+                int((last - first) / 30.0),
+            )
         model, n_nights = score_recording(recording, folder)
         write_atomic(folder / DONE_MARKER, json.dumps(print_, indent=2) + "\n")
     except Exception as error:  # a bad file must never stop the others: reported at the end
@@ -185,6 +203,7 @@ def score_paths(
     subjects: Sequence[str] = (),
     jobs: int = 1,
     force: bool = False,
+    last_days: float | None = None,
     progress: bool = True,
     console: Console | None = None,
 ) -> list[Outcome]:
@@ -199,6 +218,8 @@ def score_paths(
 
     if jobs < 1:
         raise ValueError(f"--jobs must be at least 1, got {jobs}")
+    if last_days is not None and not last_days > 0:
+        raise ValueError(f"--last-days must be a positive number of days, got {last_days}")
     found: list[Source] = []
     unlisted: list[Outcome] = []
     outcomes: dict[int, Outcome] = {}
@@ -221,12 +242,12 @@ def score_paths(
         if jobs == 1 or len(found) <= 1:
             for i, (source, folder) in enumerate(zip(found, folders, strict=True)):
                 bar.update(task, description=source.name)
-                outcomes[i] = _logged(score_source(source, folder, options, force))
+                outcomes[i] = _logged(score_source(source, folder, options, force, last_days))
                 bar.advance(task)
         else:
             with ProcessPoolExecutor(max_workers=jobs, initializer=_one_thread) as pool:
                 futures = {
-                    pool.submit(score_source, source, folder, options, force): i
+                    pool.submit(score_source, source, folder, options, force, last_days): i
                     for i, (source, folder) in enumerate(zip(found, folders, strict=True))
                 }
                 for future in as_completed(futures):
@@ -297,6 +318,12 @@ def add_parser(commands: Subparsers) -> argparse.ArgumentParser:
         "days (default: the records' UTC offsets, else UTC)",
     )
     p.add_argument("--subject", action="append", default=[], help="sleep-accel: only this subject")
+    p.add_argument(
+        "--last-days",
+        type=float,
+        metavar="N",
+        help="score only the last N days of each recording (e.g. of a Health export of years)",
+    )
     p.add_argument("--force", action="store_true", help="score again even if finished before")
     p.set_defaults(run=run)
     return p
@@ -317,6 +344,7 @@ def run(a: argparse.Namespace) -> int:
         subjects=a.subject,
         jobs=a.jobs,
         force=a.force,
+        last_days=a.last_days,
         progress=not getattr(a, "quiet", False),
         console=console,
     )
