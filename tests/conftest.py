@@ -26,8 +26,20 @@ STAGE_CYCLE = (-1, 0, 1, 2, 3, 4, 5, 2, 2, 0)
 
 @pytest.fixture(scope="session", autouse=True)
 def private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Point the parse cache at a fresh folder for the session, so ~/.cache is never touched."""
-    cache = tmp_path_factory.mktemp("sleepstream-cache")
+    """Point the parse cache at a fresh folder for the session, so ~/.cache is never touched.
+
+    With ``pytest -n N`` (pytest-xdist, the default in pyproject.toml) the workers share one
+    folder, so each night is parsed and its features computed once: the cache's files are
+    written whole or not at all, and a worker that computes one the other is writing only
+    repeats the work. Each worker then runs torch on one thread, one worker a core."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+        cache = tmp_path_factory.getbasetemp().parent / "sleepstream-cache"
+        cache.mkdir(exist_ok=True)
+    else:
+        cache = tmp_path_factory.mktemp("sleepstream-cache")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(CACHE_ENV, str(cache))
         yield cache
