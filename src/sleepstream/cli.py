@@ -29,6 +29,7 @@ COMMANDS = (
     "sleepstream.commands.replay",
     "sleepstream.score.command",  # score
     "sleepstream.commands.serve",  # serve, simulate
+    "sleepstream.evaluation.sparse",  # sparse-study
     "sleepstream.review",  # review
     "sleepstream.evaluation.stage_nets",  # stages
 )
