@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -140,33 +142,42 @@ def test_predict_sparse_clear_errors() -> None:
 def test_sparse_gru_floor_on_real_folds(recordings: list[Recording]) -> None:
     """Three LOSO folds of the heart-rate-only GRU, held-out heart rate at 5 min, no counts.
 
-    Cheaper than the study's recipe (trained at 5 min only, 4 epochs) so CI stays short. Each
-    night's threshold comes from the other two folds' out-of-fold scores. Measured on these
-    folds: FLOOR_NOTE. The floors sit below that and above always-sleep (kappa 0, AUROC 0.5).
+    The three nights with the most PSG wake. Cheaper than the study's recipe (trained at 5 min
+    only, not at 4 rates) so CI stays short. Each
+    fold's operating threshold is chosen on the fold model's scores of 8 of its training
+    nights (never the test night). Measured on these folds (seed 0, one
+    run): kappas 0.030, -0.026, 0.399 (mean 0.134), pooled AUROC 0.745. The floors sit below
+    that and above always-sleep (kappa 0, AUROC 0.5).
     """
     from sleepstream.evaluation.loso import choose_thresholds
     from sleepstream.evaluation.sparse import CONFIGS
     from sleepstream.models.sparse import SparsePredictor
     from sleepstream.models.training import NetPredictor
 
-    scores = {}
-    for test in recordings[:3]:
-        inner = NetPredictor(CONFIGS / "sparse_hr.yaml", ["--trainer.max_epochs", "4"], seed=0)
+    def scored(predictor: SparsePredictor, night: Recording) -> tuple[NDArray[Any], NDArray[Any]]:
+        p = predictor.predict_at(night.switched_on_before(3600.0), 300.0)[-night.n_epochs :]
+        return night.labels(SLEEP_WAKE), p
+
+    # The three nights with the most PSG wake: kappa needs wake to be measured at all.
+    wake = [int(np.sum(r.labels(SLEEP_WAKE) == 0)) for r in recordings]
+    tests = [recordings[i] for i in np.argsort(wake)[::-1][:3]]
+    kappas, ys, ps = [], [], []
+    for test in tests:
+        inner = NetPredictor(CONFIGS / "sparse_hr.yaml", seed=0)
         predictor = SparsePredictor(inner, with_counts=False, training_intervals=[300.0])
-        predictor.fit([r for r in recordings if r.subject_id != test.subject_id])
-        p = predictor.predict_at(test.switched_on_before(3600.0), 300.0)[-test.n_epochs :]
-        scores[test.subject_id] = (test.labels(SLEEP_WAKE), p)
-    kappas = []
-    for subject, (y, p) in scores.items():
-        thresholds = choose_thresholds([v for s, v in scores.items() if s != subject])
-        kappas.append(cohen_kappa_score(y[y >= 0], p[y >= 0] >= thresholds["operating"]))
-    y_all = np.concatenate([y for y, _ in scores.values()])
-    p_all = np.concatenate([p for _, p in scores.values()])
+        training = [r for r in recordings if r.subject_id != test.subject_id]
+        predictor.fit(training)
+        threshold = choose_thresholds([scored(predictor, r) for r in training[:8]])["operating"]
+        y, p = scored(predictor, test)
+        kappas.append(cohen_kappa_score(y[y >= 0], p[y >= 0] >= threshold))
+        ys.append(y)
+        ps.append(p)
+    y_all, p_all = np.concatenate(ys), np.concatenate(ps)
     auroc = roc_auc_score(y_all[y_all >= 0], p_all[y_all >= 0])
     print(f"sparse floor folds: kappas {np.round(kappas, 3).tolist()}, pooled AUROC {auroc:.3f}")
     assert auroc > FLOOR_AUROC
     assert float(np.mean(kappas)) > FLOOR_KAPPA
 
 
-FLOOR_AUROC = 0.6
+FLOOR_AUROC = 0.65
 FLOOR_KAPPA = 0.05
