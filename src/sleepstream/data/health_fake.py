@@ -41,6 +41,7 @@ import itertools
 import zipfile
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from importlib import resources
 from pathlib import Path
 from typing import IO, Any
 from zoneinfo import ZoneInfo
@@ -75,6 +76,24 @@ _CUFF_DEVICE = (
     "model:BPM Connect, hardware:1, software:1.2&gt;"
 )
 
+
+@dataclass(frozen=True)
+class _Source:
+    """What writes a record: the app's name, its version, and its device (``None``: no
+    ``device`` attribute)."""
+
+    name: str
+    version: str
+    device: str | None
+
+
+_FROM_WATCH = _Source(WATCH, "10.3", _WATCH_DEVICE)
+_FROM_OLD_WATCH = _Source(OLD_WATCH, "10.2", _WATCH_DEVICE)
+_FROM_PHONE = _Source(PHONE, "17.3", _PHONE_DEVICE)
+_FROM_PHONE_APP = _Source(PHONE, "17.3", None)  # the in-bed interval names no device
+_FROM_STRAP = _Source(STRAP, "6.9.0", _STRAP_DEVICE)
+_FROM_CUFF = _Source(CUFF, "6.3.1", _CUFF_DEVICE)
+
 ITINERARY = (("America/Los_Angeles", 5), ("Europe/Berlin", 4), ("Asia/Tokyo", 3))
 """Where the owner is, in turn (zone, days); it repeats for longer exports."""
 
@@ -84,153 +103,10 @@ FIRST_DAY = date(2024, 3, 8)
 CONTROL_EVERY = 3000
 """About one attribute value in this many carries a stray ``\\x0b``."""
 
-_DTD = """<!DOCTYPE HealthData [
-<!-- HealthKit Export Version: 12 -->
-<!ELEMENT HealthData (ExportDate,Me,(Record|Correlation|Workout|ActivitySummary|ClinicalRecord|Audiogram|VisionPrescription)*)>
-<!ATTLIST HealthData
-  locale CDATA #REQUIRED
->
-<!ELEMENT ExportDate EMPTY>
-<!ATTLIST ExportDate
-  value CDATA #REQUIRED
->
-<!ELEMENT Me EMPTY>
-<!ATTLIST Me
-  HKCharacteristicTypeIdentifierDateOfBirth         CDATA #REQUIRED
-  HKCharacteristicTypeIdentifierBiologicalSex       CDATA #REQUIRED
-  HKCharacteristicTypeIdentifierBloodType           CDATA #REQUIRED
-  HKCharacteristicTypeIdentifierFitzpatrickSkinType CDATA #REQUIRED
-  HKCharacteristicTypeIdentifierCardioFitnessMedicationsUse CDATA #REQUIRED
->
-<!ELEMENT Record ((MetadataEntry|HeartRateVariabilityMetadataList)*)>
-<!ATTLIST Record
-  type          CDATA #REQUIRED
-  unit          CDATA #IMPLIED
-  value         CDATA #IMPLIED
-  sourceName    CDATA #REQUIRED
-  sourceVersion CDATA #IMPLIED
-  device        CDATA #IMPLIED
-  creationDate  CDATA #IMPLIED
-  startDate     CDATA #REQUIRED
-  endDate       CDATA #REQUIRED
->
-<!-- Note: Any Records that appear as children of a correlation also appear as top-level records in this document. -->
-<!ELEMENT Correlation ((MetadataEntry|Record)*)>
-<!ATTLIST Correlation
-  type          CDATA #REQUIRED
-  sourceName    CDATA #REQUIRED
-  sourceVersion CDATA #IMPLIED
-  device        CDATA #IMPLIED
-  creationDate  CDATA #IMPLIED
-  startDate     CDATA #REQUIRED
-  endDate       CDATA #REQUIRED
->
-<!ELEMENT Workout ((MetadataEntry|WorkoutEvent|WorkoutRoute|WorkoutStatistics)*)>
-<!ATTLIST Workout
-  workoutActivityType   CDATA #REQUIRED
-  duration              CDATA #IMPLIED
-  durationUnit          CDATA #IMPLIED
-  totalDistance         CDATA #IMPLIED
-  totalDistanceUnit     CDATA #IMPLIED
-  totalEnergyBurned     CDATA #IMPLIED
-  totalEnergyBurnedUnit CDATA #IMPLIED
-  sourceName            CDATA #REQUIRED
-  sourceVersion         CDATA #IMPLIED
-  device                CDATA #IMPLIED
-  creationDate          CDATA #IMPLIED
-  startDate             CDATA #REQUIRED
-  endDate               CDATA #REQUIRED
->
-<!ELEMENT WorkoutEvent ((MetadataEntry)*)>
-<!ATTLIST WorkoutEvent
-  type                 CDATA #REQUIRED
-  date                 CDATA #REQUIRED
-  duration             CDATA #IMPLIED
-  durationUnit         CDATA #IMPLIED
->
-<!ELEMENT WorkoutStatistics EMPTY>
-<!ATTLIST WorkoutStatistics
-  type                 CDATA #REQUIRED
-  startDate            CDATA #REQUIRED
-  endDate              CDATA #REQUIRED
-  average              CDATA #IMPLIED
-  minimum              CDATA #IMPLIED
-  maximum              CDATA #IMPLIED
-  sum                  CDATA #IMPLIED
-  unit                 CDATA #IMPLIED
->
-<!ELEMENT WorkoutRoute ((MetadataEntry|FileReference)*)>
-<!ATTLIST WorkoutRoute
-  sourceName    CDATA #REQUIRED
-  sourceVersion CDATA #IMPLIED
-  device        CDATA #IMPLIED
-  creationDate  CDATA #IMPLIED
-  startDate     CDATA #REQUIRED
-  endDate       CDATA #REQUIRED
->
-<!ELEMENT FileReference EMPTY>
-<!ATTLIST FileReference
-  path CDATA #REQUIRED
->
-<!ELEMENT ActivitySummary EMPTY>
-<!ATTLIST ActivitySummary
-  dateComponents           CDATA #IMPLIED
-  activeEnergyBurned       CDATA #IMPLIED
-  activeEnergyBurnedGoal   CDATA #IMPLIED
-  activeEnergyBurnedUnit   CDATA #IMPLIED
-  appleMoveTime            CDATA #IMPLIED
-  appleMoveTimeGoal        CDATA #IMPLIED
-  appleExerciseTime        CDATA #IMPLIED
-  appleExerciseTimeGoal    CDATA #IMPLIED
-  appleStandHours          CDATA #IMPLIED
-  appleStandHoursGoal      CDATA #IMPLIED
->
-<!ELEMENT MetadataEntry EMPTY>
-<!ATTLIST MetadataEntry
-  key   CDATA #REQUIRED
-  value CDATA #REQUIRED
->
-<!-- Note: Heart Rate Variability records captured by Apple Watch may include an associated list of instantaneous beats-per-minute readings. -->
-<!ELEMENT HeartRateVariabilityMetadataList (InstantaneousBeatsPerMinute*)>
-<!ELEMENT InstantaneousBeatsPerMinute EMPTY>
-<!ATTLIST InstantaneousBeatsPerMinute
-  bpm  CDATA #REQUIRED
-  time CDATA #REQUIRED
->
-<!ELEMENT ClinicalRecord EMPTY>
-<!ATTLIST ClinicalRecord
-  type              CDATA #REQUIRED
-  identifier        CDATA #REQUIRED
-  sourceName        CDATA #REQUIRED
-  sourceURL         CDATA #REQUIRED
-  fhirVersion       CDATA #REQUIRED
-  receivedDate      CDATA #REQUIRED
-  resourceFilePath  CDATA #REQUIRED
->
-<!ELEMENT VisionPrescription ((RightEye|LeftEye|Attachment|MetadataEntry)*)>
-<!ATTLIST VisionPrescription
-  type             CDATA #REQUIRED
-  dateIssued       CDATA #REQUIRED
-  expirationDate   CDATA #IMPLIED
-  brand            CDATA #IMPLIED
-<!ELEMENT RightEye EMPTY>
-<!ATTLIST RightEye
-  sphere           CDATA #IMPLIED
-  sphereUnit       CDATA #IMPLIED
-  cylinder         CDATA #IMPLIED
-  cylinderUnit     CDATA #IMPLIED
-<!ATTLIST RightEye
-  axis             CDATA #IMPLIED
-  axisUnit         CDATA #IMPLIED
->
-<!ELEMENT Attachment EMPTY>
-<!ATTLIST Attachment
-  identifier       CDATA #IMPLIED
->
-]>
-"""
-# The unterminated ATTLIST of VisionPrescription and the first one of RightEye, and the second
-# ATTLIST of RightEye, stand for the declarations iOS 16 gets wrong (parsers fail on line 156).
+_DTD = (resources.files("sleepstream.data") / "health_export.dtd").read_text(encoding="utf-8")
+"""The internal DTD of HealthKit Export Version 12, as iOS 16 writes it: the unterminated ATTLIST
+of VisionPrescription and the first one of RightEye, and the second ATTLIST of RightEye, stand for
+the declarations iOS 16 gets wrong (parsers fail on line 156)."""
 
 
 @dataclass(frozen=True)
@@ -425,22 +301,35 @@ def _write_day(out: _Writer, day: _Day, rng: np.random.Generator) -> None:
 def _record(
     out: _Writer,
     type_: str,
-    source: str,
-    version: str,
-    device: str | None,
+    source: _Source,
     unit: str | None,
     start: str,
     end: str,
     value: str,
     children: str = "",
 ) -> None:
-    device_attr = f' device="{device}"' if device else ""
+    device_attr = f' device="{source.device}"' if source.device else ""
     unit_attr = f' unit="{unit}"' if unit else ""
+    version = out.maybe_control(source.version)
     head = (
-        f' <Record type="{type_}" sourceName="{source}" sourceVersion="{out.maybe_control(version)}"'
+        f' <Record type="{type_}" sourceName="{source.name}" sourceVersion="{version}"'
         f'{device_attr}{unit_attr} creationDate="{end}" startDate="{start}" endDate="{end}" value="{value}"'
     )
     out.text(f"{head}>\n{children} </Record>\n" if children else f"{head}/>\n")
+
+
+def _quantity(
+    out: _Writer,
+    name: str,
+    source: _Source,
+    unit: str,
+    start: str,
+    end: str,
+    value: str,
+    children: str = "",
+) -> None:
+    """A ``HKQuantityTypeIdentifier{name}`` record."""
+    _record(out, f"HKQuantityTypeIdentifier{name}", source, unit, start, end, value, children)
 
 
 def _truth(
@@ -506,50 +395,21 @@ def _heart_rate(
         strict=True,
     ):
         children = _metadata("HKMetadataKeyHeartRateMotionContext", motion)
-        for copy in range(2 if again else 1):
-            _truth(out, "heart_rate", WATCH, t, t, value, text, copy == 0)
-            _record(
-                out,
-                "HKQuantityTypeIdentifierHeartRate",
-                WATCH,
-                "10.3",
-                _WATCH_DEVICE,
-                "count/min",
-                text,
-                text,
-                f"{value:g}",
-                children,
-            )
-        if old:
-            _truth(out, "heart_rate", OLD_WATCH, t, t, value, text, False)
-            _record(
-                out,
-                "HKQuantityTypeIdentifierHeartRate",
-                OLD_WATCH,
-                "10.2",
-                _WATCH_DEVICE,
-                "count/min",
-                text,
-                text,
-                f"{value:g}",
-                children,
-            )
+        sources = [_FROM_WATCH] * (2 if again else 1) + ([_FROM_OLD_WATCH] if old else [])
+        for copy, source in enumerate(sources):
+            _heart_rate_record(out, source, t, value, text, copy == 0, children)
     if workout is not None:
         strap = np.arange(workout[0] + 2, workout[1], 5, dtype=np.int64)
         for t, text in zip(strap.tolist(), _dates(strap, day.zone), strict=True):
             value = float(round(140 + rng.normal(0, 12)))
-            _truth(out, "heart_rate", STRAP, t, t, value, text, False)
-            _record(
-                out,
-                "HKQuantityTypeIdentifierHeartRate",
-                STRAP,
-                "6.9.0",
-                _STRAP_DEVICE,
-                "count/min",
-                text,
-                text,
-                f"{value:g}",
-            )
+            _heart_rate_record(out, _FROM_STRAP, t, value, text, False)
+
+
+def _heart_rate_record(
+    out: _Writer, source: _Source, t: int, bpm: float, text: str, kept: bool, children: str = ""
+) -> None:
+    _truth(out, "heart_rate", source.name, t, t, bpm, text, kept)
+    _quantity(out, "HeartRate", source, "count/min", text, text, f"{bpm:g}", children)
 
 
 def _steps(out: _Writer, day: _Day, rng: np.random.Generator) -> None:
@@ -571,26 +431,13 @@ def _steps(out: _Writer, day: _Day, rng: np.random.Generator) -> None:
             (charging + 900 * k, charging + 900 * k + 600, float(rng.integers(20, 400)), True)
         )
     repeated = watch_rows[int(rng.integers(len(watch_rows)))]
-    rows = [(WATCH, _WATCH_DEVICE, r) for r in watch_rows] + [
-        (WATCH, _WATCH_DEVICE, (*repeated[:3], False))
-    ]
-    rows += [(PHONE, _PHONE_DEVICE, r) for r in phone_rows]
-    starts = _dates(np.array([r[2][0] for r in rows], dtype=np.int64), day.zone)
-    ends = _dates(np.array([r[2][1] for r in rows], dtype=np.int64), day.zone)
-    for (source, device, (a, b, value, kept)), start, end in zip(rows, starts, ends, strict=True):
-        _truth(out, "steps", source, a, b, value, start, kept)
-        version = "10.3" if source == WATCH else "17.3"
-        _record(
-            out,
-            "HKQuantityTypeIdentifierStepCount",
-            source,
-            version,
-            device,
-            "count",
-            start,
-            end,
-            f"{value:g}",
-        )
+    rows = [(_FROM_WATCH, r) for r in watch_rows] + [(_FROM_WATCH, (*repeated[:3], False))]
+    rows += [(_FROM_PHONE, r) for r in phone_rows]
+    starts = _dates(np.array([r[1][0] for r in rows], dtype=np.int64), day.zone)
+    ends = _dates(np.array([r[1][1] for r in rows], dtype=np.int64), day.zone)
+    for (source, (a, b, value, kept)), start, end in zip(rows, starts, ends, strict=True):
+        _truth(out, "steps", source.name, a, b, value, start, kept)
+        _quantity(out, "StepCount", source, "count", start, end, f"{value:g}")
 
 
 _CYCLE = (("core", 25, 40), ("deep", 15, 35), ("core", 15, 30), ("rem", 15, 30), ("awake", 1, 5))
@@ -617,30 +464,21 @@ def _sleep(out: _Writer, day: _Day, rng: np.random.Generator, onset: int, wake: 
             if t >= wake:
                 break
     bed = (day.at(23.0), day.at(7.0, 1))
-    rows: list[tuple[str, str, str | None, int, int, str, bool]] = [
-        (PHONE, "17.3", None, bed[0], bed[1], "in_bed", True),
-        (PHONE, "17.3", None, bed[0], bed[1], "in_bed", False),
+    rows: list[tuple[_Source, int, int, str, bool]] = [
+        (_FROM_PHONE_APP, bed[0], bed[1], "in_bed", True),
+        (_FROM_PHONE_APP, bed[0], bed[1], "in_bed", False),
     ]
-    rows += [(WATCH, "10.3", _WATCH_DEVICE, a, b, s, True) for a, b, s in segments]
+    rows += [(_FROM_WATCH, a, b, s, True) for a, b, s in segments]
     if day.index % 2:
-        rows.append((OLD_WATCH, "10.2", _WATCH_DEVICE, onset, wake, "unspecified", True))
+        rows.append((_FROM_OLD_WATCH, onset, wake, "unspecified", True))
     old_value = "Asleep" if day.index % 4 == 1 else "AsleepUnspecified"  # before / since iOS 16
-    for source, version, device, a, b, stage, kept in rows:
+    for source, a, b, stage, kept in rows:
         start, end = _dates(np.array([a, b], dtype=np.int64), day.zone)
         value = _STAGE_VALUES.get(stage, f"HKCategoryValueSleepAnalysis{old_value}")
-        _truth(out, "sleep", source, a, b, stage, start, kept)
+        _truth(out, "sleep", source.name, a, b, stage, start, kept)
         children = _metadata("HKTimeZone", day.zone.key)
         _record(
-            out,
-            "HKCategoryTypeIdentifierSleepAnalysis",
-            source,
-            version,
-            device,
-            None,
-            start,
-            end,
-            value,
-            children,
+            out, "HKCategoryTypeIdentifierSleepAnalysis", source, None, start, end, value, children
         )
 
 
@@ -650,42 +488,15 @@ def _bulk(out: _Writer, day: _Day, rng: np.random.Generator) -> None:
     minutes = begin + 60 * np.arange(0, 16 * 60, 1, dtype=np.int64) + rng.integers(0, 20, 16 * 60)
     texts = _dates(minutes, day.zone)
     for start, end in itertools.pairwise(texts):
-        _record(
-            out,
-            "HKQuantityTypeIdentifierActiveEnergyBurned",
-            WATCH,
-            "10.3",
-            _WATCH_DEVICE,
-            "kcal",
-            start,
-            end,
-            f"{rng.uniform(0.05, 3):.3f}",
-        )
+        energy = f"{rng.uniform(0.05, 3):.3f}"
+        _quantity(out, "ActiveEnergyBurned", _FROM_WATCH, "kcal", start, end, energy)
     quarters = day.at(0.0) + 900 * np.arange(96, dtype=np.int64)
     texts = _dates(quarters, day.zone)
     for start, end in itertools.pairwise(texts):
-        _record(
-            out,
-            "HKQuantityTypeIdentifierBasalEnergyBurned",
-            WATCH,
-            "10.3",
-            _WATCH_DEVICE,
-            "kcal",
-            start,
-            end,
-            f"{rng.uniform(14, 18):.3f}",
-        )
-        _record(
-            out,
-            "HKQuantityTypeIdentifierDistanceWalkingRunning",
-            PHONE,
-            "17.3",
-            _PHONE_DEVICE,
-            "km",
-            start,
-            end,
-            f"{rng.uniform(0, 0.4):.5f}",
-        )
+        energy = f"{rng.uniform(14, 18):.3f}"
+        _quantity(out, "BasalEnergyBurned", _FROM_WATCH, "kcal", start, end, energy)
+        distance = f"{rng.uniform(0, 0.4):.5f}"
+        _quantity(out, "DistanceWalkingRunning", _FROM_PHONE, "km", start, end, distance)
     for hour in (2.0, 9.5, 14.0, 21.0):
         t = day.at(hour)
         start, end = _dates(np.array([t, t + 60], dtype=np.int64), day.zone)
@@ -696,43 +507,15 @@ def _bulk(out: _Writer, day: _Day, rng: np.random.Generator) -> None:
         children = (
             f"  <HeartRateVariabilityMetadataList>\n{beats}  </HeartRateVariabilityMetadataList>\n"
         )
-        _record(
-            out,
-            "HKQuantityTypeIdentifierHeartRateVariabilitySDNN",
-            WATCH,
-            "10.3",
-            _WATCH_DEVICE,
-            "ms",
-            start,
-            end,
-            f"{rng.uniform(20, 80):.4f}",
-            children,
-        )
+        sdnn = f"{rng.uniform(20, 80):.4f}"
+        _quantity(out, "HeartRateVariabilitySDNN", _FROM_WATCH, "ms", start, end, sdnn, children)
     for hour in np.arange(0.0, 6.5, 0.5):
         start, end = _dates(np.array([day.at(float(hour), 1)] * 2, dtype=np.int64), day.zone)
-        _record(
-            out,
-            "HKQuantityTypeIdentifierRespiratoryRate",
-            WATCH,
-            "10.3",
-            _WATCH_DEVICE,
-            "count/min",
-            start,
-            end,
-            f"{rng.uniform(12, 17):.1f}",
-        )
-        _record(
-            out,
-            "HKQuantityTypeIdentifierOxygenSaturation",
-            WATCH,
-            "10.3",
-            _WATCH_DEVICE,
-            "%",
-            start,
-            end,
-            f"{rng.uniform(0.94, 0.99):.2f}",
-            _metadata("HKMetadataKeyBarometricPressure", out.maybe_control("101.3 kPa")),
-        )
+        rate = f"{rng.uniform(12, 17):.1f}"
+        _quantity(out, "RespiratoryRate", _FROM_WATCH, "count/min", start, end, rate)
+        saturation = f"{rng.uniform(0.94, 0.99):.2f}"
+        pressure = _metadata("HKMetadataKeyBarometricPressure", out.maybe_control("101.3 kPa"))
+        _quantity(out, "OxygenSaturation", _FROM_WATCH, "%", start, end, saturation, pressure)
 
 
 def _workout(out: _Writer, day: _Day, rng: np.random.Generator, begin: int, end: int) -> None:
@@ -773,12 +556,12 @@ def _blood_pressure(out: _Writer, day: _Day, rng: np.random.Generator) -> None:
         + _metadata("HKWasUserEntered", "0")
     )
     for type_, unit, value in inner:
-        _record(out, type_, CUFF, "6.3.1", _CUFF_DEVICE, unit, text, text, value)
+        _record(out, type_, _FROM_CUFF, unit, text, text, value)
     out.text(" </Correlation>\n")
     for type_, unit, value in inner:
         if type_ == "HKQuantityTypeIdentifierHeartRate":
             _truth(out, "heart_rate", CUFF, t, t, pulse, text, False)
-        _record(out, type_, CUFF, "6.3.1", _CUFF_DEVICE, unit, text, text, value)
+        _record(out, type_, _FROM_CUFF, unit, text, text, value)
 
 
 def zip_export(xml: str | Path, archive: str | Path) -> Path:
