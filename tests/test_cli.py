@@ -717,7 +717,7 @@ def test_interrupted_export_leaves_complete_files_or_none(
     import torch
 
     from sleepstream.export import export_all
-    from sleepstream.export.metadata import ModelMetadata
+    from sleepstream.models.card import ModelMetadata
     from sleepstream.models.net import SleepMLP
 
     def interrupted_export(model: object, args: object, f: str, **kwargs: object) -> None:

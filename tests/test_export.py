@@ -17,11 +17,11 @@ import torch
 
 from sleepstream.data.folder import load_all
 from sleepstream.export import export_all
-from sleepstream.export.metadata import METADATA_KEY, ModelMetadata, metadata_for
 from sleepstream.export.onnx import export_onnx, read_onnx_metadata
 from sleepstream.export.vectors import counts_night, generated_night
 from sleepstream.features import FEATURE_NAMES, night_features
 from sleepstream.live.backends import OnnxPipeline
+from sleepstream.models.card import METADATA_KEY, ModelMetadata, metadata_for
 from sleepstream.models.net import SleepGRU, SleepMLP, SleepNet
 from sleepstream.records import Recording
 

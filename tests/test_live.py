@@ -209,9 +209,9 @@ def test_bad_input_is_refused_with_a_reason(step_model: TorchPipeline, call, mes
 def test_detector_runs_an_exported_onnx_model(
     recordings: list[Recording], step_model: TorchPipeline, tmp_path
 ) -> None:  # type: ignore[no-untyped-def]
-    from sleepstream.export.metadata import metadata_for
     from sleepstream.export.onnx import export_onnx
     from sleepstream.live.backends import OnnxPipeline
+    from sleepstream.models.card import metadata_for
 
     net = step_model.step.net
     path = export_onnx(net, tmp_path / "m.onnx", metadata_for(net, {"wasa93": 0.6}, "raw"))

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sleepstream.export.metadata import metadata_for
 from sleepstream.export.onnx import check_onnx_parity, export_onnx, scan_torch
 from sleepstream.export.vectors import (
     GENERATED_SEGMENTS,
@@ -23,6 +22,7 @@ from sleepstream.export.vectors import (
 from sleepstream.features import FEATURE_NAMES, accel_epochs, extract
 from sleepstream.live.backends import OnnxPipeline
 from sleepstream.live.detector import SleepDetector
+from sleepstream.models.card import metadata_for
 from sleepstream.models.net import SleepNet
 from sleepstream.models.shipped import load_shipped
 from sleepstream.records import Recording

@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from sleepstream.export.metadata import ModelMetadata, metadata_for
 from sleepstream.export.onnx import check_onnx_parity, export_onnx, read_onnx_metadata
 from sleepstream.export.vectors import counts_night, generated_night, write_test_vectors
+from sleepstream.models.card import ModelMetadata, metadata_for
 from sleepstream.models.net import SleepNet, StageGRU
 from sleepstream.paths import write_atomic
 from sleepstream.pipeline import VARIANTS

@@ -56,13 +56,13 @@ from coremltools.converters.mil.mil import Builder as mb  # noqa: N813 (coremlto
 from coremltools.converters.mil.mil import Function
 from numpy.typing import NDArray
 
-from sleepstream.export.metadata import METADATA_KEY, ModelMetadata
 from sleepstream.export.onnx import (
     PROBABILITY_OUTPUTS,
     inference_copy,
     scan_torch,
     stage_inference_copy,
 )
+from sleepstream.models.card import METADATA_KEY, ModelMetadata
 from sleepstream.models.net import SleepNet, StageGRU
 from sleepstream.paths import atomic_directory
 from sleepstream.pipeline import STAGE_OUTPUT_NAMES, PipelineStep, pipeline_step

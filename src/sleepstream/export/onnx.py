@@ -21,7 +21,7 @@ import onnx
 import torch
 from numpy.typing import NDArray
 
-from sleepstream.export.metadata import METADATA_KEY, ModelMetadata
+from sleepstream.models.card import METADATA_KEY, ModelMetadata
 from sleepstream.models.net import SleepNet, StageGRU
 from sleepstream.paths import atomic_path
 from sleepstream.pipeline import STAGE_OUTPUT_NAMES, pipeline_step

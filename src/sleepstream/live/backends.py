@@ -134,7 +134,7 @@ class TorchPipeline:
             v.detach().cpu().float().numpy().tobytes() for v in self.step.state_dict().values()
         )
         self.model_id = "torch-" + hashlib.blake2b(weights, digest_size=12).hexdigest()
-        from sleepstream.export.metadata import state_layout_with_initial
+        from sleepstream.models.card import state_layout_with_initial
 
         self.thresholds = dict(thresholds or {})
         self.metadata = {
@@ -142,7 +142,7 @@ class TorchPipeline:
             "state_layout": state_layout_with_initial(self.step),
         }
         if stages is not None:
-            from sleepstream.export.metadata import stage_metadata
+            from sleepstream.models.card import stage_metadata
 
             self.metadata["stages"] = stage_metadata(stages)
         self.input_names = self.step.input_names

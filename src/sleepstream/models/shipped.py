@@ -24,7 +24,14 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from sleepstream.models.card import DEFAULT_NAME, ModelCard, read_model, shipped_folder
+from sleepstream.models.card import (
+    DEFAULT_NAME,
+    ModelCard,
+    metadata_for,
+    read_model,
+    shipped_folder,
+    write_model,
+)
 from sleepstream.models.net import (
     SleepNet,
     StageGRU,
@@ -32,7 +39,6 @@ from sleepstream.models.net import (
     predict_night,
     predict_night_stages,
 )
-from sleepstream.paths import atomic_file
 from sleepstream.records import Recording
 
 log = logging.getLogger(__name__)
@@ -58,18 +64,10 @@ class ShippedModel:
 
 
 def save_model(net: SleepNet, card: ModelCard, folder: Path) -> tuple[Path, Path]:
-    """Write ``<name>.npz``, ``<name>.json`` and the model file ``<name>.onnx`` (the whole
-    pipeline, raw variant, card inside) into ``folder``, each whole or not at all.
-
-    Both are written to temporary files first and renamed one after the other only when both
-    are complete, so an interruption never leaves a partial file, nor (short of a crash between
-    the two renames) new weights beside an old card.
-    """
-    weights, meta = folder / f"{card.name}.npz", folder / f"{card.name}.json"
-    arrays = {k: v.detach().cpu().float().numpy() for k, v in net.state_dict().items()}
-    with atomic_file(weights) as weights_file, atomic_file(meta) as meta_file:
-        np.savez(weights_file, **arrays)
-        meta_file.write((card.to_json() + "\n").encode("utf-8"))
+    """Write ``<name>.npz``, ``<name>.json`` (:func:`~sleepstream.models.card.write_model`) and
+    the model file ``<name>.onnx`` (the whole pipeline, raw variant, card inside) into
+    ``folder``, each whole or not at all."""
+    weights, meta = write_model(folder, card, net)
     write_model_file(net, card, folder / f"{card.name}.onnx")
     return weights, meta
 
@@ -108,7 +106,6 @@ def write_model_file(
 ) -> Path:
     """The pipeline of ``net`` as one ONNX file, with the card's thresholds and provenance;
     with the stage network ``stages``, its outputs and ``stages_about`` in the metadata."""
-    from sleepstream.export.metadata import metadata_for
     from sleepstream.export.onnx import export_onnx
 
     meta = metadata_for(net, card.thresholds, variant, stages, stages_about, **provenance(card))
@@ -188,7 +185,6 @@ def ship_model(
     (``metrics["headline_scenario"]``); the card carries that scenario's seed-mean figures.
     Returns the paths of the weights and the card.
     """
-    from sleepstream.models.net import count_parameters
     from sleepstream.models.training import train
 
     name = config.stem
@@ -207,19 +203,16 @@ def ship_model(
         ["--data.val_subjects", "0", "--trainer.limit_val_batches", "0", *overrides],
     )
     net = module.inference_net.cpu().eval()
-    card = ModelCard(
-        name=name,
-        architecture=type(net).__name__,
-        init_args=net.init_args,
-        feature_names=net.feature_names,
-        thresholds=thresholds,
-        threshold_source=(
+    card = ModelCard.of(
+        net,
+        name,
+        thresholds,
+        (
             f"pooled out-of-fold scores of the {len(files)} leave-one-subject-out runs (seeds) "
             f"in {loso}, start scenario {headline!r}: each score comes from a fold model that "
             "did not train on the night it scores; this network trained on all nights"
         ),
-        trained_on=[r.subject_id for r in recordings],
-        n_parameters=count_parameters(net),
+        [r.subject_id for r in recordings],
         loso={
             "scenario": headline,
             "seeds": entry["seeds"],
@@ -315,7 +308,6 @@ def ship_stage_model(
     (:func:`stage_decision_weights`, ``scenario``); ``figures`` (its LOSO figures) go into the
     card. Returns the three paths.
     """
-    from sleepstream.models.net import count_parameters
     from sleepstream.models.training import train
 
     weights, seeds = stage_decision_weights(loso, name, scenario)
@@ -337,15 +329,12 @@ def ship_stage_model(
         f"leave-one-subject-out runs (seeds) of {name!r} in {loso}, start scenario "
         f"{scenario!r}; this network trained on all nights"
     )
-    card = ModelCard(
-        name=STAGE_NAME,
-        architecture=type(stages).__name__,
-        init_args=stages.init_args,
-        feature_names=stages.feature_names,
-        thresholds={},
-        threshold_source=source,
-        trained_on=[r.subject_id for r in recordings],
-        n_parameters=count_parameters(stages),
+    card = ModelCard.of(
+        stages,
+        STAGE_NAME,
+        {},
+        source,
+        [r.subject_id for r in recordings],
         classes=("wake", "light", "deep", "rem"),
         loso={
             "name": name,
@@ -359,11 +348,7 @@ def ship_stage_model(
             "figures": figures or {},
         },
     )
-    npz, meta = out / f"{STAGE_NAME}.npz", out / f"{STAGE_NAME}.json"
-    arrays = {k: v.detach().cpu().float().numpy() for k, v in stages.state_dict().items()}
-    with atomic_file(npz) as weights_file, atomic_file(meta) as meta_file:
-        np.savez(weights_file, **arrays)
-        meta_file.write((card.to_json() + "\n").encode("utf-8"))
+    npz, meta = write_model(out, card, stages)
     sleep = load_model(out) if (out / f"{DEFAULT_NAME}.json").exists() else load_shipped()
     about = {"decision_weights": weights, "decision_weights_source": source, "loso": card.loso}
     onnx = write_model_file(

@@ -44,7 +44,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from sleepstream.features import FEATURE_NAMES, LAST_HR_SAMPLES, extract
-from sleepstream.models.card import ModelCard, read_model, shipped_folder
+from sleepstream.models.card import ModelCard, read_model, shipped_folder, write_model
 from sleepstream.records import EPOCH_SECONDS, Recording, Stage
 
 if TYPE_CHECKING:
@@ -407,9 +407,7 @@ def ship_sparse(
     from sleepstream.evaluation.loso import choose_thresholds
     from sleepstream.evaluation.scenarios import HEADLINE
     from sleepstream.evaluation.sparse import RECIPES, cell_name, collect
-    from sleepstream.models.net import count_parameters
     from sleepstream.models.shipped import write_model_file
-    from sleepstream.paths import atomic_file
 
     name = MODEL_NAMES[bool(with_counts)]
     recipe = RECIPES[name]
@@ -441,29 +439,21 @@ def ship_sparse(
     if not isinstance(net, SleepNet):
         raise TypeError(f"{name}: the recipe did not train a network")
     net = net.cpu().eval()
-    card = ModelCard(
-        name=name,
-        architecture=type(net).__name__,
-        init_args=net.init_args,
-        feature_names=net.feature_names,
-        thresholds=thresholds,
-        threshold_source=(
+    card = ModelCard.of(
+        net,
+        name,
+        thresholds,
+        (
             f"pooled out-of-fold scores of the leave-one-subject-out study in {study.name} "
             f"(every seed; start scenario {HEADLINE.name!r}; held-out heart rate thinned to 1, "
             "2 and 5 min): each score from a fold model that did not train on the night it "
             "scores; this network trained on all nights at the recorded rate and at 1, 2, 5 min"
         ),
-        trained_on=[r.subject_id for r in recordings],
-        n_parameters=count_parameters(net),
+        [r.subject_id for r in recordings],
         loso=loso,
     )
     folder = out or shipped_folder()
-    weights, meta = folder / f"{name}.npz", folder / f"{name}.json"
-    arrays = {k: v.detach().cpu().float().numpy() for k, v in net.state_dict().items()}
-    with atomic_file(weights) as weights_file, atomic_file(meta) as meta_file:
-        np.savez(weights_file, **arrays)
-        meta_file.write((card.to_json() + "\n").encode("utf-8"))
-    written = [weights, meta]
+    written = list(write_model(folder, card, net))
     if onnx:
         written.append(write_model_file(net, card, folder / f"{name}.onnx", variant="counts"))
     return written
