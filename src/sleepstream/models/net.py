@@ -81,7 +81,44 @@ class SleepNet(nn.Module):
         raise NotImplementedError
 
 
-class SleepGRU(SleepNet):
+class _RecurrentNet(SleepNet):
+    """The body both recurrent networks share: an input layer, a GRU, and a linear head of
+    ``n_outputs`` logits per epoch; the state is ``(batch, num_layers * hidden_size)``."""
+
+    def __init__(
+        self,
+        feature_names: str | Sequence[str],
+        hidden_size: int,
+        num_layers: int,
+        dropout: float,
+        n_outputs: int,
+    ):
+        super().__init__(feature_names)
+        self.init_args = {
+            "feature_names": self.feature_names,
+            "hidden_size": hidden_size,
+            "num_layers": num_layers,
+            "dropout": dropout,
+        }
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.state_size = hidden_size * num_layers
+        self.embed = nn.Sequential(nn.Linear(self.n_features, hidden_size), nn.GELU())
+        self.dropout = nn.Dropout(dropout)
+        self.gru = nn.GRU(hidden_size, hidden_size, num_layers=num_layers, batch_first=True)
+        self.head = nn.Linear(hidden_size, n_outputs)
+
+    def _head_logits(self, x: Tensor, state: Tensor | None) -> tuple[Tensor, Tensor]:
+        """``(batch, time, n_outputs)`` logits of ``x (batch, time, features)``, and the state."""
+        batch = x.shape[0]
+        if state is None:
+            state = self.initial_state(batch).to(x.device)
+        h = state.reshape(-1, self.num_layers, self.hidden_size).transpose(0, 1).contiguous()
+        out, h = self.gru(self.dropout(self.embed(self.normalise(x))), h)
+        return self.head(out), h.transpose(0, 1).reshape(-1, self.state_size)
+
+
+class SleepGRU(_RecurrentNet):
     """Causal recurrent network: an input layer, a GRU, and a linear read-out of p(sleep).
 
     Parameters
@@ -103,29 +140,11 @@ class SleepGRU(SleepNet):
         num_layers: int = 1,
         dropout: float = 0.1,
     ):
-        super().__init__(feature_names)
-        self.init_args = {
-            "feature_names": self.feature_names,
-            "hidden_size": hidden_size,
-            "num_layers": num_layers,
-            "dropout": dropout,
-        }
-        self.hidden_size = hidden_size
-        self.num_layers = num_layers
-        self.state_size = hidden_size * num_layers
-        self.embed = nn.Sequential(nn.Linear(self.n_features, hidden_size), nn.GELU())
-        self.dropout = nn.Dropout(dropout)
-        self.gru = nn.GRU(hidden_size, hidden_size, num_layers=num_layers, batch_first=True)
-        self.head = nn.Linear(hidden_size, 1)
+        super().__init__(feature_names, hidden_size, num_layers, dropout, n_outputs=1)
 
     def forward(self, x: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        batch = x.shape[0]
-        if state is None:
-            state = self.initial_state(batch).to(x.device)
-        h = state.reshape(-1, self.num_layers, self.hidden_size).transpose(0, 1).contiguous()
-        out, h = self.gru(self.dropout(self.embed(self.normalise(x))), h)
-        logits = self.head(out).squeeze(-1)
-        return logits, h.transpose(0, 1).reshape(-1, self.state_size)
+        logits, state = self._head_logits(x, state)
+        return logits.squeeze(-1), state
 
 
 class SleepMLP(SleepNet):
@@ -168,7 +187,7 @@ STAGE_OUTPUTS: dict[str, int] = {"wake_nrem_rem": 3, "wake_light_deep_rem": 4}
 and their number of classes, in the order of its logit columns."""
 
 
-class StageGRU(SleepNet):
+class StageGRU(_RecurrentNet):
     """Causal recurrent stage network: the :class:`SleepGRU` body with one softmax head per task.
 
     Reads the same causal features as the sleep/wake network and steps the same way; its logits
@@ -201,28 +220,12 @@ class StageGRU(SleepNet):
         num_layers: int = 1,
         dropout: float = 0.1,
     ):
-        super().__init__(feature_names)
-        self.init_args = {
-            "feature_names": self.feature_names,
-            "hidden_size": hidden_size,
-            "num_layers": num_layers,
-            "dropout": dropout,
-        }
-        self.hidden_size = hidden_size
-        self.num_layers = num_layers
-        self.state_size = hidden_size * num_layers
-        self.embed = nn.Sequential(nn.Linear(self.n_features, hidden_size), nn.GELU())
-        self.dropout = nn.Dropout(dropout)
-        self.gru = nn.GRU(hidden_size, hidden_size, num_layers=num_layers, batch_first=True)
-        self.head = nn.Linear(hidden_size, sum(STAGE_OUTPUTS.values()))
+        super().__init__(
+            feature_names, hidden_size, num_layers, dropout, n_outputs=sum(STAGE_OUTPUTS.values())
+        )
 
     def forward(self, x: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        batch = x.shape[0]
-        if state is None:
-            state = self.initial_state(batch).to(x.device)
-        h = state.reshape(-1, self.num_layers, self.hidden_size).transpose(0, 1).contiguous()
-        out, h = self.gru(self.dropout(self.embed(self.normalise(x))), h)
-        return self.head(out), h.transpose(0, 1).reshape(-1, self.state_size)
+        return self._head_logits(x, state)
 
 
 def stage_logits(logits: Tensor) -> dict[str, Tensor]:
