@@ -42,6 +42,14 @@ HEALTH_SUFFIXES = (".zip", ".xml")
 APPLE_ASLEEP = ("core", "deep", "rem", "unspecified")
 """Apple sleep-analysis stages that mean asleep (``awake`` and ``in_bed`` do not)."""
 
+_TIMED_STREAMS = (
+    ("hr_times", "hr_bpm"),
+    ("count_times", "counts"),
+    ("step_starts", "step_ends", "steps"),
+    ("psg_epochs", "psg_sleep"),
+)
+"""The :class:`UserRecording` streams as (times field, the value fields sampled at them)."""
+
 
 def _empty() -> NDArray[np.float64]:
     return np.zeros(0, dtype=np.float64)
@@ -136,38 +144,19 @@ class UserRecording:
         from dataclasses import replace
 
         first = self.span[1] - days * 86400.0
-
-        def cut(times: NDArray[np.float64], *values: NDArray[Any]) -> list[NDArray[Any]]:
-            keep = times >= first
-            return [times[keep], *(v[keep] for v in values)]
-
-        hr_times, hr_bpm = cut(self.hr_times, self.hr_bpm)
-        count_times, counts = cut(self.count_times, self.counts)
-        step_starts, step_ends, steps = cut(self.step_starts, self.step_ends, self.steps)
-        psg_epochs, psg_sleep = cut(self.psg_epochs, self.psg_sleep)
-        accel_times, accel_z = self.accel_times, self.accel_z
-        if accel_times is not None and accel_z is not None:
-            at = int(np.searchsorted(accel_times, first))
-            accel_times, accel_z = accel_times[at:], accel_z[at:]
-        apple = self.apple_sleep
-        if apple is not None:
-            apple = apple[apple["end"] > first].reset_index(drop=True)
-        return replace(
-            self,
-            hr_times=hr_times,
-            hr_bpm=hr_bpm,
-            count_times=count_times,
-            counts=counts,
-            step_starts=step_starts,
-            step_ends=step_ends,
-            steps=steps,
-            psg_epochs=psg_epochs,
-            psg_sleep=psg_sleep,
-            accel_times=accel_times,
-            accel_z=accel_z,
-            apple_sleep=apple,
-            notes=(*self.notes, f"only the last {days:g} days scored (--last-days)"),
-        )
+        changes: dict[str, Any] = {}
+        for times_name, *value_names in _TIMED_STREAMS:
+            keep = getattr(self, times_name) >= first
+            for name in (times_name, *value_names):
+                changes[name] = getattr(self, name)[keep]
+        if self.accel_times is not None and self.accel_z is not None:
+            at = int(np.searchsorted(self.accel_times, first))
+            changes["accel_times"], changes["accel_z"] = self.accel_times[at:], self.accel_z[at:]
+        if self.apple_sleep is not None:
+            apple = self.apple_sleep
+            changes["apple_sleep"] = apple[apple["end"] > first].reset_index(drop=True)
+        notes = (*self.notes, f"only the last {days:g} days scored (--last-days)")
+        return replace(self, **changes, notes=notes)
 
     def utc_offset_seconds(self, times: NDArray[np.float64]) -> NDArray[np.float64]:
         """The local clock's offset from UTC (s) at each time: from :attr:`timezone` (DST
