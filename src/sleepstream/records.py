@@ -88,7 +88,8 @@ WAKE_LIGHT_DEEP_REM = LabelMap(
 LABEL_MAPS = {m.name: m for m in (SLEEP_WAKE, WAKE_NREM_REM, WAKE_LIGHT_DEEP_REM)}
 
 
-def _empty() -> NDArray[np.float64]:
+def empty_stream() -> NDArray[np.float64]:
+    """A stream with no samples: the default of one a source does not have."""
     return np.zeros(0, dtype=np.float64)
 
 
@@ -122,8 +123,8 @@ class Recording:
     stages: NDArray[np.int8]
     hr_times: NDArray[np.float64]
     hr_bpm: NDArray[np.float64]
-    count_times: NDArray[np.float64] = field(default_factory=_empty)
-    counts: NDArray[np.float64] = field(default_factory=_empty)
+    count_times: NDArray[np.float64] = field(default_factory=empty_stream)
+    counts: NDArray[np.float64] = field(default_factory=empty_stream)
     accel_times: NDArray[np.float64] | None = None
     accel: NDArray[np.float64] | None = None
     count_source: str = "counts"

@@ -29,7 +29,7 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from sleepstream.data.raw import SUFFIXES, RawFile, RawOptions, describe_span, read_raw_file
-from sleepstream.records import SLEEP_WAKE
+from sleepstream.records import SLEEP_WAKE, empty_stream
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +49,6 @@ _TIMED_STREAMS = (
     ("psg_epochs", "psg_sleep"),
 )
 """The :class:`UserRecording` streams as (times field, the value fields sampled at them)."""
-
-
-def _empty() -> NDArray[np.float64]:
-    return np.zeros(0, dtype=np.float64)
 
 
 @dataclass(frozen=True, eq=False)
@@ -97,13 +93,13 @@ class UserRecording:
     hr_bpm: NDArray[np.float64]
     accel_times: NDArray[np.float64] | None = None
     accel_z: NDArray[np.float32] | None = None
-    count_times: NDArray[np.float64] = field(default_factory=_empty)
-    counts: NDArray[np.float64] = field(default_factory=_empty)
-    step_starts: NDArray[np.float64] = field(default_factory=_empty)
-    step_ends: NDArray[np.float64] = field(default_factory=_empty)
-    steps: NDArray[np.float64] = field(default_factory=_empty)
+    count_times: NDArray[np.float64] = field(default_factory=empty_stream)
+    counts: NDArray[np.float64] = field(default_factory=empty_stream)
+    step_starts: NDArray[np.float64] = field(default_factory=empty_stream)
+    step_ends: NDArray[np.float64] = field(default_factory=empty_stream)
+    steps: NDArray[np.float64] = field(default_factory=empty_stream)
     apple_sleep: pd.DataFrame | None = None
-    psg_epochs: NDArray[np.float64] = field(default_factory=_empty)
+    psg_epochs: NDArray[np.float64] = field(default_factory=empty_stream)
     psg_sleep: NDArray[np.int8] = field(default_factory=lambda: np.zeros(0, dtype=np.int8))
     timezone: str | None = None
     offsets: NDArray[np.float64] = field(default_factory=lambda: np.zeros((0, 2)))
@@ -164,7 +160,7 @@ class UserRecording:
 
         Examples
         --------
-        >>> r = UserRecording("r", "test", (), _empty(), _empty(), timezone="Europe/Berlin")
+        >>> r = UserRecording("r", "test", (), empty_stream(), empty_stream(), timezone="Europe/Berlin")
         >>> r.utc_offset_seconds(np.array([1774745970.0, 1774746000.0])).tolist()
         [3600.0, 7200.0]
         """
@@ -237,7 +233,7 @@ def from_raw_files(
 
 def _merged_heart_rate(files: Sequence[RawFile]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     if not files:
-        return _empty(), _empty()
+        return empty_stream(), empty_stream()
     times = np.concatenate([f.hr_times for f in files if f.hr_times is not None])
     bpm = np.concatenate([f.hr_bpm for f in files if f.hr_bpm is not None])
     order = np.argsort(times, kind="stable")
