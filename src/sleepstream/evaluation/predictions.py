@@ -8,7 +8,7 @@ can be rebuilt, and every figure recomputed, from the saved files (:func:`load_p
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,6 +122,36 @@ deterministic)."""
 THRESHOLD_KEYS = ("operating", "wasa93", "wasa95")
 
 
+def held_out_arrays(nights: Sequence[HeldOutNight]) -> dict[str, NDArray[Any]]:
+    """What a saved predictions file holds of every night's :class:`HeldOutNight` part: per
+    epoch ``subject_id``, ``epoch_times``, ``labels``; per night ``night_subject``."""
+    return {
+        "subject_id": np.array([n.subject_id for n in nights for _ in n.labels], dtype=str),
+        "epoch_times": np.concatenate([n.epoch_times for n in nights] or [np.zeros(0)]),
+        "labels": np.concatenate([n.labels for n in nights] or [np.zeros(0, np.int8)]),
+        "night_subject": np.array([n.subject_id for n in nights], dtype=str),
+    }
+
+
+def saved_nights(
+    data: Mapping[str, NDArray[Any]],
+) -> Iterator[tuple[int, NDArray[np.bool_], dict[str, Any]]]:
+    """Each night of a file holding :func:`held_out_arrays`: its index, its epochs (a mask of the
+    file's rows) and its :class:`HeldOutNight` fields by name."""
+    subject = data["subject_id"]
+    for k, night_subject in enumerate(data["night_subject"].tolist()):
+        rows = subject == night_subject
+        yield (
+            k,
+            rows,
+            {
+                "subject_id": night_subject,
+                "epoch_times": data["epoch_times"][rows],
+                "labels": data["labels"][rows].astype(np.int8),
+            },
+        )
+
+
 def save_result(result: LosoResult, path: Path, seed: int | None = None) -> Path:
     """Write every held-out night of ``result`` with its thresholds to ``path`` (``.npz``).
 
@@ -141,12 +171,9 @@ def save_result(result: LosoResult, path: Path, seed: int | None = None) -> Path
         "seed": seed,
     }
     arrays: dict[str, Any] = {
-        "subject_id": np.array([n.subject_id for n in nights for _ in n.labels], dtype=str),
-        "epoch_times": np.concatenate([n.epoch_times for n in nights]),
-        "labels": np.concatenate([n.labels for n in nights]),
+        **held_out_arrays(nights),
         "p_sleep": np.concatenate([n.p_sleep for n in nights]),
         "valid": np.concatenate([n.valid for n in nights]),
-        "night_subject": np.array([n.subject_id for n in nights], dtype=str),
         "meta": np.array(json.dumps(meta)),
     }
     for key in THRESHOLD_KEYS:
@@ -161,20 +188,13 @@ def load_result(path: Path) -> tuple[LosoResult, int | None]:
     with np.load(path, allow_pickle=False) as data:
         try:
             meta = json.loads(str(data["meta"]))
-            subject = data["subject_id"]
             nights = []
-            for k, night_subject in enumerate(data["night_subject"].tolist()):
-                rows = subject == night_subject
+            for k, rows, held_out in saved_nights(data):
                 thresholds = {key: float(data[f"threshold_{key}"][k]) for key in THRESHOLD_KEYS}
+                p_sleep = data["p_sleep"][rows].astype(np.float64)
+                valid = data["valid"][rows].astype(bool)
                 nights.append(
-                    NightPrediction(
-                        night_subject,
-                        data["epoch_times"][rows],
-                        data["labels"][rows].astype(np.int8),
-                        data["p_sleep"][rows].astype(np.float64),
-                        data["valid"][rows].astype(bool),
-                        thresholds,
-                    )
+                    NightPrediction(**held_out, p_sleep=p_sleep, valid=valid, thresholds=thresholds)
                 )
         except (KeyError, ValueError) as error:
             raise ValueError(f"{path}: not a sleepstream predictions file ({error})") from None

@@ -38,6 +38,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from sleepstream.evaluation.loso import FoldScores, Predictor, run_folds
+from sleepstream.evaluation.predictions import HeldOutNight, held_out_arrays, saved_nights
 from sleepstream.evaluation.scenarios import SCENARIOS, StartScenario
 from sleepstream.paths import atomic_file
 from sleepstream.records import LABEL_MAPS, LabelMap, Recording
@@ -184,17 +185,14 @@ def choose_class_weights(
 
 
 @dataclass(frozen=True, eq=False)
-class StageNight:
+class StageNight(HeldOutNight):
     """Class probabilities for every epoch of one held-out night, and its tuned-rule weights.
+
+    ``labels`` (:class:`~sleepstream.evaluation.predictions.HeldOutNight`) are class indices
+    under the task's label map, -1 unscored.
 
     Attributes
     ----------
-    subject_id
-        The held-out subject.
-    epoch_times
-        Start (s) of each 30 s epoch.
-    labels
-        Class index per epoch under the task's label map; -1 unscored.
     proba
         ``(n_epochs, n_classes)`` probabilities, finite, rows summing to 1.
     valid
@@ -203,16 +201,9 @@ class StageNight:
         The tuned rule's class weights, chosen without this night (:func:`choose_class_weights`).
     """
 
-    subject_id: str
-    epoch_times: NDArray[np.float64]
-    labels: NDArray[np.int8]
     proba: NDArray[np.float64]
     valid: NDArray[np.bool_]
     weights: NDArray[np.float64]
-
-    @property
-    def scored(self) -> NDArray[np.bool_]:
-        return self.labels >= 0
 
     def decisions(self, rule: str) -> NDArray[np.int8]:
         """Class per epoch under ``rule`` (one of :data:`RULES`)."""
@@ -422,12 +413,9 @@ def save_stage_result(result: StageResult, path: Path, seed: int | None = None) 
     }
     n_classes = len(result.classes)
     arrays: dict[str, Any] = {
-        "subject_id": np.array([n.subject_id for n in nights for _ in n.labels], dtype=str),
-        "epoch_times": np.concatenate([n.epoch_times for n in nights] or [np.zeros(0)]),
-        "labels": np.concatenate([n.labels for n in nights] or [np.zeros(0, np.int8)]),
+        **held_out_arrays(nights),
         "proba": np.concatenate([n.proba for n in nights] or [np.zeros((0, n_classes))]),
         "valid": np.concatenate([n.valid for n in nights] or [np.zeros(0, bool)]),
-        "night_subject": np.array([n.subject_id for n in nights], dtype=str),
         "weights": np.array([n.weights for n in nights]).reshape(len(nights), n_classes),
         "meta": np.array(json.dumps(meta)),
     }
@@ -441,20 +429,12 @@ def load_stage_result(path: Path) -> StageSeeded:
     with np.load(path, allow_pickle=False) as data:
         try:
             meta = json.loads(str(data["meta"]))
-            subject = data["subject_id"]
             nights = []
-            for k, night_subject in enumerate(data["night_subject"].tolist()):
-                rows = subject == night_subject
-                nights.append(
-                    StageNight(
-                        night_subject,
-                        data["epoch_times"][rows],
-                        data["labels"][rows].astype(np.int8),
-                        data["proba"][rows].astype(np.float64),
-                        data["valid"][rows].astype(bool),
-                        data["weights"][k].astype(np.float64),
-                    )
-                )
+            for k, rows, held_out in saved_nights(data):
+                proba = data["proba"][rows].astype(np.float64)
+                valid = data["valid"][rows].astype(bool)
+                weights = data["weights"][k].astype(np.float64)
+                nights.append(StageNight(**held_out, proba=proba, valid=valid, weights=weights))
             result = StageResult(
                 meta["name"],
                 bool(meta["causal"]),
