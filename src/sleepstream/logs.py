@@ -16,6 +16,14 @@ from contextlib import contextmanager
 
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 
 console = Console(stderr=True)
 """Logs, progress bars and the live replay view of the command; results go to stdout."""
@@ -77,3 +85,17 @@ def converter_progress(verbose: bool = False) -> Iterator[None]:
             os.environ.pop("TQDM_DISABLE", None)
         else:
             os.environ["TQDM_DISABLE"] = before
+
+
+def byte_progress(enabled: bool) -> Progress:
+    """A progress bar on stderr of bytes read or downloaded (size, speed, time left); drawn only
+    when ``enabled``."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        disable=not enabled,
+    )

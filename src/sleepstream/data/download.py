@@ -32,16 +32,9 @@ from typing import IO, Any, TypeVar
 
 import pooch
 import requests
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
+from rich.progress import Progress, TaskID
+
+from sleepstream.logs import byte_progress
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -287,7 +280,7 @@ def fetch(
     )
 
     summary = FetchSummary()
-    with _progress_bar(progress) as bar:
+    with byte_progress(progress) as bar:
         meter = _Meter(bar, bar.add_task("sleep-accel", total=None))
         for index, (relative, digest) in enumerate(selected.items(), start=1):
             bar.reset(meter.task, total=None, description=f"[{index}/{len(selected)}] {relative}")
@@ -356,18 +349,6 @@ def _select(checksums: dict[str, str], include: Sequence[str] | None) -> dict[st
 
 def _in_prefix(path: str, prefix: str) -> bool:
     return path == prefix or path.startswith(prefix + "/")
-
-
-def _progress_bar(enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        disable=not enabled,
-    )
 
 
 def _sha256(path: Path) -> str:

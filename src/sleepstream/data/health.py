@@ -44,23 +44,15 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 from xml.parsers import expat
 
 import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 
 from sleepstream.data.parse import DataFormatError
+from sleepstream.logs import byte_progress
 
 __all__ = [
     "HEART_RATE",
@@ -174,6 +166,9 @@ class TruncatedExportError(HealthExportError):
     """The export stops in the middle (a cut file or zip); ``partial`` is what came before."""
 
 
+_Stop = TypeVar("_Stop", bound=HealthExportError)
+
+
 # -- reading -----------------------------------------------------------------------------------
 
 
@@ -239,22 +234,10 @@ def read_health_export(
     if not path.exists():
         raise FileNotFoundError(f"{path}: file not found")
     reader = _ExportReader(path)
-    with _progress_bar(progress) as bar:
+    with byte_progress(progress) as bar:
         task = bar.add_task(f"reading {path.name}", total=None)
         reader.run(lambda n, total: bar.update(task, advance=n, total=total))
     return reader.result(heart_rate_sources, strict=True)
-
-
-def _progress_bar(enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        disable=not enabled,
-    )
 
 
 @dataclass
@@ -470,28 +453,26 @@ class _ExportReader:
 
     def _broken(self, error: expat.ExpatError) -> HealthExportError:
         message = expat.ErrorString(error.code)
-        partial = self.result(None, strict=False)
         line = self._parser.ErrorLineNumber
-        return HealthExportError(
-            f"{self._where()}, line {line}, column {self._parser.ErrorColumnNumber}: broken XML "
-            f"({message}) at byte {self._parser.ErrorByteIndex:,}; {_summary(partial)} read "
-            "before it (kept in the error's .partial)",
-            partial,
-            max(self._parser.ErrorByteIndex, 0),
-            line,
-        )
+        where = f"{self._where()}, line {line}, column {self._parser.ErrorColumnNumber}"
+        at = f"{where}: broken XML ({message}) at byte {self._parser.ErrorByteIndex:,}"
+        return self._stopped(HealthExportError, at, "", max(self._parser.ErrorByteIndex, 0), line)
 
     def _truncated(self, why: str) -> TruncatedExportError:
-        partial = self.result(None, strict=False)
         line = self._parser.CurrentLineNumber
-        return TruncatedExportError(
-            f"{self._where()}: the export is cut short after byte {self.bytes_read:,} "
-            f"(line {line}): {why}; {_summary(partial)} read before it (kept in the error's "
-            ".partial); export the data again or copy the whole file",
-            partial,
-            self.bytes_read,
-            line,
+        at = (
+            f"{self._where()}: the export is cut short after byte {self.bytes_read:,} (line {line})"
         )
+        advice = "; export the data again or copy the whole file"
+        return self._stopped(TruncatedExportError, f"{at}: {why}", advice, self.bytes_read, line)
+
+    def _stopped(
+        self, error: type[_Stop], message: str, advice: str, position: int, line: int
+    ) -> _Stop:
+        """``error`` holding what was read so far: ``message``, what was read, then ``advice``."""
+        partial = self.result(None, strict=False)
+        read = f"{_summary(partial)} read before it (kept in the error's .partial)"
+        return error(f"{message}; {read}{advice}", partial, position, line)
 
     def result(self, heart_rate_sources: Sequence[str] | None, *, strict: bool) -> HealthExport:
         tables = {}
