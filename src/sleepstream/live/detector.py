@@ -510,12 +510,7 @@ class SleepDetector:
                 f"acceleration: value {np.abs(a[i]).max():.3g} at index {i} (t={t[i]:.3f} s) is "
                 f"beyond {MAX_ACCELERATION:g}, in g or m/s^2 alike"
             )
-        if len(t) > 1 and (np.diff(t) <= 0).any():
-            i = int(np.argmax(np.diff(t) <= 0)) + 1
-            raise ValueError(
-                f"acceleration: times must be strictly increasing, at index {i} "
-                f"({t[i - 1]:.3f} -> {t[i]:.3f} s)"
-            )
+        _check_increasing("acceleration", t, t, "be strictly increasing")
         self._check_new_stream("acceleration", t)
         newest = self._pending_t[-1] if len(self._pending_t) else self._accel_last
         late = 0 if newest is None else int(np.searchsorted(t, newest, side="right"))
@@ -789,12 +784,7 @@ class SleepDetector:
                 f"p_sleep: time {times[i]:.3f} s at index {i} is not the start of a 30 s epoch "
                 f"(origin + 30 k with origin={self.origin:g}; the nearest is {starts[i]:.3f} s)"
             )
-        if len(starts) > 1 and (np.diff(starts) <= 0).any():
-            i = int(np.argmax(np.diff(starts) <= 0)) + 1
-            raise ValueError(
-                f"p_sleep: times must increase, epoch by epoch, at index {i} "
-                f"({times[i - 1]:.3f} -> {times[i]:.3f} s)"
-            )
+        _check_increasing("p_sleep", starts, times, "increase, epoch by epoch")
         # Starts are 30 s apart: half an epoch separates "the same" from "the next".
         half = EPOCH_SECONDS / 2
         if starts[0] < self._closed_until - half:
@@ -1351,6 +1341,19 @@ def _p_queue(
     if closed or (np.diff(times) <= 0).any() or ((values < 0) | (values > 1)).any():
         raise ValueError("snapshot p(sleep) values are malformed")
     return deque(zip(times.tolist(), values.tolist(), strict=True))
+
+
+def _check_increasing(
+    stream: str, values: NDArray[np.float64], times: NDArray[np.float64], must: str
+) -> None:
+    """``ValueError`` unless ``values`` increase, naming ``stream``, what its times ``must`` do,
+    and the first index (with its ``times``) that does not."""
+    not_up = np.diff(values) <= 0
+    if not_up.any():
+        i = int(np.argmax(not_up)) + 1
+        raise ValueError(
+            f"{stream}: times must {must}, at index {i} ({times[i - 1]:.3f} -> {times[i]:.3f} s)"
+        )
 
 
 def _increasing(times: NDArray[np.float64]) -> NDArray[np.float64]:
