@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from sleepstream.commands import DATA_HELP, Subparsers, optional_path
+from sleepstream.commands import DATA_HELP, Subparsers, add_night_source, user_recording
 from sleepstream.evaluation.nightly import night_summary
 from sleepstream.paths import atomic_file, write_atomic
 from sleepstream.records import SLEEP_WAKE, WAKE_LIGHT_DEEP_REM, WAKE_NREM_REM, Recording
@@ -268,15 +268,7 @@ def _text(value: Any) -> str:
 def add_parser(commands: Subparsers) -> None:
     """Register ``sleepstream review`` on the subcommands of :mod:`sleepstream.cli`."""
     p = commands.add_parser("review", help="morning review of a recorded night (whole night)")
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--subject", help="a subject of the data folder")
-    source.add_argument(
-        "--heart-rate", help="a user's heart-rate file (time,bpm), as `replay` reads it"
-    )
-    p.add_argument("--motion", help="with --heart-rate: raw acceleration (time x y z, g)")
-    p.add_argument("--counts", help="with --heart-rate: activity counts (time,count)")
-    p.add_argument("--labels", help="with --heart-rate: PSG labels (time stage)")
-    p.add_argument("--time-unit", metavar="UNIT", help="s, ms or us (as `replay`)")
+    add_night_source(p)
     p.add_argument("--timezone", metavar="ZONE", help="IANA zone of ISO-8601 times (as `replay`)")
     p.add_argument(
         "--threshold",
@@ -307,16 +299,7 @@ def run_command(a: argparse.Namespace) -> int:
 
         recording = load_recording(data_folder(a.data), a.subject)
     else:
-        from sleepstream.data.parse import read_user_recording
-
-        recording = read_user_recording(
-            Path(a.heart_rate),
-            optional_path(a.motion),
-            optional_path(a.counts),
-            optional_path(a.labels),
-            time_unit=a.time_unit,
-            timezone=a.timezone,
-        )
+        recording = user_recording(a)
     review = review_night(recording, model, a.threshold)
     paths = write_review(review, out, f"review_{recording.subject_id}")
     print(summary_text(review.summary))

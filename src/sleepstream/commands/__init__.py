@@ -48,7 +48,8 @@ def folds_arg(value: str | None) -> list[str] | None:
 def add_night_source(p: argparse.ArgumentParser) -> None:
     """The night a command reads: ``--subject`` of the data folder, or a user's files
     (``--heart-rate`` with ``--motion``, ``--counts``, ``--labels``; their times read as
-    ``--time-unit`` and ``--timezone`` say). :func:`user_recording` reads the files."""
+    ``--time-unit`` says, and as the command's own ``--timezone`` says: each command adds that
+    option with what it does there). :func:`user_recording` reads the files."""
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--subject", help="a subject of the data folder")
     source.add_argument(
@@ -63,12 +64,6 @@ def add_night_source(p: argparse.ArgumentParser) -> None:
         help="unit of numeric times in the files: s, ms or us (default: seconds, relative or "
         "since 1970; files that look like ms or us are refused). ISO-8601 times with a UTC "
         "offset (2026-03-29T01:59:30+01:00) are read as they are",
-    )
-    p.add_argument(
-        "--timezone",
-        metavar="ZONE",
-        help="IANA time zone (e.g. Europe/Berlin) for the clock times shown, and of ISO-8601 "
-        "times without an offset in the files (default: show UTC; such times refused)",
     )
 
 

@@ -16,9 +16,16 @@ def add_parser(commands: Subparsers) -> argparse.ArgumentParser:
     p = commands.add_parser("replay", help="play a night through the live detector")
     add_night_source(p)
     p.add_argument(
+        "--timezone",
+        metavar="ZONE",
+        help="IANA time zone (e.g. Europe/Berlin) for the clock times shown, and of ISO-8601 "
+        "times without an offset in the files (default: show UTC; such times refused)",
+    )
+    p.add_argument(
         "--history",
         type=float,
         default=1.0,
+        metavar="HOURS",
         help="with --subject: hours of the watch's data before the PSG start to feed (default 1)",
     )
     p.add_argument("--speed", type=float, default=0.0, help="x real time; 0 = at once")
