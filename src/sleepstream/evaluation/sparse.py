@@ -513,7 +513,7 @@ def add_parser(commands: Subparsers) -> argparse.ArgumentParser:
     """``sleepstream sparse-study``: the grid (resumable), then the report."""
     p = commands.add_parser(
         "sparse-study",
-        help="LOSO of the sparse heart-rate variants (HR thinned to 1, 2, 5 min; +- counts)",
+        help="LOSO of heart rate thinned to 1, 2, 5 min (+- counts)",
     )
     p.add_argument("--out", default="reports/sparse", help="study folder (folds/ and report)")
     p.add_argument("--data", help="data folder (default: $SLEEPSTREAM_DATA)")
