@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -275,11 +275,8 @@ class _TimeReader:
             return np.asarray((stamps - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(1, "s"))
         if pd.api.types.is_datetime64_dtype(values):  # naive timestamps: local times as text
             values = pd.Series(pd.DatetimeIndex(values).strftime("%Y-%m-%dT%H:%M:%S.%f"))
-        if values.isna().any():
-            at = int(np.argmax(values.isna().to_numpy()))
-            raise RawFileError(
-                f"{self.path}, column {self.column!r}, row {first_row + at + 1}: empty time"
-            )
+        empty = values.isna().to_numpy()
+        _refuse_first(empty, self.path, self.column, first_row, lambda at: "empty time")
         return (
             self._from_text(values, first_row)
             if self.text
@@ -292,15 +289,19 @@ class _TimeReader:
             self.unit = _numeric_unit(
                 self.path, self.column, float(numbers[0]), self.options.time_unit
             )
-        seconds = numbers / PER_SECOND[self.unit] if self.unit != "s" else numbers
+        unit = self.unit
+        seconds = numbers / PER_SECOND[unit] if unit != "s" else numbers
         outside = ~((seconds >= UNIX_RANGE[0]) & (seconds < UNIX_RANGE[1]))
-        if outside.any():
-            at = int(np.argmax(outside))
-            raise RawFileError(
-                f"{self.path}, column {self.column!r}, row {first_row + at + 1}: time "
-                f"{numbers[at]:.17g} is not in {UNIT_NAMES[self.unit]} like the file's first "
-                f"time ({_when(float(seconds[at]))} if it were)"
-            )
+        _refuse_first(
+            outside,
+            self.path,
+            self.column,
+            first_row,
+            lambda at: (
+                f"time {numbers[at]:.17g} is not in {UNIT_NAMES[unit]} like the file's "
+                f"first time ({_when(float(seconds[at]))} if it were)"
+            ),
+        )
         return seconds
 
     def _from_text(self, values: pd.Series, first_row: int) -> NDArray[np.float64]:
@@ -393,14 +394,25 @@ def _text(value: object) -> str:
 
 def _numbers(path: Path, frame: pd.DataFrame, column: str, first_row: int) -> NDArray[np.float64]:
     values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=np.float64)
-    bad = ~np.isfinite(values)
+    _refuse_first(
+        ~np.isfinite(values),
+        path,
+        column,
+        first_row,
+        lambda at: f"{_text(frame[column].iloc[at])} is not a number",
+    )
+    return values
+
+
+def _refuse_first(
+    bad: NDArray[np.bool_], path: Path, column: str, first_row: int, what: Callable[[int], str]
+) -> None:
+    """``RawFileError`` at the first ``bad`` cell of ``column`` in a block starting at row
+    ``first_row`` (0-based): the file, column and row (1-based), then ``what(at)`` for the
+    cell's index ``at`` in the block."""
     if bad.any():
         at = int(np.argmax(bad))
-        raise RawFileError(
-            f"{path}, column {column!r}, row {first_row + at + 1}: "
-            f"{_text(frame[column].iloc[at])} is not a number"
-        )
-    return values
+        raise RawFileError(f"{path}, column {column!r}, row {first_row + at + 1}: {what(at)}")
 
 
 def acceleration_units(
@@ -542,13 +554,17 @@ def _bpm(
     values = pd.to_numeric(frame[columns.bpm], errors="coerce").to_numpy(dtype=np.float64)
     bad = ~np.isfinite(values) & (frame[columns.bpm].notna().to_numpy() | (not optional))
     bad |= np.isfinite(values) & ((values < MIN_BPM) | (values > MAX_BPM))
-    if bad.any():
-        at = int(np.argmax(bad))
-        raise RawFileError(
-            f"{path}, column {columns.bpm!r}, row {row + at + 1}: heart rate "
-            f"{_text(frame[columns.bpm].iloc[at])} is not a number of beats per minute in "
+    cells = frame[columns.bpm]
+    _refuse_first(
+        bad,
+        path,
+        columns.bpm,
+        row,
+        lambda at: (
+            f"heart rate {_text(cells.iloc[at])} is not a number of beats per minute in "
             f"{MIN_BPM:g}-{MAX_BPM:g}"
-        )
+        ),
+    )
     return values
 
 
