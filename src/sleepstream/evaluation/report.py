@@ -10,7 +10,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -141,35 +141,29 @@ def night_table(summaries: Mapping[str, Summary]) -> str:
     return table(header, rows)
 
 
+def _delay(stats: Mapping[str, Any]) -> str:
+    """A delay in minutes: mean ± SD [median] (n)."""
+    return f"{_mean_sd(stats, 1)} [{fmt(stats.get('median'), 1)}] (n={stats['n']})"
+
+
+_REALTIME_COLUMNS: list[tuple[str, Callable[[Mapping[str, Any]], str]]] = [
+    ("Onset delay (min), mean ± SD [median]", lambda rt: _delay(rt["onset_delay_min"])),
+    ("Missed onsets", lambda rt: str(rt["missed_onsets"])),
+    ("False onset events / night", lambda rt: fmt(rt["false_onset_events"].get("mean"), 2)),
+    ("False wake events / night", lambda rt: fmt(rt["false_wake_events"].get("mean"), 2)),
+    ("Wake-up delay (min), mean ± SD [median]", lambda rt: _delay(rt["wakeup_delay_min"])),
+]
+"""The columns of :func:`realtime_table` after the predictor's: the header, and the cell made
+of a summary's ``real_time`` figures."""
+
+
 def realtime_table(summaries: Mapping[str, Summary]) -> str:
     """Onset delay, false events per night and wake-up delay, per predictor."""
-    header = [
-        "Predictor",
-        "Causal",
-        "Onset delay (min), mean ± SD [median]",
-        "Missed onsets",
-        "False onset events / night",
-        "False wake events / night",
-        "Wake-up delay (min), mean ± SD [median]",
+    header = ["Predictor", "Causal", *(title for title, _ in _REALTIME_COLUMNS)]
+    rows = [
+        [name, _causal(summary), *(cell(summary["real_time"]) for _, cell in _REALTIME_COLUMNS)]
+        for name, summary in summaries.items()
     ]
-    rows = []
-    for name, summary in summaries.items():
-        rt = summary["real_time"]
-
-        def delay(stats: Mapping[str, Any]) -> str:
-            return f"{_mean_sd(stats, 1)} [{fmt(stats.get('median'), 1)}] (n={stats['n']})"
-
-        rows.append(
-            [
-                name,
-                _causal(summary),
-                delay(rt["onset_delay_min"]),
-                str(rt["missed_onsets"]),
-                fmt(rt["false_onset_events"].get("mean"), 2),
-                fmt(rt["false_wake_events"].get("mean"), 2),
-                delay(rt["wakeup_delay_min"]),
-            ]
-        )
     return table(header, rows)
 
 
