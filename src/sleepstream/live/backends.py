@@ -57,7 +57,29 @@ def shipped_path(name: str = DEFAULT_NAME) -> Path:
     return Path(str(resources.files("sleepstream") / "shipped" / f"{name}.onnx"))
 
 
-class OnnxPipeline:
+class _Backend:
+    """What both backends share: ``run`` picks the detector's three outputs from ``run_all``,
+    which each backend runs its own way."""
+
+    output_names: tuple[str, ...]
+
+    @property
+    def stage_outputs(self) -> tuple[str, ...]:
+        """The stage probabilities among the outputs (``p_stage3``, ``p_stage4``), if any."""
+        return tuple(n for n in self.output_names if n.startswith("p_stage"))
+
+    def run(
+        self, inputs: Arrays, state: NDArray[np.float32]
+    ) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]:
+        """p(sleep), the new state and the features of one epoch of a batch of streams."""
+        out = self.run_all(inputs, state)
+        return out["p_sleep"], out["new_state"], out["features"]
+
+    def run_all(self, inputs: Arrays, state: NDArray[np.float32]) -> Arrays:
+        raise NotImplementedError
+
+
+class OnnxPipeline(_Backend):
     """An exported pipeline file (raw variant) run by onnxruntime on the CPU, one thread.
 
     Examples
@@ -87,7 +109,6 @@ class OnnxPipeline:
         self.metadata: dict[str, Any] = json.loads(props[METADATA_KEY])
         self.input_names = tuple(i.name for i in self.session.get_inputs())
         self.output_names = tuple(o.name for o in self.session.get_outputs())
-        self.stage_outputs = tuple(n for n in self.output_names if n.startswith("p_stage"))
         self.thresholds = {str(k): float(v) for k, v in self.metadata["thresholds"].items()}
         self._initial = initial_state_from_layout(self.metadata["state_layout"])
 
@@ -99,12 +120,6 @@ class OnnxPipeline:
     def initial_state(self, batch: int = 1) -> NDArray[np.float32]:
         return np.repeat(self._initial, batch, axis=0)
 
-    def run(
-        self, inputs: Arrays, state: NDArray[np.float32]
-    ) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]:
-        out = self.run_all(inputs, state)
-        return out["p_sleep"], out["new_state"], out["features"]
-
     def run_all(self, inputs: Arrays, state: NDArray[np.float32]) -> Arrays:
         """Every output of the step by name (``p_sleep``, ``new_state``, ``features``, and
         :attr:`stage_outputs`)."""
@@ -113,7 +128,7 @@ class OnnxPipeline:
         return dict(zip(self.output_names, self.session.run(None, feed), strict=True))
 
 
-class TorchPipeline:
+class TorchPipeline(_Backend):
     """The pipeline of a network in torch (CPU, one thread): no export needed."""
 
     def __init__(
@@ -129,7 +144,6 @@ class TorchPipeline:
         torch.set_num_threads(1)  # one epoch is too little work to share between threads
         self.step = pipeline_step(net, "raw", stages)
         self.output_names = self.step.output_names
-        self.stage_outputs = tuple(n for n in self.output_names if n.startswith("p_stage"))
         weights = b"".join(
             v.detach().cpu().float().numpy().tobytes() for v in self.step.state_dict().values()
         )
@@ -157,13 +171,6 @@ class TorchPipeline:
     def initial_state(self, batch: int = 1) -> NDArray[np.float32]:
         state: NDArray[np.float32] = self.step.initial_state(batch).numpy()
         return state
-
-    def run(
-        self, inputs: Arrays, state: NDArray[np.float32]
-    ) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]:
-
-        out = self.run_all(inputs, state)
-        return out["p_sleep"], out["new_state"], out["features"]
 
     def run_all(self, inputs: Arrays, state: NDArray[np.float32]) -> Arrays:
         """Every output of the step by name, as :meth:`OnnxPipeline.run_all`."""
