@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from functools import cache
-from typing import Annotated, Any, Literal
+from typing import Annotated, ClassVar, Literal, Self
 from zoneinfo import available_timezones
 
 import msgpack
@@ -24,6 +24,7 @@ from pydantic import (
     Field,
     JsonValue,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -68,63 +69,56 @@ _STRICT = ConfigDict(strict=True, allow_inf_nan=False, extra="forbid")
 Seconds = Annotated[float, Field(description="Unix seconds")]
 
 
-def _same_length(what: str, times: list[float], values: list[Any]) -> None:
-    if len(times) != len(values):
-        raise ValueError(f"{what}: {len(times)} times but {len(values)} values")
+class _Stream(BaseModel):
+    """Samples of one stream: ``times`` and one value per time, in the field that
+    :attr:`values_field` names (``ValueError`` naming :attr:`stream` when the lengths differ)."""
+
+    model_config = _STRICT
+    stream: ClassVar[str]
+    values_field: ClassVar[str]
+    times: list[Seconds]
+
+    @model_validator(mode="after")
+    def _lengths(self) -> Self:
+        times, values = self.times, getattr(self, self.values_field)
+        if len(times) != len(values):
+            raise ValueError(f"{self.stream}: {len(times)} times but {len(values)} values")
+        return self
 
 
-class HeartRate(BaseModel):
+class HeartRate(_Stream):
     """Heart-rate samples (25-250 bpm)."""
 
-    model_config = _STRICT
-    times: list[Seconds]
+    stream = "heart_rate"
+    values_field = "bpm"
     bpm: list[float]
 
-    @model_validator(mode="after")
-    def _lengths(self) -> HeartRate:
-        _same_length("heart_rate", self.times, self.bpm)
-        return self
 
-
-class Acceleration(BaseModel):
+class Acceleration(_Stream):
     """Raw accelerometer samples, x, y, z in g, at 10 Hz to 1 kHz."""
 
-    model_config = _STRICT
-    times: list[Seconds]
+    stream = "acceleration"
+    values_field = "xyz"
     xyz: list[Annotated[list[float], Field(min_length=3, max_length=3)]]
 
-    @model_validator(mode="after")
-    def _lengths(self) -> Acceleration:
-        _same_length("acceleration", self.times, self.xyz)
-        return self
 
-
-class Counts(BaseModel):
+class Counts(_Stream):
     """Ready-made activity counts, each for the 15 s window starting at its time."""
 
-    model_config = _STRICT
-    times: list[Seconds]
+    stream = "counts"
+    values_field = "counts"
     counts: list[float]
 
-    @model_validator(mode="after")
-    def _lengths(self) -> Counts:
-        _same_length("counts", self.times, self.counts)
-        return self
 
-
-class PSleep(BaseModel):
+class PSleep(_Stream):
     """Per-epoch p(sleep) from a device that runs the model itself, instead of samples: each
     time the start of a 30 s epoch (on the :00 / :30 grid), in increasing order; each ``p`` the
     model's probability of sleep for it, in [0, 1]. An epoch without data is left out."""
 
-    model_config = _STRICT
+    stream = "p_sleep"
+    values_field = "p"
     times: list[Annotated[float, Field(description="Unix seconds: the start of a 30 s epoch")]]
     p: list[Annotated[float, Field(description="probability of sleep, in [0, 1]")]]
-
-    @model_validator(mode="after")
-    def _lengths(self) -> PSleep:
-        _same_length("p_sleep", self.times, self.p)
-        return self
 
 
 class Context(BaseModel):
@@ -136,18 +130,12 @@ class Context(BaseModel):
     activity: str = Field(json_schema_extra={"enum": list(ACTIVITIES)})
     confidence: str = Field("high", json_schema_extra={"enum": list(CONFIDENCES)})
 
-    @field_validator("activity")
+    @field_validator("activity", "confidence")
     @classmethod
-    def _known_activity(cls, value: str) -> str:
-        if value not in ACTIVITIES:
-            raise ValueError(f"unknown activity {value!r:.40}; expected one of {ACTIVITIES}")
-        return value
-
-    @field_validator("confidence")
-    @classmethod
-    def _known_confidence(cls, value: str) -> str:
-        if value not in CONFIDENCES:
-            raise ValueError(f"unknown confidence {value!r:.40}; expected one of {CONFIDENCES}")
+    def _known(cls, value: str, info: ValidationInfo) -> str:
+        known = {"activity": ACTIVITIES, "confidence": CONFIDENCES}[info.field_name or ""]
+        if value not in known:
+            raise ValueError(f"unknown {info.field_name} {value!r:.40}; expected one of {known}")
         return value
 
 
@@ -254,8 +242,8 @@ class EpochOut(BaseModel):
     ``p_model`` are ``null`` for an epoch without data."""
 
     model_config = ConfigDict(from_attributes=True)
-    start: float
-    end: float
+    start: Seconds
+    end: Seconds
     start_local: str
     end_local: str
     p_sleep: float | None
