@@ -23,6 +23,7 @@ from sleepstream.step import (
     FEATURE_STATE_SIZE,
     FeatureStep,
     initial_feature_state,
+    scan,
 )
 
 
@@ -334,3 +335,39 @@ def test_window_edges_and_thresholds_match_the_oracle_on_generated_samples() -> 
     assert np.isnan(features[:, FEATURE_NAMES.index("hr_epoch")]).sum() == 20
     since_count = features[:, FEATURE_NAMES.index("min_since_count")]
     assert since_count.max() == pytest.approx((5400 - 2385) / 60)
+
+
+def _days_before(night: Recording) -> Recording:
+    """The night with every epoch from its first heart-rate sample (days before the PSG)."""
+    first = night.epoch_times[0] - EPOCH_SECONDS * np.ceil(
+        (night.epoch_times[0] - night.hr_times[0]) / EPOCH_SECONDS
+    )
+    times = np.arange(first, night.epoch_times[-1] + 1.0, EPOCH_SECONDS)
+    return Recording(
+        night.subject_id,
+        times,
+        np.full(len(times), -1, dtype=np.int8),
+        night.hr_times,
+        night.hr_bpm,
+        night.count_times,
+        night.counts,
+    )
+
+
+def test_a_long_recording_scanned_in_stretches_gives_the_same_bits(
+    recordings: list[Recording], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A recording of several days is scanned as overlapping stretches side by side: the same
+    features as one epoch after another, also where heart rate stops for more than a day (the
+    last samples before the gap outlive the rings, so those stretches are stepped again)."""
+    night = next(r for r in recordings if r.subject_id == "46343")
+    days = _days_before(night)
+    counts, hr, offset = epoch_inputs(days)
+    gap = slice(2000, 2000 + 3200)  # 26.7 h without heart rate, after some
+    hr[gap], offset[gap] = np.nan, np.nan
+    assert len(counts) > 3 * 2880, len(counts)
+    with caplog.at_level("DEBUG", logger="sleepstream.step"):
+        stretched = scan(counts, hr, offset)
+    assert "stepped again" in caplog.text
+    one_by_one = scan(counts[None], hr[None], offset[None])[0]  # a batch is stepped as a whole
+    np.testing.assert_array_equal(stretched, one_by_one)
