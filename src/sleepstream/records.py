@@ -160,6 +160,13 @@ class Recording:
         """Mask of epochs that PSG scored (stage is not -1)."""
         return self.stages != Stage.UNSCORED
 
+    @property
+    def valid(self) -> NDArray[np.bool_]:
+        """Mask of the evaluation's "valid" epochs: the paper's (:attr:`paper_valid`) where
+        known, else every scored epoch; never an unscored one."""
+        valid = self.paper_valid if self.paper_valid is not None else self.scored
+        return valid & self.scored
+
     def labels(self, label_map: LabelMap = SLEEP_WAKE) -> NDArray[np.int8]:
         """Class index per epoch under ``label_map``; unscored epochs are :data:`UNSCORED`."""
         return label_map.apply(self.stages)

@@ -22,7 +22,7 @@ import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from typing import Protocol, TypedDict, Unpack, runtime_checkable
+from typing import Protocol, TypedDict, TypeVar, Unpack, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
@@ -124,6 +124,19 @@ def _run_fold_star(
     return run_fold(*args)
 
 
+_T = TypeVar("_T")
+
+
+def leave_one_out(by_subject: Mapping[str, _T]) -> Iterator[tuple[str, list[_T]]]:
+    """Each subject with the values of all the others (what is chosen out of fold for it).
+
+    >>> list(leave_one_out({"a": 1, "b": 2, "c": 3}))
+    [('a', [2, 3]), ('b', [1, 3]), ('c', [1, 2])]
+    """
+    for subject in by_subject:
+        yield subject, [value for other, value in by_subject.items() if other != subject]
+
+
 def assemble(
     template: Predictor,
     recordings: Mapping[str, Recording],
@@ -144,14 +157,11 @@ def assemble(
         nights = {s: scenario.scored(recordings[s]) for s in scores}
         labelled = {s: (nights[s].labels(SLEEP_WAKE), scores[s][scenario.name]) for s in scores}
         predictions = []
-        for subject, night in nights.items():
-            others = [pair for other, pair in labelled.items() if other != subject]
-            thresholds = choose_thresholds(others)
-            valid = night.paper_valid if night.paper_valid is not None else night.scored
+        for subject, others in leave_one_out(labelled):
+            night, thresholds = nights[subject], choose_thresholds(others)
+            p_sleep = scores[subject][scenario.name]
             predictions.append(
-                NightPrediction.from_recording(
-                    night, scores[subject][scenario.name], thresholds, valid & night.scored
-                )
+                NightPrediction.from_recording(night, p_sleep, thresholds, night.valid)
             )
         results[scenario.name] = LosoResult(
             template.name,

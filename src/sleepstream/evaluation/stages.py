@@ -32,12 +32,18 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, Unpack, runtime_checkable
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from sleepstream.evaluation.loso import FoldScores, Predictor, run_folds
+from sleepstream.evaluation.loso import (
+    FoldOptions,
+    FoldScores,
+    Predictor,
+    leave_one_out,
+    run_folds,
+)
 from sleepstream.evaluation.predictions import HeldOutNight, held_out_arrays, saved_nights
 from sleepstream.evaluation.scenarios import SCENARIOS, StartScenario
 from sleepstream.paths import atomic_file
@@ -281,16 +287,12 @@ def assemble_stages(
             for s in scores
         }
         out = []
-        for subject, night in nights.items():
-            others = [pair for other, pair in labelled.items() if other != subject]
+        for subject, others in leave_one_out(labelled):
             weights = choose_class_weights(
                 np.concatenate([y for y, _ in others]), np.concatenate([p for _, p in others])
             )
-            valid = night.paper_valid if night.paper_valid is not None else night.scored
-            labels, proba = labelled[subject]
-            out.append(
-                StageNight(subject, night.epoch_times, labels, proba, valid & night.scored, weights)
-            )
+            night, (labels, proba) = nights[subject], labelled[subject]
+            out.append(StageNight(subject, night.epoch_times, labels, proba, night.valid, weights))
         results[scenario.name] = StageResult(
             template.name,
             template.causal,
@@ -307,17 +309,14 @@ def run_stage_loso_many(
     templates: Sequence[StagePredictor],
     recordings: Sequence[Recording],
     *,
-    folds: Sequence[str] | None = None,
-    scenarios: Sequence[StartScenario] = SCENARIOS,
     n_jobs: int = 1,
-    progress: bool = True,
+    **options: Unpack[FoldOptions],
 ) -> list[dict[str, StageResult]]:
     """Leave-one-subject-out of several stage predictors (e.g. one per seed or per task):
     per predictor, one :class:`StageResult` per scenario name. Templates are copied, never
-    fitted themselves; ``folds`` limits the held-out subjects."""
-    runs = run_folds(
-        templates, recordings, folds=folds, scenarios=scenarios, n_jobs=n_jobs, progress=progress
-    )
+    fitted themselves; ``options``: :class:`~sleepstream.evaluation.loso.FoldOptions`."""
+    runs = run_folds(templates, recordings, n_jobs=n_jobs, **options)
+    scenarios = options.get("scenarios", SCENARIOS)
     by_id = {r.subject_id: r for r in recordings}
     return [
         assemble_stages(template, by_id, scores, scenarios)
@@ -329,15 +328,11 @@ def run_stage_loso(
     template: StagePredictor,
     recordings: Sequence[Recording],
     *,
-    folds: Sequence[str] | None = None,
-    scenarios: Sequence[StartScenario] = SCENARIOS,
     n_jobs: int = 1,
-    progress: bool = True,
+    **options: Unpack[FoldOptions],
 ) -> dict[str, StageResult]:
     """:func:`run_stage_loso_many` of one predictor."""
-    return run_stage_loso_many(
-        [template], recordings, folds=folds, scenarios=scenarios, n_jobs=n_jobs, progress=progress
-    )[0]
+    return run_stage_loso_many([template], recordings, n_jobs=n_jobs, **options)[0]
 
 
 def label_maps(tasks: Sequence[str]) -> list[LabelMap]:
