@@ -150,27 +150,30 @@ class StageModule(SleepWakeModule):
         x, y = batch
         logits, _ = self.inference_net(self._inputs(x))
         self.log("val_loss", self.loss(logits, y), batch_size=x.shape[0])
-        targets = self.targets(y)
-        for task, part in stage_logits(logits).items():
-            self._kappa(task).update(part.argmax(-1).reshape(-1), targets[task].reshape(-1))
+        self._update_kappa(logits, y)
 
     def on_validation_epoch_end(self) -> None:
-        for task in STAGE_OUTPUTS:
-            metric = self._kappa(task)
-            self.log(f"val_kappa_{task}", metric.compute(), prog_bar=True)
-            metric.reset()
+        self._log_kappa("val", prog_bar=True)
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         x, y = batch
         logits, _ = self.inference_net(self._inputs(x))
+        self._update_kappa(logits, y)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_kappa("test")
+
+    def _update_kappa(self, logits: Tensor, y: Tensor) -> None:
+        """Each task's kappa metric takes the batch's argmax classes against its targets."""
         targets = self.targets(y)
         for task, part in stage_logits(logits).items():
             self._kappa(task).update(part.argmax(-1).reshape(-1), targets[task].reshape(-1))
 
-    def on_test_epoch_end(self) -> None:
+    def _log_kappa(self, prefix: str, prog_bar: bool = False) -> None:
+        """Log each task's kappa of the epoch (``{prefix}_kappa_{task}``) and start anew."""
         for task in STAGE_OUTPUTS:
             metric = self._kappa(task)
-            self.log(f"test_kappa_{task}", metric.compute())
+            self.log(f"{prefix}_kappa_{task}", metric.compute(), prog_bar=prog_bar)
             metric.reset()
 
     def predict_step(self, batch: Batch, batch_idx: int) -> Tensor:
