@@ -7,23 +7,26 @@ programs evaluated with coremltools' reference kernels, and ``export_all``.
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
 from sleepstream.data.folder import load_all
 from sleepstream.export import export_all
 from sleepstream.export.onnx import export_onnx, read_onnx_metadata
-from sleepstream.export.vectors import counts_night, generated_night
+from sleepstream.export.vectors import counts_night
 from sleepstream.features import FEATURE_NAMES, night_features
 from sleepstream.live.backends import OnnxPipeline
 from sleepstream.models.card import METADATA_KEY, ModelMetadata, metadata_for
 from sleepstream.models.net import SleepGRU, SleepMLP, SleepNet
 from sleepstream.records import Recording
+from sleepstream.signal.synthetic import generated_night
 
 try:
     import coremltools  # noqa: F401
@@ -115,6 +118,19 @@ def test_onnx_batch_dimension_is_dynamic(exported: Exported, nights: dict[str, R
         np.testing.assert_allclose(features[i], features1[0], atol=1e-5, equal_nan=True)
 
 
+def test_onnx_files_are_the_ir_and_opset_the_docs_promise(exported: Exported) -> None:
+    """onnxruntime 1.18 is the first release that reads IR version 10 (1.17 refuses it) and
+    reads opset 18: the exported and the shipped files must be exactly those."""
+    from sleepstream.export.onnx import IR_VERSION, MIN_ONNXRUNTIME, OPSET
+    from sleepstream.models.card import shipped_folder
+
+    assert (IR_VERSION, OPSET, MIN_ONNXRUNTIME) == (10, 18, "1.18")
+    for path in [exported.onnx, *shipped_folder().glob("*.onnx")]:
+        model = onnx.load(str(path), load_external_data=False)
+        assert model.ir_version == IR_VERSION, path
+        assert {o.domain: o.version for o in model.opset_import}[""] == OPSET, path
+
+
 def test_export_refuses_metadata_of_another_network(exported: Exported, tmp_path: Path) -> None:
     other = SleepGRU(feature_names="simple", hidden_size=8)
     with pytest.raises(ValueError, match="feature_names"):
@@ -195,6 +211,23 @@ def test_coreml_program_matches_torch(
     )
     assert report["mil_epochs"] == 25
     assert report["mil_max_abs_diff"] <= PARITY
+
+
+@requires_coremltools
+def test_coreml_parity_fails_for_a_network_with_other_weights(
+    exported: Exported, coreml_files: dict[str, str], nights: dict[str, Recording]
+) -> None:
+    """The Linux check can fail: the saved program against a slightly different network."""
+    from sleepstream.export.coreml import coreml_parity
+
+    other = copy.deepcopy(exported.net)
+    with torch.no_grad():
+        for weights in other.parameters():
+            weights.mul_(1.1)
+    inputs = {k: v[240:250] for k, v in counts_night(nights[NIGHT]).items()}
+    package, meta = coreml_files["mlpackage"], exported.metadata
+    assert coreml_parity(exported.net, package, meta, inputs) <= PARITY
+    assert coreml_parity(other, package, meta, inputs) > 100 * PARITY
 
 
 @requires_coremltools

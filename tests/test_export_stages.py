@@ -12,13 +12,13 @@ import torch
 
 from sleepstream.data.folder import load_all
 from sleepstream.export import export_all
-from sleepstream.export.onnx import check_onnx_parity, export_onnx, read_onnx_metadata, scan_torch
+from sleepstream.export.onnx import check_onnx_parity, export_onnx, read_onnx_metadata
 from sleepstream.export.vectors import counts_night, night_arrays, read_test_vectors
 from sleepstream.features import FEATURE_NAMES, night_features
 from sleepstream.live.backends import OnnxPipeline
 from sleepstream.models.card import ModelMetadata, metadata_for
 from sleepstream.models.net import SleepGRU, SleepNet, StageGRU
-from sleepstream.pipeline import STAGE_OUTPUT_NAMES, pipeline_step, state_layout
+from sleepstream.pipeline import STAGE_OUTPUT_NAMES, pipeline_step, scan_torch, state_layout
 from sleepstream.records import Recording
 
 try:

@@ -9,12 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sleepstream.export.onnx import check_onnx_parity, export_onnx, scan_torch
+from sleepstream.export.onnx import check_onnx_parity, export_onnx
 from sleepstream.export.vectors import (
-    GENERATED_SEGMENTS,
     checksum,
     counts_night,
-    generated_night,
     night_arrays,
     read_test_vectors,
     write_test_vectors,
@@ -25,8 +23,10 @@ from sleepstream.live.detector import SleepDetector
 from sleepstream.models.card import metadata_for
 from sleepstream.models.net import SleepNet
 from sleepstream.models.shipped import load_shipped
+from sleepstream.pipeline import scan_torch
 from sleepstream.records import Recording
 from sleepstream.signal import synthetic
+from sleepstream.signal.synthetic import GENERATED_SEGMENTS, generated_night
 
 TOLERANCE = 1e-5
 

@@ -31,7 +31,7 @@ def test_shipped_model_file_is_the_shipped_network() -> None:
     """The model file the detector runs carries the card's thresholds and provenance, and
     computes what the shipped network computes."""
     from sleepstream.export.onnx import check_onnx_parity, read_onnx_metadata
-    from sleepstream.export.vectors import generated_night
+    from sleepstream.signal.synthetic import generated_night
 
     model = load_shipped()
     path = shipped_folder() / "sleep_wake.onnx"

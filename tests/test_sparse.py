@@ -121,7 +121,7 @@ def test_shipped_sparse_onnx_matches_torch(recordings: list[Recording], with_cou
     inputs = {"counts": counts, "hr": hr, "hr_offset": hr_offset}
     assert check_onnx_parity(model.net, path, inputs) < 1e-4
     # The file's p(sleep) is predict_sparse's: one implementation.
-    from sleepstream.export.onnx import scan_torch
+    from sleepstream.pipeline import scan_torch
 
     p = _score(model, night, with_counts)
     np.testing.assert_allclose(scan_torch(model.net, "counts", inputs)["p_sleep"], p, atol=1e-4)

@@ -167,10 +167,10 @@ def test_shipped_stage_model_scores_a_night_and_rides_in_the_model_file(
     model file with stage outputs answers the same p(sleep) as the sleep/wake one and the stage
     probabilities of the torch pipeline."""
     from sleepstream.evaluation.stages import confusion_counts, kappa_from_confusion
-    from sleepstream.export.onnx import scan_torch
     from sleepstream.export.vectors import counts_night
     from sleepstream.live.backends import OnnxPipeline
     from sleepstream.models.shipped import WITH_STAGES_NAME, load_shipped, load_stages
+    from sleepstream.pipeline import scan_torch
     from sleepstream.records import WAKE_LIGHT_DEEP_REM
     from sleepstream.step import ACCEL_SAMPLES
 

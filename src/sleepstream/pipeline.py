@@ -33,8 +33,12 @@ network's. The sleep/wake part is the same graph either way, so p(sleep) does no
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
+import numpy as np
 import torch
+from numpy.typing import NDArray
 from torch import Tensor, nn
 
 from sleepstream.features import FEATURE_NAMES, HR_SLOTS
@@ -57,6 +61,9 @@ VARIANTS = ("raw", "counts")
 
 STAGE_OUTPUT_NAMES = {"wake_nrem_rem": "p_stage3", "wake_light_deep_rem": "p_stage4"}
 """The step's output of each stage task (names of :data:`~sleepstream.records.LABEL_MAPS`)."""
+
+PROBABILITY_OUTPUTS = ("p_sleep", *STAGE_OUTPUT_NAMES.values())
+"""The outputs the parity checks compare (those present in a file)."""
 
 
 class PipelineStep(nn.Module):
@@ -192,6 +199,15 @@ def pipeline_step(
     return step.eval()
 
 
+def inference_step(
+    net: SleepNet, variant: str = "raw", stages: StageGRU | None = None
+) -> PipelineStep:
+    """:func:`pipeline_step` of float32 CPU copies of ``net`` and ``stages``: exporting or
+    scanning never changes the caller's networks."""
+    copied = None if stages is None else copy.deepcopy(stages).cpu().float().eval()
+    return pipeline_step(copy.deepcopy(net).cpu().float().eval(), variant, copied)
+
+
 def state_layout(step: PipelineStep) -> list[dict[str, object]]:
     """``{"name", "offset", "length"}`` of every part of the state vector, in order."""
     parts = list(ACCEL_STATE_LAYOUT) if step.variant == "raw" else []
@@ -201,12 +217,76 @@ def state_layout(step: PipelineStep) -> list[dict[str, object]]:
     return layout(parts)
 
 
+Run = Callable[[dict[str, NDArray[np.float32]], NDArray[np.float32]], Mapping[str, Any]]
+"""One epoch of a pipeline: ``(inputs with batch 1, state) -> outputs by name``."""
+
+
+def scan(
+    run: Run,
+    state: NDArray[np.float32],
+    inputs: Mapping[str, NDArray[np.floating]],
+    names: Sequence[str],
+) -> dict[str, NDArray[np.float32]]:
+    """``run`` stepped over one stream's ``(epochs, ...)`` inputs from ``state``, one epoch per
+    call: per output in ``names`` its rows ``(T, ...)``, and the state after each epoch
+    ``(T, S)`` under ``"state"``. The one loop that replays a night through a pipeline, in
+    torch (:func:`scan_torch`), onnxruntime or Core ML."""
+    out: dict[str, list[NDArray[np.float32]]] = {n: [] for n in (*names, "state")}
+    for t in range(len(inputs["hr"])):
+        result = run({k: np.asarray(v[t : t + 1], np.float32) for k, v in inputs.items()}, state)
+        state = np.asarray(result["new_state"], np.float32).reshape(1, -1)
+        out["state"].append(state[0])
+        for name in names:
+            out[name].append(np.asarray(result[name], np.float32)[0])
+    return {k: np.asarray(v, dtype=np.float32) for k, v in out.items()}
+
+
+def scan_torch(
+    net: SleepNet,
+    variant: str,
+    inputs: Mapping[str, NDArray[np.floating]],
+    stages: StageGRU | None = None,
+) -> dict[str, NDArray[np.float32]]:
+    """The :func:`inference_step` of ``net`` (and ``stages``) over one stream's inputs (:func:`scan`): ``p_sleep (T,)``,
+    ``features (T, 29)``, ``state (T, S)``; with ``stages``, ``p_stage3 (T, 3)`` and
+    ``p_stage4 (T, 4)``. ``inputs``: ``counts (T, 2)``, ``hr`` and ``hr_offset (T, 30)``, and
+    ``accel (T, 1500)`` for the raw variant."""
+    step = inference_step(net, variant, stages)
+
+    def run(feed: dict[str, NDArray[np.float32]], state: NDArray[np.float32]) -> dict[str, Any]:
+        args = [torch.from_numpy(feed[n]) for n in step.input_names[:-1]]
+        with torch.no_grad():
+            outputs = step(*args, torch.from_numpy(state))
+        return {n: o.numpy() for n, o in zip(step.output_names, outputs, strict=True)}
+
+    names = [n for n in step.output_names if n != "new_state"]
+    return scan(run, step.initial_state(1).numpy(), inputs, names)
+
+
+def max_abs_diff(
+    got: Mapping[str, NDArray[np.floating]], reference: Mapping[str, NDArray[np.floating]]
+) -> float:
+    """Max |got - reference| over the probabilities (:data:`PROBABILITY_OUTPUTS`) in ``got``;
+    infinite where exactly one of the two is NaN."""
+    diffs = [0.0]
+    for name in (n for n in PROBABILITY_OUTPUTS if n in got):
+        a, b = np.asarray(got[name], np.float64), np.asarray(reference[name], np.float64)
+        diff = np.where(np.isnan(a) & np.isnan(b), 0.0, np.nan_to_num(np.abs(a - b), nan=np.inf))
+        diffs.append(float(np.max(diff, initial=0.0)))
+    return max(diffs)
+
+
 __all__ = [
+    "PROBABILITY_OUTPUTS",
     "STAGE_OUTPUT_NAMES",
     "VARIANTS",
     "CountsPipeline",
     "PipelineStep",
     "RawPipeline",
+    "inference_step",
+    "max_abs_diff",
     "pipeline_step",
+    "scan",
+    "scan_torch",
     "state_layout",
 ]

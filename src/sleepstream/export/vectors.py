@@ -1,20 +1,9 @@
 """Test vectors an app runs unchanged against its copy of the model file.
 
-``test_vectors.json`` holds whole nights of the model file's inputs, epoch by epoch, with what
-the file must answer: p(sleep), the features and a checksum of the new state, and for a file
-with a stage network the stage probabilities ``p_stage3`` and ``p_stage4`` (same tolerance as
-p(sleep)). An app feeds
-each night's epochs in order, starting from the initial state of the metadata's
-``state_layout``, and compares. Nights:
-
-- the **counts variant** on real nights: a PSG night from 1 h before its start, and the same
-  night with one hour of every stream removed in its middle (an hour-long gap);
-- the **raw variant** on a generated night (:mod:`sleepstream.signal.synthetic`): walking
-  (wake), a night in bed with twitches and turns, an epoch stretch without heart rate, one
-  without motion, an hour with nothing, acceleration with missing samples (NaN), and wake.
-
-JSON has no NaN: a missing value is ``null``, and an epoch whose acceleration is missing
-altogether has ``"accel": null`` (1,500 NaN). Numbers are float32 values written with 9
+``test_vectors.json`` holds whole nights of the file's inputs, epoch by epoch, with what the
+file must answer: p(sleep), the features, a checksum of the new state, and ``p_stage3`` and
+``p_stage4`` for a file with a stage network. JSON has no NaN: a missing value is ``null``, an
+epoch without acceleration has ``"accel": null``. Numbers are float32 values written with 9
 significant digits, which give back the same float32.
 """
 
@@ -29,10 +18,13 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from sleepstream.features import HR_SLOTS, epoch_inputs
+from sleepstream.features import epoch_inputs
 from sleepstream.models.net import SleepNet, StageGRU
 from sleepstream.paths import atomic_file
-from sleepstream.records import EPOCH_SECONDS, Recording
+from sleepstream.pipeline import STAGE_OUTPUT_NAMES, scan_torch
+from sleepstream.records import Recording
+from sleepstream.signal.synthetic import GENERATED_SEGMENTS, generated_night
+from sleepstream.step import ACCEL_SAMPLES
 
 FORMAT = "sleepstream-test-vectors"
 VERSION = 1
@@ -45,13 +37,12 @@ TOLERANCE = {
 sum within 1e-5 of the sum of absolute values (plus 1e-4); the same number of NaN in the state.
 Float16 is measured, not promised (``docs/on-device.md``)."""
 
-
-def _number(value: float) -> float | None:
-    return None if math.isnan(value) else float(f"{value:.9g}")
+INPUTS = {"raw": ("accel", "counts", "hr", "hr_offset"), "counts": ("counts", "hr", "hr_offset")}
 
 
-def _numbers(values: NDArray[np.floating]) -> list[float | None]:
-    return [_number(v) for v in np.asarray(values, dtype=np.float32).tolist()]
+def _numbers(values: Any) -> list[float | None]:
+    floats = np.asarray(values, dtype=np.float32).reshape(-1).tolist()
+    return [None if math.isnan(v) else float(f"{v:.9g}") for v in floats]
 
 
 def checksum(state: NDArray[np.floating]) -> dict[str, float | int]:
@@ -88,52 +79,6 @@ def counts_night(recording: Recording) -> dict[str, NDArray[np.float64]]:
     return {"counts": counts, "hr": hr, "hr_offset": hr_offset}
 
 
-GENERATED_SEGMENTS: tuple[tuple[str, int], ...] = (
-    ("walking", 30),
-    ("asleep", 40),
-    ("asleep, no heart rate", 10),
-    ("asleep, no motion", 10),
-    ("gap: nothing for an hour", 120),
-    ("asleep, acceleration with missing samples", 30),
-    ("turning over, awake", 10),
-)
-"""The generated raw night, in order: what each stretch holds and its length in epochs."""
-
-
-def generated_night(seed: int = 0) -> dict[str, NDArray[np.float64]]:
-    """The raw variant's inputs of :data:`GENERATED_SEGMENTS`, per epoch."""
-    from sleepstream.signal import synthetic
-    from sleepstream.step import ACCEL_SAMPLES, COUNTS_DELAY_SECONDS
-
-    rng = np.random.default_rng(seed)
-    n = sum(length for _, length in GENERATED_SEGMENTS)
-    accel = np.full((n, ACCEL_SAMPLES), np.nan)
-    counts = np.full((n, 2), np.nan)
-    hr = np.full((n, HR_SLOTS), np.nan)
-    hr_offset = np.full((n, HR_SLOTS), np.nan)
-    at = 0
-    for what, length in GENERATED_SEGMENTS:
-        epochs = slice(at, at + length)
-        at += length
-        if what.startswith("gap"):
-            continue
-        kind = "walking" if what == "walking" else "turning over" if "turning" in what else "night"
-        times = COUNTS_DELAY_SECONDS + np.arange(length * ACCEL_SAMPLES) / 50.0
-        z = synthetic.SIGNALS[kind](times, seed + at)
-        if "missing samples" in what:
-            for start in rng.integers(0, len(z) - 200, size=length // 3):
-                z[start : start + rng.integers(5, 200)] = np.nan
-        if "no motion" not in what:
-            accel[epochs] = z.reshape(length, ACCEL_SAMPLES)
-        if "no heart rate" not in what:
-            level = 90.0 if kind != "night" else 57.0
-            k = 5
-            offsets = np.sort(rng.uniform(0, EPOCH_SECONDS, (length, k)), axis=1)
-            hr[epochs, :k] = level + rng.normal(0, 2, (length, k))
-            hr_offset[epochs, :k] = offsets
-    return {"accel": accel, "counts": counts, "hr": hr, "hr_offset": hr_offset}
-
-
 def expected(
     net: SleepNet,
     variant: str,
@@ -141,27 +86,17 @@ def expected(
     stages: StageGRU | None = None,
 ) -> list[dict[str, Any]]:
     """Per epoch: the inputs (JSON-ready) and what the pipeline in torch answers."""
-    from sleepstream.export.onnx import scan_torch
-    from sleepstream.pipeline import STAGE_OUTPUT_NAMES
-
     answers = scan_torch(net, variant, inputs, stages)
     stage_names = [n for n in STAGE_OUTPUT_NAMES.values() if n in answers]
-    names = (
-        ("accel", "counts", "hr", "hr_offset")
-        if variant == "raw"
-        else ("counts", "hr", "hr_offset")
-    )
     epochs = []
     for t in range(len(inputs["hr"])):
-        row: dict[str, Any] = {}
-        for name in names:
-            values = inputs[name][t]
-            row[name] = None if name == "accel" and np.isnan(values).all() else _numbers(values)
-        row["p_sleep"] = _number(float(answers["p_sleep"][t]))
+        row: dict[str, Any] = {name: _numbers(inputs[name][t]) for name in INPUTS[variant]}
+        if variant == "raw" and np.isnan(inputs["accel"][t]).all():
+            row["accel"] = None
+        row["p_sleep"] = _numbers(answers["p_sleep"][t])[0]
         row["features"] = _numbers(answers["features"][t])
         row["state"] = checksum(answers["state"][t])
-        for name in stage_names:
-            row[name] = _numbers(answers[name][t])
+        row.update({name: _numbers(answers[name][t]) for name in stage_names})
         epochs.append(row)
     return epochs
 
@@ -178,36 +113,22 @@ def write_test_vectors(
     """Write ``test_vectors.json``: the counts variant on ``recordings`` (each from 1 h before
     its PSG start, and again with an hour-long gap), the raw variant on a generated night;
     with the stage network ``stages``, the expected stage probabilities too."""
-    nights: list[dict[str, Any]] = []
+
+    def night(name: str, variant: str, source: str, inputs: Any) -> dict[str, Any]:
+        head = {"name": name, "variant": variant, "model_file": model_files[variant]}
+        return {**head, "source": source, "epochs": expected(net, variant, inputs, stages)}
+
+    nights = []
     for recording in recordings:
         fed = recording.switched_on_before(3600.0)
-        middle = float(recording.epoch_times[recording.n_epochs // 2])
-        for night, note in (
-            (fed, "from 1 h before the PSG start"),
-            (
-                with_gap(fed, middle),
-                "from 1 h before the PSG start, one hour of every stream removed",
-            ),
-        ):
-            nights.append(
-                {
-                    "name": night.subject_id,
-                    "variant": "counts",
-                    "model_file": model_files["counts"],
-                    "source": f"real night {recording.subject_id} (sleep-accel), {note}",
-                    "epochs": expected(net, "counts", counts_night(night), stages),
-                }
-            )
-    nights.append(
-        {
-            "name": "generated",
-            "variant": "raw",
-            "model_file": model_files["raw"],
-            "source": "generated acceleration and heart rate: "
-            + ", ".join(f"{what} ({n} epochs)" for what, n in GENERATED_SEGMENTS),
-            "epochs": expected(net, "raw", generated_night(seed), stages),
-        }
-    )
+        gap = with_gap(fed, float(recording.epoch_times[recording.n_epochs // 2]))
+        about = f"real night {recording.subject_id} (sleep-accel), from 1 h before the PSG start"
+        nights.append(night(fed.subject_id, "counts", about, counts_night(fed)))
+        about += ", one hour of every stream removed"
+        nights.append(night(gap.subject_id, "counts", about, counts_night(gap)))
+    segments = ", ".join(f"{what} ({n} epochs)" for what, n in GENERATED_SEGMENTS)
+    about = f"generated acceleration and heart rate: {segments}"
+    nights.append(night("generated", "raw", about, generated_night(seed)))
     document = {
         "format": FORMAT,
         "version": VERSION,
@@ -237,30 +158,10 @@ def read_test_vectors(path: str | Path) -> dict[str, Any]:
 
 def night_arrays(night: dict[str, Any]) -> dict[str, NDArray[np.float32]]:
     """A night's inputs from the JSON as float32 arrays (null -> NaN)."""
-    from sleepstream.step import ACCEL_SAMPLES
-
-    names = (
-        ("accel", "counts", "hr", "hr_offset")
-        if night["variant"] == "raw"
-        else ("counts", "hr", "hr_offset")
-    )
-    out = {}
-    for name in names:
-        rows = [
-            [math.nan] * ACCEL_SAMPLES
-            if e[name] is None
-            else [math.nan if v is None else v for v in e[name]]
-            for e in night["epochs"]
-        ]
-        out[name] = np.asarray(rows, dtype=np.float32)
-    return out
-
-
-__all__ = [
-    "TOLERANCE",
-    "checksum",
-    "generated_night",
-    "night_arrays",
-    "read_test_vectors",
-    "write_test_vectors",
-]
+    return {
+        name: np.asarray(
+            [[math.nan] * ACCEL_SAMPLES if e[name] is None else e[name] for e in night["epochs"]],
+            dtype=np.float32,
+        )
+        for name in INPUTS[night["variant"]]
+    }

@@ -194,6 +194,24 @@ STAGE_NOTE = (
     "hypnogram. They come from a separate network on the same features and its own part of "
     "the state, so p_sleep is the same with or without them."
 )
+IO_DESCRIPTIONS = {
+    "accel": "z acceleration (g) on the 50 Hz grid from start + counts_delay_seconds, 1,500 "
+    "samples; NaN where missing.",
+    "counts": "The epoch's two 15 s activity counts; NaN where missing (raw variant: then the "
+    "counts from accel).",
+    "hr": "The epoch's heart-rate samples (bpm) in time order; unused slots NaN.",
+    "hr_offset": "Times of the hr samples in seconds after the epoch's start; unused slots NaN.",
+    "state": "new_state of the previous epoch; for a new stream, the state built from the "
+    "'state_layout' metadata entry.",
+    "p_sleep": "Probability that the epoch is sleep; wake when below the chosen threshold.",
+    "new_state": "State to pass as the state input with the next epoch.",
+    "features": "The epoch's causal features in 'all_feature_names' order (for debugging).",
+    "p_stage3": "Probabilities of wake, NREM and REM for the epoch (sum 1).",
+    "p_stage4": "Probabilities of wake, light (N1, N2), deep (N3) and REM sleep (sum 1).",
+}
+"""What each input and output of a model file holds, in a line (Xcode shows them); the
+state input is ``state`` in ONNX, ``prev_state`` in Core ML."""
+
 RULES = {
     "threshold": "asleep_epoch = p_sleep >= thresholds[name] (default name: wasa93)",
     "context_veto": (
@@ -354,6 +372,25 @@ class ModelMetadata:
         for name, value in self.thresholds.items():
             out[f"threshold_{name}"] = repr(float(value))
         return out
+
+    def outputs(self) -> dict[str, list[int | str]]:
+        """Every output of the model file, in order, with its shape (``"batch"`` first)."""
+        shapes: dict[str, list[int | str]] = {
+            "p_sleep": ["batch"],
+            "new_state": ["batch", self.state_size],
+            "features": ["batch", len(self.all_feature_names)],
+        }
+        for name, about in self.stages.get("outputs", {}).items():
+            shapes[name] = ["batch", len(about["classes"])]
+        return shapes
+
+    def summary(self) -> str:
+        """What the model file is, in a paragraph (ONNX's doc string, Core ML's description)."""
+        return (
+            f"sleepstream {self.architecture} pipeline ({self.variant} variant): p(sleep) for one "
+            "30 s epoch of Apple Watch samples, with a recurrent state. Training data: "
+            f"{self.data_citation} License {self.data_license}."
+        )
 
     def check_matches(self, net: SleepNet, stages: StageGRU | None = None) -> None:
         """Raise ``ValueError`` when ``net``'s inputs or state size, or the stage network's

@@ -11,7 +11,8 @@ checked on generated signals of the kinds a watch sees in bed and around it:
 
 Each takes the sample times (any rate, jittered or with gaps) and a seed, and returns the z
 acceleration in g; :func:`generate` also makes the times, and :func:`as_xyz` adds x and y so
-the three axes measure about 1 g at rest. The movement is defined in continuous time and drawn
+the three axes measure about 1 g at rest; :func:`generated_night` is a whole night of the model
+file's inputs, heart rate included. The movement is defined in continuous time and drawn
 from its own random stream, so the same seed and time span give the same movement at every
 sampling rate; only the sensor noise is drawn per sample.
 """
@@ -280,3 +281,52 @@ def as_xyz(z: Array, seed: int = 0) -> Array:
     xyz = np.column_stack((x, np.zeros_like(z), z))
     xyz[:, :2] += rng.normal(0.0, NOISE_G, (len(z), 2))
     return xyz
+
+
+GENERATED_SEGMENTS: tuple[tuple[str, int], ...] = (
+    ("walking", 30),
+    ("asleep", 40),
+    ("asleep, no heart rate", 10),
+    ("asleep, no motion", 10),
+    ("gap: nothing for an hour", 120),
+    ("asleep, acceleration with missing samples", 30),
+    ("turning over, awake", 10),
+)
+"""The generated raw night, in order: what each stretch holds and its length in epochs."""
+
+
+def generated_night(seed: int = 0) -> dict[str, NDArray[np.float64]]:
+    """A night of the pipeline's inputs per epoch (``accel (T, 1500)``, ``counts (T, 2)``, all
+    NaN, ``hr`` and ``hr_offset (T, 30)``), made of :data:`GENERATED_SEGMENTS`: the raw variant's
+    night in the test vectors."""
+    from sleepstream.features import HR_SLOTS
+    from sleepstream.records import EPOCH_SECONDS
+    from sleepstream.step import ACCEL_SAMPLES, COUNTS_DELAY_SECONDS
+
+    rng = np.random.default_rng(seed)
+    n = sum(length for _, length in GENERATED_SEGMENTS)
+    accel = np.full((n, ACCEL_SAMPLES), np.nan)
+    counts = np.full((n, 2), np.nan)
+    hr = np.full((n, HR_SLOTS), np.nan)
+    hr_offset = np.full((n, HR_SLOTS), np.nan)
+    at = 0
+    for what, length in GENERATED_SEGMENTS:
+        epochs = slice(at, at + length)
+        at += length
+        if what.startswith("gap"):
+            continue
+        kind = "walking" if what == "walking" else "turning over" if "turning" in what else "night"
+        times = COUNTS_DELAY_SECONDS + np.arange(length * ACCEL_SAMPLES) / 50.0
+        z = SIGNALS[kind](times, seed + at)
+        if "missing samples" in what:
+            for start in rng.integers(0, len(z) - 200, size=length // 3):
+                z[start : start + rng.integers(5, 200)] = np.nan
+        if "no motion" not in what:
+            accel[epochs] = z.reshape(length, ACCEL_SAMPLES)
+        if "no heart rate" not in what:
+            level = 90.0 if kind != "night" else 57.0
+            k = 5
+            offsets = np.sort(rng.uniform(0, EPOCH_SECONDS, (length, k)), axis=1)
+            hr[epochs, :k] = level + rng.normal(0, 2, (length, k))
+            hr_offset[epochs, :k] = offsets
+    return {"accel": accel, "counts": counts, "hr": hr, "hr_offset": hr_offset}
