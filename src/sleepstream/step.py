@@ -313,16 +313,23 @@ class AccelCounts(nn.Module):
         missing = torch.isnan(x)
         x0 = torch.where(missing, torch.zeros_like(x), x).unsqueeze(1)
         filtered = nn.functional.conv1d(x0, self.taps).squeeze(1)  # (batch, ACCEL_SAMPLES)
-        spoiled = nn.functional.conv1d(
-            missing.to(x.dtype).unsqueeze(1), torch.ones_like(self.taps)
-        ).squeeze(1)
         levels = torch.clamp(
             torch.floor(filtered.abs() * (N_BINS / FULL_SCALE_G)) + 1.0, 1.0, float(N_BINS)
         )
         per_second = levels.reshape(-1, int(EPOCH_SECONDS), int(SAMPLE_RATE)).amax(dim=2)
         sums = per_second.reshape(-1, 2, int(COUNT_SECONDS)).sum(dim=2)
         counts = ((sums - SUM_OFFSET) * SCALE).clamp(min=0.0)
-        bad = spoiled.reshape(-1, 2, int(COUNT_SECONDS * SAMPLE_RATE)).amax(dim=2) > 0.5
+        # A window has no count when its filter input holds a missing sample: the filtered
+        # samples of window w read x[w * 750 : (w + 1) * 750 + history].
+        window = int(COUNT_SECONDS * SAMPLE_RATE)
+        gaps = missing.to(x.dtype)
+        bad = (
+            torch.stack(
+                [gaps[:, w * window : (w + 1) * window + self.history].amax(dim=1) for w in (0, 1)],
+                dim=1,
+            )
+            > 0.5
+        )
         counts = torch.where(bad, _nan_like(counts), counts)
         return counts, x[:, -self.history :]
 
