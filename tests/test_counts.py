@@ -301,3 +301,31 @@ def test_counts_at_other_rates_are_those_of_50_hz(kind: str, rate: float) -> Non
     inside = np.isin(published_times, count_times)
     assert published[inside].sum() > 100  # the movement shows, so the check can fail
     assert abs(compare(published[inside], counts).total_error) <= 0.07
+
+
+@pytest.mark.parametrize("delay", [1.0, 2.0, 4.0])
+def test_a_window_has_no_count_exactly_when_its_filter_input_misses_a_sample(
+    delay: float,
+) -> None:
+    """The counts step's windows without a count, against the definition: window ``w``'s
+    filtered samples read the grid ``x[750 w : 750 (w + 1) + history]`` (history then epoch)."""
+    import torch
+
+    from sleepstream.step import AccelCounts
+
+    counter = AccelCounts(delay)
+    width = counter.history + 1500
+    rng = np.random.default_rng(int(delay))
+    x = rng.normal(0.0, 0.3, (width + 300, width)).astype(np.float32)
+    x[np.arange(width), np.arange(width)] = np.nan  # one missing sample, at every place
+    for row, rate in zip(range(width, width + 300), np.repeat([0.0, 1e-3, 1e-2], 100), strict=True):
+        x[row, rng.random(width) < rate] = np.nan  # and random gaps
+    history, epoch = x[:, : counter.history], x[:, counter.history :]
+    with torch.no_grad():
+        counts, _ = counter(torch.from_numpy(epoch.copy()), torch.from_numpy(history.copy()))
+    expected = np.stack(
+        [np.isnan(x[:, w * 750 : (w + 1) * 750 + counter.history]).any(axis=1) for w in (0, 1)],
+        axis=1,
+    )
+    assert 0 < expected.sum() < expected.size
+    np.testing.assert_array_equal(np.isnan(counts.numpy()), expected)
