@@ -147,7 +147,7 @@ def accel_counts_per_epoch(
     return out
 
 
-MOTION_MODEL = "sleep_wake (shipped): raw motion + heart rate"
+MOTION_MODEL = "sleep_wake (shipped): motion (acceleration or activity counts) + heart rate"
 HR_ONLY_MODEL = "sleep_wake (shipped), heart-rate-only mode: no motion, counts missing"
 SPARSE_HR_SECONDS = 60.0
 """Heart rate whose median interval exceeds this is sparse (a Health export's, every few
@@ -176,7 +176,7 @@ def choose_model(recording: UserRecording) -> tuple[str, Scorer]:
     >>> t = np.arange(0.0, 600.0, 5.0)
     >>> r = UserRecording("r", "test", (), t, 60 + 0 * t, count_times=t, counts=0 * t)
     >>> choose_model(r)[0]
-    'sleep_wake (shipped): raw motion + heart rate'
+    'sleep_wake (shipped): motion (acceleration or activity counts) + heart rate'
     """
     scorer: Scorer | None = None
     if recording.has_motion and not sparse_heart_rate(recording):
